@@ -1,0 +1,274 @@
+"""The yacs configuration: defaults, stacking of ``--cfg`` files, ``KEY VALUE`` overrides and validation.
+
+Every key is defined here, once, with a comment; ``docs/config.md`` is generated from this file's comments by
+``python tools/train.py --print-keys``. Key names follow the released code where they exist
+(``DISTILLER.{TYPE,TEACHER,STUDENT}``, ``SiNGER.*``, ``SOLVER.*``, ``DATASET.*``, ``EXPERIMENT.*``, ``LOG.*``).
+Where the released code differs from the paper, the paper is the default and the released behaviour is a
+named option (see ``configs/imagenet/vit/singer_official.yaml``).
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Sequence
+from pathlib import Path
+
+from yacs.config import CfgNode as CN
+
+__all__ = ["CN", "ConfigError", "get_default_config", "load_config", "validate_config"]
+
+
+class ConfigError(ValueError):
+    """A user-caused configuration problem; the message is one sentence naming the key and the fix."""
+
+
+_C = CN()
+
+# ---------------------------------------------------------------------------------------------- experiment
+_C.EXPERIMENT = CN()
+_C.EXPERIMENT.PROJECT = "mdistiller"  # first path component of the run directory and the wandb project
+_C.EXPERIMENT.NAME = ""  # run name; empty → TAG
+_C.EXPERIMENT.TAG = "default"  # comma-separated tags (wandb); run-dir name when NAME is empty
+_C.EXPERIMENT.OUTPUT_DIR = "output"  # runs live in OUTPUT_DIR/PROJECT/NAME
+_C.EXPERIMENT.SEED = 0  # global seed; each rank uses SEED + rank for augmentation randomness
+_C.EXPERIMENT.DEVICE = "auto"  # auto | cpu | cuda
+
+# ---------------------------------------------------------------------------------------------- data
+_C.DATASET = CN()
+_C.DATASET.TYPE = "imagenet"  # a name of mdistiller.dataset.DATASETS (imagenet, toy_scenes, fashion_mnist)
+_C.DATASET.ROOT = "data/imagenet"  # dataset folder (ignored by toy_scenes)
+_C.DATASET.INPUT_SIZE = 224  # training crop (pixels, square); the student's img_size
+_C.DATASET.NUM_WORKERS = 8  # data-loader workers per process
+_C.DATASET.PIN_MEMORY = True
+_C.DATASET.PERSISTENT_WORKERS = True
+_C.DATASET.PREFETCH_FACTOR = 4
+_C.DATASET.TRAIN_SIZE = 0  # toy_scenes: number of training images (0 → dataset default); others: a subset cap
+_C.DATASET.VAL_SIZE = 0  # held-out images for the feature-agreement check (0 → one batch)
+_C.DATASET.AUGMENT = True  # paper augmentation (RandomResizedCrop + flip) for training
+
+# ---------------------------------------------------------------------------------------------- distiller
+_C.DISTILLER = CN()
+_C.DISTILLER.TYPE = "SiNGER"  # FitNet | ViTKD | SiNGER
+_C.DISTILLER.TEACHER = "vit_large"  # short name (see mdistiller.models.MODEL_NAMES) or any timm ViT name
+_C.DISTILLER.STUDENT = "vit_tiny"
+_C.DISTILLER.TEACHER_WEIGHTS = "pretrained"  # pretrained | random | /path/to/file.safetensors|.pth
+_C.DISTILLER.STUDENT_WEIGHTS = "random"  # random | pretrained | /path/to/file
+_C.DISTILLER.TEACHER_KWARGS = CN(new_allowed=True)  # extra timm.create_model kwargs (e.g. depth, embed_dim)
+_C.DISTILLER.STUDENT_KWARGS = CN(new_allowed=True)
+# Distillation layers 𝒟 (0-based teacher block indices). Empty → the method's default: SiNGER.M_LAYERS plus the
+# teacher's last block. The last teacher block is always included for FitNet and SiNGER (paper §4.5).
+_C.DISTILLER.TEACHER_LAYERS = []
+# Student blocks matched to TEACHER_LAYERS. Empty → relative depth l/(T−1) ↔ s/(S−1), last ↔ last.
+_C.DISTILLER.STUDENT_LAYERS = []
+_C.DISTILLER.GRID_ALIGN = "resize_input"  # resize_input | interpolate: how a teacher grid ≠ student grid is matched
+_C.DISTILLER.KD_REDUCTION = "token"  # token: eq. 1, Σ over channels, mean over tokens | element: mean (released)
+_C.DISTILLER.KD_CLS = False  # include the CLS token in L_KD (released: True); patches only by default (eq. 1)
+_C.DISTILLER.LAYER_REDUCTION = "sum"  # sum over 𝒟 (eq. 9-11) | mean (released: every term divided by |𝒟|)
+_C.DISTILLER.TEACHER_DTYPE = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16
+# Emulated artifacts (analysis issue): implant high-norm tokens into the teacher's residual stream.
+_C.DISTILLER.ARTIFACTS = CN()
+_C.DISTILLER.ARTIFACTS.ENABLE = False
+_C.DISTILLER.ARTIFACTS.LAYER = 4  # teacher block after which tokens are implanted
+_C.DISTILLER.ARTIFACTS.SHARE = 0.03  # share of patches per image (lowest local pixel variance first)
+_C.DISTILLER.ARTIFACTS.SCALE = 10.0  # target norm as a multiple of the image's median patch norm
+_C.DISTILLER.ARTIFACTS.DIRECTION = "principal"  # principal | null | random
+_C.DISTILLER.ARTIFACTS.SEED = 0
+
+# ---------------------------------------------------------------------------------------------- FitNet
+_C.FITNET = CN()
+_C.FITNET.LOSS = CN()
+_C.FITNET.LOSS.FEAT_WEIGHT = 1.0  # λ of eq. 1 summed over 𝒟
+
+# ---------------------------------------------------------------------------------------------- ViTKD
+_C.VITKD = CN()
+_C.VITKD.MIMIC_LAYERS = [0, 1]  # teacher = student blocks for shallow mimicking (official ViTKD: first two)
+_C.VITKD.MASK_RATIO = 0.5  # λ of the generation branch
+_C.VITKD.ALPHA = 3e-5  # mimicking weight (official: sum-MSE / B)
+_C.VITKD.BETA = 3e-6  # generation weight (official: sum-MSE / B / λ)
+
+# ---------------------------------------------------------------------------------------------- SiNGER
+_C.SiNGER = CN()
+_C.SiNGER.M_LAYERS = [17]  # intermediate teacher layers l_inter; the final layer is appended automatically
+_C.SiNGER.RANK = 16  # adapter rank r (Table 6a)
+_C.SiNGER.OUTLIER_Q = 0.95  # α quantile of eq. 10 (Table 6b)
+_C.SiNGER.INIT = "nullspace"  # nullspace (eq. 8) | random (Table 4 ablation)
+_C.SiNGER.BASIS = "smallest"  # smallest: r smallest singular directions (eq. 16) | threshold: released rule
+_C.SiNGER.NULL_THRES = 0.05  # ε for BASIS=threshold (App. A uses ε = 0.05)
+_C.SiNGER.LINEARIZE_NORM = False  # fold the pre-FFN LayerNorm γ into W̃ (paper: no)
+_C.SiNGER.LINEARIZE_LAYERSCALE = False  # fold LayerScale into W̃ (paper: no)
+_C.SiNGER.USE_OUTLIER = True  # Table 4 switch for L_outlier
+_C.SiNGER.USE_INFO = True  # Table 4 switch for L_info
+_C.SiNGER.INFO = "paper"  # paper: eq. 11 Gram losses | official: the released plain-MSE / refined-intermediate variant
+_C.SiNGER.GRAM = "cosine"  # cosine: Gram of row-normalised patch tokens | raw: F Fᵀ
+_C.SiNGER.DETACH_TARGET = False  # stop L_KD gradients into the adapter (paper/released: not detached)
+_C.SiNGER.LOSS = CN()
+_C.SiNGER.LOSS.FEAT_WEIGHT = 1.0  # weight of L_KD (eq. 12 has 1)
+_C.SiNGER.LOSS.OUTLIER_WEIGHT = 1.0  # λ_outlier (App. K: all weights 1.0)
+_C.SiNGER.LOSS.INFO_WEIGHT = 1.0  # λ_info
+
+# ---------------------------------------------------------------------------------------------- solver
+_C.SOLVER = CN()
+_C.SOLVER.TYPE = "adamw"  # adamw | sgd
+_C.SOLVER.LR = 1e-4  # learning rate for the GLOBAL batch SOLVER.BATCH_SIZE
+_C.SOLVER.FINAL_LR = 1e-8  # cosine end value (absolute)
+_C.SOLVER.EPOCHS = 100
+_C.SOLVER.MAX_STEPS = 0  # > 0: stop after this many optimizer steps (schedule length too)
+_C.SOLVER.BATCH_SIZE = 512  # GLOBAL batch = per-process batch × world size
+_C.SOLVER.WEIGHT_DECAY = 0.05
+_C.SOLVER.MOMENTUM = 0.9  # SGD
+_C.SOLVER.BETAS = [0.9, 0.999]  # AdamW
+_C.SOLVER.EPS = 1e-8
+_C.SOLVER.GRAD_CLIP = 1.0  # max grad norm; 0 = off
+_C.SOLVER.SCHEDULE = "cosine"  # cosine | multistep | constant (all per iteration)
+_C.SOLVER.WARMUP_EPOCHS = 0.0  # linear warm-up length in epochs (fractions allowed)
+_C.SOLVER.MILESTONES = [30, 60, 90]  # multistep: epochs
+_C.SOLVER.GAMMA = 0.1  # multistep factor
+_C.SOLVER.AMP = "none"  # none | bf16 (autocast, no scaler) | fp16 (autocast + GradScaler)
+_C.SOLVER.FUSED = False  # fused AdamW/SGD kernels (CUDA)
+_C.SOLVER.COMPILE = False  # torch.compile the trainable module and the teacher feature path
+
+# ---------------------------------------------------------------------------------------------- logging
+_C.LOG = CN()
+_C.LOG.FREQ = 20  # steps between metrics.jsonl records
+_C.LOG.CKPT_EVERY_STEPS = 0  # also write checkpoints/last.pth every N steps (0 → once per epoch)
+_C.LOG.AGREEMENT_EVERY_STEPS = 0  # teacher-student feature agreement on the held-out batch (0 → per epoch)
+_C.LOG.WANDB = False  # wandb logging (honours WANDB_MODE=offline)
+_C.LOG.TENSORBOARD = False
+_C.LOG.PROGRESS = True  # rank-0 tqdm bar
+
+
+def get_default_config() -> CN:
+    """A fresh, mutable copy of the defaults."""
+    return _C.clone()
+
+
+def _flatten(node: CN, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in node.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, CN):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _coerce(value: str) -> object:
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+def load_config(cfg_files: Sequence[str | Path] = (), opts: Sequence[str] = (), validate: bool = True) -> CN:
+    """Defaults ← each YAML in ``cfg_files`` in order ← ``KEY VALUE`` pairs in ``opts``; validated and frozen.
+
+    Raises :class:`ConfigError` with one sentence per problem (missing file, unknown key, wrong type, …).
+    """
+    cfg = get_default_config()
+    known = _flatten(cfg)
+    for f in cfg_files:
+        path = Path(f)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist; check the --cfg path.")
+        try:
+            cfg.merge_from_file(str(path))
+        except KeyError as e:
+            raise ConfigError(f"{path}: {_unknown_key_message(str(e), known)}") from None
+        except (ValueError, AssertionError) as e:
+            raise ConfigError(f"{path}: {e}".rstrip(".") + ".") from None
+    if len(opts) % 2:
+        raise ConfigError(f"overrides must come as KEY VALUE pairs, got an odd list: {list(opts)}.")
+    for key, raw in zip(opts[0::2], opts[1::2]):
+        if key not in known and not _under_open_node(cfg, key):
+            raise ConfigError(_unknown_key_message(key, known))
+        try:
+            cfg.merge_from_list([key, raw])
+        except (ValueError, AssertionError, KeyError) as e:
+            raise ConfigError(f"override {key}={raw!r} is invalid: {e}".rstrip(".") + ".") from None
+    if validate:
+        validate_config(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def _under_open_node(cfg: CN, key: str) -> bool:
+    parts = key.split(".")
+    node = cfg
+    for p in parts[:-1]:
+        if not isinstance(node, CN) or p not in node:
+            return False
+        node = node[p]
+    return isinstance(node, CN) and node.is_new_allowed()
+
+
+def _unknown_key_message(key: str, known: dict[str, object]) -> str:
+    import difflib
+
+    key = key.strip("'\"").replace("Non-existent config key: ", "")
+    close = difflib.get_close_matches(key, list(known), n=1)
+    hint = f" did you mean '{close[0]}'?" if close else " see mdistiller/config.py for the valid keys."
+    return f"unknown config key '{key}';" + hint
+
+
+_CHOICES = {
+    "DISTILLER.GRID_ALIGN": ("resize_input", "interpolate"),
+    "DISTILLER.KD_REDUCTION": ("token", "element"),
+    "DISTILLER.LAYER_REDUCTION": ("sum", "mean"),
+    "DISTILLER.TEACHER_DTYPE": ("auto", "float32", "bfloat16"),
+    "DISTILLER.ARTIFACTS.DIRECTION": ("principal", "null", "random"),
+    "SiNGER.INIT": ("nullspace", "random"),
+    "SiNGER.BASIS": ("smallest", "threshold"),
+    "SiNGER.INFO": ("paper", "official"),
+    "SiNGER.GRAM": ("cosine", "raw"),
+    "SOLVER.TYPE": ("adamw", "sgd"),
+    "SOLVER.SCHEDULE": ("cosine", "multistep", "constant"),
+    "SOLVER.AMP": ("none", "bf16", "fp16"),
+    "EXPERIMENT.DEVICE": ("auto", "cpu", "cuda"),
+}
+
+
+def validate_config(cfg: CN) -> None:
+    """Checks that need no model: choices and numeric ranges. Model-dependent checks (layer indices against
+    the chosen teacher/student depth, RANK against the teacher width) run in :func:`validate_against_models`.
+    """
+    from mdistiller.distillers import DISTILLERS
+
+    if cfg.DISTILLER.TYPE not in DISTILLERS:
+        raise ConfigError(
+            f"unknown DISTILLER.TYPE '{cfg.DISTILLER.TYPE}'; valid distillers: {', '.join(DISTILLERS.names())}."
+        )
+    flat = _flatten(cfg)
+    for key, choices in _CHOICES.items():
+        value = str(flat[key]).lower()
+        if value not in choices:
+            raise ConfigError(f"{key} is '{flat[key]}' but must be one of: {', '.join(choices)}.")
+    q = cfg.SiNGER.OUTLIER_Q
+    if not 0.0 < q < 1.0:
+        raise ConfigError(f"SiNGER.OUTLIER_Q is {q} but must lie strictly inside (0, 1), e.g. 0.95.")
+    if cfg.SiNGER.RANK < 1:
+        raise ConfigError(f"SiNGER.RANK is {cfg.SiNGER.RANK} but must be a positive integer, e.g. 16.")
+    if not 0.0 < cfg.VITKD.MASK_RATIO < 1.0:
+        raise ConfigError(f"VITKD.MASK_RATIO is {cfg.VITKD.MASK_RATIO} but must lie inside (0, 1), e.g. 0.5.")
+    for key in ("SOLVER.LR", "SOLVER.BATCH_SIZE", "DATASET.INPUT_SIZE"):
+        if not flat[key] > 0:
+            raise ConfigError(f"{key} is {flat[key]} but must be positive.")
+    if cfg.SOLVER.EPOCHS < 1 and cfg.SOLVER.MAX_STEPS < 1:
+        raise ConfigError("SOLVER.EPOCHS and SOLVER.MAX_STEPS are both 0; set at least one of them.")
+    if cfg.DISTILLER.STUDENT_LAYERS and len(cfg.DISTILLER.STUDENT_LAYERS) != len(cfg.DISTILLER.TEACHER_LAYERS):
+        raise ConfigError(
+            "DISTILLER.STUDENT_LAYERS must list one student block per DISTILLER.TEACHER_LAYERS entry "
+            f"(got {len(cfg.DISTILLER.STUDENT_LAYERS)} vs {len(cfg.DISTILLER.TEACHER_LAYERS)}); or leave it empty."
+        )
+    for key in ("DISTILLER.TEACHER", "DISTILLER.STUDENT"):
+        from mdistiller.models import check_model_name
+
+        try:
+            check_model_name(str(flat[key]))
+        except KeyError as e:
+            raise ConfigError(f"{key}: {e.args[0]}") from None
+
+
+def parse_override_value(value: str) -> object:
+    """Parse a command-line override value the way yacs does (Python literal, else string)."""
+    return _coerce(value)

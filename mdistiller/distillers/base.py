@@ -1,0 +1,163 @@
+"""The ``Distiller`` base: a student, a frozen teacher outside the module tree, per-layer projections."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mdistiller.models import FrozenTeacher, TokenSplit, ViTFeatures
+
+from .losses import feature_kd_loss
+
+__all__ = ["Distiller", "LayerPlan"]
+
+
+class LayerPlan:
+    """Matched teacher/student block indices ``𝒟`` (0-based), sorted, last entry = deepest."""
+
+    def __init__(self, teacher: Sequence[int], student: Sequence[int]) -> None:
+        if len(teacher) != len(student):
+            raise ValueError(f"teacher layers {list(teacher)} and student layers {list(student)} differ in length.")
+        self.teacher = [int(t) for t in teacher]
+        self.student = [int(s) for s in student]
+
+    def pairs(self) -> list[tuple[int, int]]:
+        return list(zip(self.teacher, self.student))
+
+    def __repr__(self) -> str:
+        return "LayerPlan(" + ", ".join(f"T{t}→S{s}" for t, s in self.pairs()) + ")"
+
+
+class Distiller(nn.Module):
+    """Base of every method: ``forward(images in [0, 1]) → {"loss": weighted total, "<term>": value, …}``.
+
+    The teacher is stored with ``object.__setattr__`` so it is *not* a submodule: ``parameters()``,
+    ``state_dict()``, DDP and checkpoints see only the student, the projections ``P_l: Linear(d_S → d_T)`` and the
+    method's own parameters. ``_apply`` forwards device moves to the teacher as well.
+    """
+
+    #: whether the method reads the student's final LayerNorm (otherwise it is frozen: it would get no gradient)
+    uses_student_final_norm: bool = False
+
+    def __init__(self, student: nn.Module, teacher: FrozenTeacher, plan: LayerPlan, *, kd_reduction: str = "token",
+                 kd_cls: bool = False, layer_reduction: str = "sum") -> None:
+        super().__init__()
+        self.student = student if isinstance(student, ViTFeatures) else ViTFeatures(student)
+        object.__setattr__(self, "teacher", teacher)
+        self.plan = plan
+        self.kd_reduction = kd_reduction
+        self.kd_cls = kd_cls
+        self.layer_reduction = layer_reduction
+        d_s, d_t = self.student.width, teacher.width
+        self.proj = nn.ModuleDict({str(t): nn.Linear(d_s, d_t) for t in plan.teacher})
+        self._freeze_unused_student_parts(max(plan.student))
+
+    # ------------------------------------------------------------------------------------------ plumbing
+    def _freeze_unused_student_parts(self, deepest: int) -> None:
+        m = self.student.model
+        unused: list[nn.Module] = [m.blocks[i] for i in range(deepest + 1, len(m.blocks))]
+        for name in ("fc_norm", "head", "attn_pool"):
+            mod = getattr(m, name, None)
+            if isinstance(mod, nn.Module):
+                unused.append(mod)
+        if not self.uses_student_final_norm:
+            unused.append(m.norm)
+        for mod in unused:
+            mod.requires_grad_(False)
+
+    def _apply(self, fn: Callable, recurse: bool = True):  # type: ignore[override]
+        super()._apply(fn, recurse)
+        self.teacher._apply(fn, recurse)
+        return self
+
+    def train(self, mode: bool = True) -> Distiller:
+        super().train(mode)
+        self.teacher.train(False)
+        return self
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """Named parameters the optimizer owns: every parameter of this module with ``requires_grad``."""
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    def reduce_layers(self, terms: list[torch.Tensor]) -> torch.Tensor:
+        """Aggregate per-layer terms over 𝒟: a sum (eq. 9-11) or a mean (released code)."""
+        total = torch.stack(terms).sum()
+        return total / len(terms) if self.layer_reduction == "mean" else total
+
+    def student_grid(self, images: torch.Tensor) -> tuple[int, int]:
+        return self.student.grid(tuple(images.shape[-2:]))
+
+    def kd_tokens(self, student_tokens: TokenSplit, teacher_patches: torch.Tensor, teacher_cls: torch.Tensor | None,
+                  layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(P_l(F^S), target)`` token tensors for L_KD; CLS is prepended to both when ``kd_cls`` is on."""
+        s = student_tokens.patches
+        t = teacher_patches
+        if self.kd_cls and student_tokens.cls is not None and teacher_cls is not None:
+            s = torch.cat([student_tokens.cls[:, None], s], dim=1)
+            t = torch.cat([teacher_cls[:, None].to(t.dtype), t], dim=1)
+        return self.proj[str(layer)](s), t
+
+    def kd_loss(self, projected: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return feature_kd_loss(projected, target, self.kd_reduction)
+
+    # ------------------------------------------------------------------------------------------ API
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def distill_targets(self, images: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Per teacher layer: ``(original teacher patches, the method's target)`` on the student grid.
+
+        FitNet's target is the teacher itself; SiNGER overrides this with the refined ``F̂``.
+        """
+        sgrid = self.student_grid(images)
+        feats, grid = self.teacher(images, self.plan.teacher, student_grid=sgrid)
+        out = {}
+        for t in self.plan.teacher:
+            p = self.teacher.net.split(feats[t], grid).patches
+            p = self.teacher.to_student_grid(p, grid, sgrid)
+            out[t] = (p, p)
+        return out
+
+    @torch.no_grad()
+    def agreement(self, images: torch.Tensor) -> dict[str, float]:
+        """Teacher–student feature agreement on a held-out batch (no "accuracy" of an untrained head).
+
+        Per layer: mean patch cosine and relative squared error ``‖P(F^S) − T‖² / ‖T‖²`` against the original
+        teacher (``*_teacher``) and against the method's target (``*_target``; differs for SiNGER).
+        """
+        sgrid = self.student_grid(images)
+        s_feats = self.student(images, self.plan.student)
+        targets = self.distill_targets(images)
+        out: dict[str, float] = {}
+        for t, s in self.plan.pairs():
+            proj = self.proj[str(t)](self.student.split(s_feats[s], sgrid).patches).float()
+            for tag, ref in zip(("teacher", "target"), targets[t]):
+                ref = ref.float()
+                out[f"cos_{tag}/L{t}"] = F.cosine_similarity(proj, ref, dim=-1).mean().item()
+                out[f"relerr_{tag}/L{t}"] = ((proj - ref).pow(2).sum() / ref.pow(2).sum().clamp_min(1e-12)).item()
+        return out
+
+    def export_student(self, path: str | Path, model_name: str, create_kwargs: dict | None = None) -> Path:
+        """Write the student as a timm-loadable ``.safetensors`` (plus ``<file>.json`` with the create kwargs).
+
+        Load it with ``timm.create_model(timm_name, pretrained=True, num_classes=0,
+        pretrained_cfg_overlay=dict(file=path), **kwargs)`` or ``mdistiller.models.build_model(name, path, ...)``.
+        """
+        from safetensors.torch import save_file
+
+        from mdistiller.fileio import atomic_write
+        from mdistiller.models import resolve_model_name
+
+        path = Path(path)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.student.model.state_dict().items()}
+        atomic_write(path, lambda tmp: save_file(state, str(tmp)))
+        meta = {"model": model_name, "timm_name": resolve_model_name(model_name).split(".")[0],
+                "create_kwargs": create_kwargs or {}, "num_classes": 0}
+        meta_path = path.with_suffix(path.suffix + ".json")
+        atomic_write(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+        return path

@@ -1,0 +1,60 @@
+"""Loss terms shared by the distillers (paper eq. 1, 9-11)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["feature_kd_loss", "outlier_loss", "gram", "gram_mse"]
+
+
+def feature_kd_loss(student: torch.Tensor, teacher: torch.Tensor, reduction: str = "token") -> torch.Tensor:
+    """Feature KD between projected student tokens and teacher tokens, both ``[B, N, D]`` (eq. 1, eq. 9).
+
+    ``token`` (eq. 1): ``(1/n) Σ_i ‖F^T_i − P(F^S_i)‖²`` — squared L2 over channels, mean over tokens and images.
+    ``element``: mean over every element (``F.mse_loss``; the released code), i.e. ``token`` divided by D.
+    """
+    if student.shape != teacher.shape:
+        raise ValueError(f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)} tokens differ in shape.")
+    diff = (student.float() - teacher.float()).pow(2)
+    if reduction == "token":
+        return diff.sum(-1).mean()
+    if reduction == "element":
+        return diff.mean()
+    raise ValueError(f"unknown KD reduction '{reduction}'; use 'token' or 'element'.")
+
+
+def outlier_loss(patch_tokens: torch.Tensor, q: float) -> torch.Tensor:
+    """L_outlier of eq. 10 on patch tokens ``[B, N, D]``.
+
+    Per image, the threshold ``q_α`` is the ``q``-quantile of its patch norms (linear interpolation, detached);
+    outliers are patches with norm strictly above it; the loss is the mean of ``(‖F̂_i‖ − q_α)²`` over all
+    outlier patches of the batch (``1/|O|`` of eq. 10), and exactly 0 when there are none.
+    """
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"quantile q must lie in (0, 1), got {q}.")
+    norms = patch_tokens.float().norm(dim=-1)  # [B, N]
+    thresh = torch.quantile(norms.detach(), q, dim=1, keepdim=True)  # [B, 1]
+    excess = norms - thresh
+    mask = excess > 0
+    count = mask.sum()
+    if int(count) == 0:
+        return norms.sum() * 0.0
+    return (excess[mask] ** 2).sum() / count
+
+
+def gram(tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """Per-image Gram matrix ``G(F) = F Fᵀ`` of ``[B, N, D]`` tokens → ``[B, N, N]``.
+
+    ``normalize=True`` uses row-normalised tokens (the cosine Gram), which compares directions only, so the
+    information term does not fight the outlier term over norms (released code and our default for eq. 11).
+    """
+    f = tokens.float()
+    if normalize:
+        f = F.normalize(f, dim=-1)
+    return f @ f.transpose(-1, -2)
+
+
+def gram_mse(a: torch.Tensor, b: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """``MSE(G(a), G(b))`` over all Gram entries (eq. 11)."""
+    return (gram(a, normalize) - gram(b, normalize)).pow(2).mean()

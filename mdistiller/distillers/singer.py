@@ -1,0 +1,126 @@
+"""SiNGER: nullspace-guided teacher refinement before feature distillation (paper §3.2-3.3, eq. 6-12)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mdistiller.singer import SiNGERAdapter, linearize_ffn, null_basis, random_basis, threshold_basis
+
+from .base import Distiller
+from .losses import gram_mse, outlier_loss
+
+
+class SiNGER(Distiller):
+    """``L = λ_kd L_KD + λ_out L_outlier + λ_info L_info`` (eq. 12) over 𝒟 = l_inter ∪ {l_final}.
+
+    * One :class:`SiNGERAdapter` per layer on the teacher's *patch* tokens (CLS and registers pass unchanged),
+      initialised with the left-nullspace basis of the next block's linearised FFN (eq. 8, 14-16). For
+      ``l_final`` eq. 8 has no next block: the block's *own* FFN is used (as the released code does).
+    * ``L_KD`` (eq. 9): student ↔ refined teacher ``F̂``; gradients reach student, projections and adapter
+      (``detach_target`` stops the last).
+    * ``L_outlier`` (eq. 10): per-image α-quantile of ``‖F̂_i‖``, detached threshold, mean over outliers.
+    * ``L_info`` (eq. 11): intermediate l: Gram of teacher block l+1's output on ``F̂_l`` vs on ``F_l`` — the
+      latter is reused from the teacher pass, never recomputed; the gradient flows through the frozen block into
+      the adapter only (teacher weights have ``requires_grad=False``: no weight gradient is ever computed).
+      Final l: Gram of ``F̂_l`` vs ``F_l``. ``gram="cosine"`` uses row-normalised tokens (default).
+      ``info="official"`` reproduces the released code: plain MSE of block l+1's full output for intermediate
+      layers, and the final layer's cosine Gram compared with the refined *intermediate* layer's.
+    """
+
+    def __init__(self, *args, rank: int = 16, q: float = 0.95, init: str = "nullspace", basis: str = "smallest",
+                 null_thres: float = 0.05, linearize_norm: bool = False, linearize_layerscale: bool = False,
+                 use_outlier: bool = True, use_info: bool = True, info: str = "paper", gram: str = "cosine",
+                 detach_target: bool = False, feat_weight: float = 1.0, outlier_weight: float = 1.0,
+                 info_weight: float = 1.0, seed: int = 0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.q, self.info, self.gram_normalize = q, info, gram == "cosine"
+        self.use_outlier, self.use_info, self.detach_target = use_outlier, use_info, detach_target
+        self.weights = {"kd": feat_weight, "outlier": outlier_weight, "info": info_weight}
+        self.final = self.plan.teacher[-1]
+        if info == "official" and use_info and len(self.plan.teacher) < 2:
+            raise ValueError("SiNGER.INFO 'official' compares the final layer with an intermediate one; "
+                             "add an intermediate layer to SiNGER.M_LAYERS or use INFO 'paper'.")
+        d = self.teacher.width
+        if not 1 <= rank <= d:
+            raise ValueError(f"SiNGER.RANK {rank} exceeds the teacher width {d}; choose a rank in [1, {d}].")
+        gen = torch.Generator().manual_seed(seed)
+        self.null_counts: dict[int, int] = {}
+        adapters = {}
+        for t in self.plan.teacher:
+            if init == "random":
+                basis_t = random_basis(d, rank, generator=gen, orthonormal=False)
+            else:
+                block = self.teacher.blocks[t + 1] if t != self.final else self.teacher.blocks[t]
+                w = linearize_ffn(block, include_norm=linearize_norm, include_layerscale=linearize_layerscale).cpu()
+                if basis == "threshold":
+                    basis_t, self.null_counts[t] = threshold_basis(w, rank, null_thres, generator=gen)
+                else:
+                    basis_t = null_basis(w, rank)
+            adapters[str(t)] = SiNGERAdapter(basis_t)
+        self.adapters = nn.ModuleDict(adapters)
+
+    def teacher_request(self) -> list[int]:
+        """Teacher blocks to read: 𝒟 plus l+1 of every intermediate l (its output is reused by L_info)."""
+        extra = [t + 1 for t in self.plan.teacher if t != self.final] if self.use_info else []
+        return sorted(set(self.plan.teacher) | set(extra))
+
+    def refine(self, t_feats: dict[int, torch.Tensor], tgrid: tuple[int, int]) -> dict[int, tuple]:
+        """Per layer ``(split teacher tokens, F̂ patches)`` on the teacher's grid (eq. 6)."""
+        out = {}
+        for t in self.plan.teacher:
+            split = self.teacher.net.split(t_feats[t], tgrid)
+            out[t] = (split, self.adapters[str(t)](split.patches))
+        return out
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        sgrid = self.student_grid(images)
+        s_feats = self.student(images, self.plan.student)
+        t_feats, tgrid = self.teacher(images, self.teacher_request(), student_grid=sgrid)
+        refined = self.refine(t_feats, tgrid)
+        kd, out, info = [], [], []
+        for t, s in self.plan.pairs():
+            split, f_hat = refined[t]
+            target = f_hat.detach() if self.detach_target else f_hat
+            target = self.teacher.to_student_grid(target, tgrid, sgrid)
+            proj, target = self.kd_tokens(self.student.split(s_feats[s], sgrid), target, split.cls, t)
+            kd.append(self.kd_loss(proj, target))  # eq. 9
+            if self.use_outlier:
+                out.append(outlier_loss(f_hat, self.q))  # eq. 10
+            if self.use_info:
+                info.append(self.info_term(t, split, f_hat, t_feats, tgrid, refined))  # eq. 11
+        terms = {"kd": self.reduce_layers(kd)}
+        if out:
+            terms["outlier"] = self.reduce_layers(out)
+        if info:
+            terms["info"] = self.reduce_layers(info)
+        total = sum(self.weights[k] * v for k, v in terms.items())
+        result = {"loss": total}
+        result.update({f"loss_{k}": v.detach() for k, v in terms.items()})
+        return result
+
+    def info_term(self, t: int, split, f_hat: torch.Tensor, t_feats: dict[int, torch.Tensor],
+                  tgrid: tuple[int, int], refined: dict[int, tuple]) -> torch.Tensor:
+        """L_info for one layer (eq. 11, or the released variant)."""
+        if t == self.final:
+            if self.info == "official":
+                inter = refined[self.plan.teacher[-2]][1]
+                return gram_mse(f_hat, inter, normalize=True)
+            return gram_mse(f_hat, split.patches, normalize=self.gram_normalize)
+        block = self.teacher.blocks[t + 1]
+        y_hat = block(torch.cat([split.prefix.to(f_hat.dtype), f_hat], dim=1))  # grad → adapter only
+        y = t_feats[t + 1]  # block l+1 on the original features, from the teacher pass
+        if self.info == "official":
+            return F.mse_loss(y_hat.float(), y.float())
+        p_hat = self.teacher.net.split(y_hat, tgrid).patches
+        p = self.teacher.net.split(y, tgrid).patches
+        return gram_mse(p_hat, p, normalize=self.gram_normalize)
+
+    def distill_targets(self, images: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        sgrid = self.student_grid(images)
+        t_feats, tgrid = self.teacher(images, self.plan.teacher, student_grid=sgrid)
+        out = {}
+        for t, (split, f_hat) in self.refine(t_feats, tgrid).items():
+            out[t] = tuple(self.teacher.to_student_grid(x, tgrid, sgrid) for x in (split.patches, f_hat))
+        return out
