@@ -15,7 +15,7 @@ from pathlib import Path
 
 from yacs.config import CfgNode as CN
 
-__all__ = ["CN", "ConfigError", "get_default_config", "load_config", "validate_config"]
+__all__ = ["CN", "ConfigError", "get_default_config", "load_config", "validate_against_models", "validate_config"]
 
 
 class ConfigError(ValueError):
@@ -172,7 +172,9 @@ def load_config(cfg_files: Sequence[str | Path] = (), opts: Sequence[str] = (), 
         if not path.is_file():
             raise ConfigError(f"config file '{path}' does not exist; check the --cfg path.")
         try:
-            cfg.merge_from_file(str(path))
+            for loaded in _load_with_bases(path):
+                _coerce_numbers(loaded, cfg)
+                cfg.merge_from_other_cfg(loaded)
         except KeyError as e:
             raise ConfigError(f"{path}: {_unknown_key_message(str(e), known)}") from None
         except (ValueError, AssertionError) as e:
@@ -182,14 +184,45 @@ def load_config(cfg_files: Sequence[str | Path] = (), opts: Sequence[str] = (), 
     for key, raw in zip(opts[0::2], opts[1::2]):
         if key not in known and not _under_open_node(cfg, key):
             raise ConfigError(_unknown_key_message(key, known))
+        value = _coerce(raw) if isinstance(raw, str) else raw
+        default = known.get(key)
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
         try:
-            cfg.merge_from_list([key, raw])
+            cfg.merge_from_list([key, value])
         except (ValueError, AssertionError, KeyError) as e:
             raise ConfigError(f"override {key}={raw!r} is invalid: {e}".rstrip(".") + ".") from None
     if validate:
         validate_config(cfg)
+        validate_against_models(cfg)
     cfg.freeze()
     return cfg
+
+
+def _load_with_bases(path: Path, depth: int = 0) -> list[CN]:
+    """The YAML at ``path`` preceded by its ``_BASE_`` chain (a path relative to the file), base first."""
+    if depth > 8:
+        raise ConfigError(f"{path}: _BASE_ chain is deeper than 8 files; is there a cycle?")
+    loaded = CN.load_cfg(path.read_text())
+    base = loaded.pop("_BASE_", None)
+    if base is None:
+        return [loaded]
+    base_path = (path.parent / str(base)).resolve()
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: _BASE_ file '{base_path}' does not exist; fix the relative path.")
+    return _load_with_bases(base_path, depth + 1) + [loaded]
+
+
+def _coerce_numbers(loaded: CN, defaults: CN) -> None:
+    """Let YAML integers fill float keys (``LR: 1`` for ``LR: 1.0``), which yacs would reject as a type mismatch."""
+    for k, v in loaded.items():
+        if k not in defaults:
+            continue
+        d = defaults[k]
+        if isinstance(v, CN) and isinstance(d, CN):
+            _coerce_numbers(v, d)
+        elif isinstance(d, float) and isinstance(v, int) and not isinstance(v, bool):
+            loaded[k] = float(v)
 
 
 def _under_open_node(cfg: CN, key: str) -> bool:
@@ -267,6 +300,39 @@ def validate_config(cfg: CN) -> None:
             check_model_name(str(flat[key]))
         except KeyError as e:
             raise ConfigError(f"{key}: {e.args[0]}") from None
+
+
+def validate_against_models(cfg: CN) -> None:
+    """Checks against the chosen architectures, before any weights are loaded: layer indices in range for the
+    teacher/student depth, ``SiNGER.RANK`` ≤ teacher width, the artifact layer in range. The models are built on
+    the ``meta`` device (no memory, no download), so this costs well under a second.
+    """
+    import torch
+
+    from mdistiller.distillers import plan_layers
+    from mdistiller.models import build_model
+
+    d = cfg.DISTILLER
+    with torch.device("meta"):
+        teacher = build_model(d.TEACHER, False, dynamic_img_size=True, **dict(d.TEACHER_KWARGS))
+        student = build_model(d.STUDENT, False, img_size=int(cfg.DATASET.INPUT_SIZE), **dict(d.STUDENT_KWARGS))
+    t_depth, s_depth, width = len(teacher.blocks), len(student.blocks), int(teacher.embed_dim)
+    try:
+        plan_layers(cfg, t_depth, s_depth)
+    except (IndexError, ValueError) as e:
+        key = "VITKD.MIMIC_LAYERS" if d.TYPE.lower() == "vitkd" else "DISTILLER.TEACHER_LAYERS / SiNGER.M_LAYERS"
+        raise ConfigError(f"{key}: {e.args[0]}") from None
+    if d.TYPE.lower() == "singer" and cfg.SiNGER.RANK > width:
+        raise ConfigError(
+            f"SiNGER.RANK {cfg.SiNGER.RANK} exceeds the width {width} of teacher '{d.TEACHER}'; use a rank ≤ {width}."
+        )
+    if d.ARTIFACTS.ENABLE and not 0 <= d.ARTIFACTS.LAYER < t_depth - 1:
+        raise ConfigError(
+            f"DISTILLER.ARTIFACTS.LAYER {d.ARTIFACTS.LAYER} must lie in [0, {t_depth - 2}] for the "
+            f"{t_depth}-block teacher '{d.TEACHER}' (later blocks must exist to carry the artifacts)."
+        )
+    if not 0.0 < d.ARTIFACTS.SHARE < 1.0:
+        raise ConfigError(f"DISTILLER.ARTIFACTS.SHARE is {d.ARTIFACTS.SHARE} but must lie inside (0, 1).")
 
 
 def parse_override_value(value: str) -> object:

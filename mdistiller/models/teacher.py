@@ -53,11 +53,14 @@ class FrozenTeacher(nn.Module):
         return self.net.width
 
     def input_for(self, images: torch.Tensor, student_grid: tuple[int, int] | None) -> torch.Tensor:
-        """Resize the images so the teacher's grid equals ``student_grid`` (``grid_align == "resize_input"``)."""
-        if student_grid is None or self.grid_align != "resize_input":
-            return images
+        """Resize the images so the teacher's grid equals ``student_grid`` (``grid_align == "resize_input"``), or,
+        for ``"interpolate"``, to the nearest multiple of the teacher's patch size (tokens are resampled later)."""
         p = self.net.patch_size
-        size = (student_grid[0] * p, student_grid[1] * p)
+        h, w = images.shape[-2:]
+        if student_grid is not None and self.grid_align == "resize_input":
+            size = (student_grid[0] * p, student_grid[1] * p)
+        else:
+            size = (max(1, round(h / p)) * p, max(1, round(w / p)) * p)
         if tuple(images.shape[-2:]) == size:
             return images
         return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)

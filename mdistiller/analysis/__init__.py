@@ -1,0 +1,49 @@
+"""Analysis library: artifacts, similarity, subspace energy/alignment, sub-layer changes, emulated artifacts.
+
+Pure functions over tensors (plus hooks for timm ViTs) backing ``tools/analyze.py`` and the paper's analyses:
+Gram distance / CKA (§4.3, Table 2, Table 5b), patch cosine (Table 3), adapter alignment (eq. 13, Table 5a),
+subspace energy (App. I), artifact statistics and the distillation-layer rule (§4.5, Table 7, App. C),
+sub-layer changes (App. A.1), and an emulated-artifact teacher for artifact-free models.
+"""
+
+from .artifacts import (
+    LAYER_RULE,
+    NO_ARTIFACTS_MESSAGE,
+    extract_patch_tokens,
+    layer_artifact_table,
+    patch_norm_stats,
+    patch_norms,
+    recommend_layers,
+)
+from .emulated import ArtifactImplant, artifact_direction, implant_artifacts, patch_pixel_std
+from .similarity import gram, gram_distance, linear_cka, linear_cka_per_image, patch_cosine, summary
+from .sublayer import instrument_block, sublayer_changes, sublayer_profile
+from .subspace import adapter_alignment, alignment, norm_energy_correlation, pearson, subspace_energy
+
+__all__ = [
+    "LAYER_RULE",
+    "NO_ARTIFACTS_MESSAGE",
+    "ArtifactImplant",
+    "adapter_alignment",
+    "alignment",
+    "artifact_direction",
+    "extract_patch_tokens",
+    "gram",
+    "gram_distance",
+    "implant_artifacts",
+    "instrument_block",
+    "layer_artifact_table",
+    "linear_cka",
+    "linear_cka_per_image",
+    "norm_energy_correlation",
+    "patch_cosine",
+    "patch_norm_stats",
+    "patch_norms",
+    "patch_pixel_std",
+    "pearson",
+    "recommend_layers",
+    "sublayer_changes",
+    "sublayer_profile",
+    "subspace_energy",
+    "summary",
+]

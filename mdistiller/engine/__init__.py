@@ -1,0 +1,1 @@
+"""Training engine: distributed setup, resumable sampler, checkpoints, optimisation, logging, the trainer loop."""

@@ -1,0 +1,294 @@
+"""Atomic checkpoints, compatibility checks and RNG capture.
+
+A checkpoint is a plain dict written by rank 0 only (call :func:`barrier` afterwards if other ranks read it). Keep its
+content to tensors, numbers, strings and plain containers (lists, tuples, dicts), e.g. the config as its YAML dump:
+:func:`load_checkpoint` then loads with ``weights_only=True`` and never runs arbitrary pickled code. The RNG states of
+:func:`rng_state` follow that rule too. Suggested layout for the trainer::
+
+    {"meta": {"distiller": ..., "student": ..., "teacher": ..., "params": param_shapes(trainable)},
+     "model": trainable_state_dict, "optimizer": ..., "scheduler": ..., "scaler": ..., "sampler": ...,
+     "epoch": ..., "step": ..., "rng": [rng_state() of every rank], "config": cfg.dump(), "git": ...}
+
+The frozen teacher never goes in: :func:`assert_no_teacher` guards that.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CheckpointError",
+    "atomic_save",
+    "atomic_write_text",
+    "save_checkpoint",
+    "load_checkpoint",
+    "param_shapes",
+    "check_compatible",
+    "find_teacher_keys",
+    "assert_no_teacher",
+    "rng_state",
+    "set_rng_state",
+    "seed_everything",
+]
+
+_FORMAT_KEY = "__mdistiller_checkpoint__"
+_FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, corrupt, or does not belong to this run."""
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist a rename on POSIX file systems (best effort; not supported everywhere)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: str | os.PathLike[str], write: Any) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically.
+
+    The bytes go to a temporary file in the same directory, are fsync'ed, then renamed over ``path`` with
+    ``os.replace``; if anything fails (or the process dies) ``path`` keeps its previous content and the temporary file
+    is removed (a hard kill may leave a hidden ``.<name>.*.tmp`` behind, never a partial ``path``).
+    """
+    return _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically (same guarantees as :func:`atomic_save`)."""
+    return _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> Path:
+    """Write a training checkpoint atomically; call on the main process only."""
+    if _FORMAT_KEY in state:
+        raise ValueError(f"checkpoint state may not use the reserved key {_FORMAT_KEY!r}; rename that entry.")
+    return atomic_save({_FORMAT_KEY: _FORMAT_VERSION, **state}, path)
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu", weights_only: bool = True) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint` (or any dict saved with ``torch.save``).
+
+    Raises:
+        CheckpointError: the file is missing, truncated or corrupt, or holds something other than a dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path or start without resuming.")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=weights_only)
+    except pickle.UnpicklingError as e:
+        if weights_only and "weights_only" in str(e).lower() and zipfile.is_zipfile(path):
+            raise CheckpointError(
+                f"checkpoint {path} holds objects other than tensors and plain containers; "
+                "if you trust the file, load it with weights_only=False."
+            ) from e
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated ({type(e).__name__}); delete it and resume from an older one."
+        ) from e
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError, KeyError) as e:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            "); delete it and resume from an older one."
+        ) from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(
+            f"checkpoint {path} holds a {type(obj).__name__}, not a dict; pass a checkpoint written by the trainer."
+        )
+    obj.pop(_FORMAT_KEY, None)
+    return obj
+
+
+def param_shapes(named_params: Iterable[tuple[str, torch.Tensor]] | torch.nn.Module) -> dict[str, list[int]]:
+    """``{name: shape}`` of the trainable (``requires_grad``) parameters, for checkpoint metadata."""
+    items = named_params.named_parameters() if isinstance(named_params, torch.nn.Module) else named_params
+    return {n: list(p.shape) for n, p in items if p.requires_grad}
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        elif isinstance(v, torch.Size | tuple | list):
+            out[key] = [x for x in v]
+        else:
+            out[key] = v
+    return out
+
+
+def check_compatible(
+    state: Mapping[str, Any],
+    expected: Mapping[str, Any],
+    path: str | os.PathLike[str] | None = None,
+    key: str = "meta",
+    max_report: int = 5,
+) -> None:
+    """Check that a checkpoint's metadata ``state[key]`` matches ``expected`` (nested dicts compared leaf by leaf).
+
+    Every leaf of ``expected`` must be present with an equal value (shapes may be lists, tuples or ``torch.Size``);
+    leaves only the checkpoint has are reported as unexpected when ``expected`` has a sibling dict of the same name
+    (e.g. a parameter the current model lacks).
+
+    Raises:
+        CheckpointError: naming the file and the first ``max_report`` mismatching keys.
+    """
+    where = f"checkpoint {path}" if path is not None else "checkpoint"
+    meta = state.get(key)
+    if not isinstance(meta, Mapping):
+        raise CheckpointError(f"{where} has no '{key}' metadata; it was not written by this trainer, start a new run.")
+    have, want = _flatten(meta), _flatten(expected)
+    problems: list[str] = []
+    for k, v in want.items():
+        if k not in have:
+            problems.append(f"{k} missing (expected {v!r})")
+        elif have[k] != v:
+            problems.append(f"{k}: checkpoint {have[k]!r} vs run {v!r}")
+    groups = {k for k, v in expected.items() if isinstance(v, Mapping)}
+    problems += [
+        f"{k} unexpected (checkpoint {have[k]!r})" for k in have if k not in want and k.split(".", 1)[0] in groups
+    ]
+    if problems:
+        shown = "; ".join(problems[:max_report])
+        if len(problems) > max_report:
+            shown += f"; and {len(problems) - max_report} more"
+        raise CheckpointError(
+            f"{where} does not match this run ({shown}); resume with the config that wrote it or use a new run dir."
+        )
+
+
+def _strip(name: str) -> str:
+    for prefix in ("module.", "_orig_mod."):
+        while name.startswith(prefix):
+            name = name[len(prefix) :]
+    return name
+
+
+def _tensor_keys(d: Mapping[str, Any], prefix: str = "") -> list[str]:
+    out: list[str] = []
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out += _tensor_keys(v, f"{prefix}{k}.")
+        elif isinstance(v, torch.Tensor):
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def find_teacher_keys(
+    state_dict: Mapping[str, Any], teacher_param_names: Iterable[str], prefixes: Iterable[str] = ("teacher.",)
+) -> list[str]:
+    """Keys of ``state_dict`` (nested dicts walked, ``module.``/``_orig_mod.`` ignored) that belong to the teacher.
+
+    A key is a teacher key when, after stripping wrapper prefixes, it equals one of ``teacher_param_names`` (the
+    teacher's names *as they appear in the saved module*, e.g. ``teacher.blocks.0.norm1.weight``) or starts with one of
+    ``prefixes``; a nested key also matches by its part after the top-level entry (``model.teacher.x`` → ``teacher.x``).
+    """
+    names = {_strip(n) for n in teacher_param_names}
+    pre = tuple(prefixes)
+    hits = []
+    for full in _tensor_keys(state_dict):
+        cands = {_strip(full)}
+        if "." in full:
+            cands.add(_strip(full.split(".", 1)[1]))
+        if any(c in names or c.startswith(pre) for c in cands):
+            hits.append(full)
+    return hits
+
+
+def assert_no_teacher(
+    state_dict: Mapping[str, Any], teacher_param_names: Iterable[str], prefixes: Iterable[str] = ("teacher.",)
+) -> None:
+    """Raise ``CheckpointError`` if any teacher tensor is about to be saved (see :func:`find_teacher_keys`)."""
+    hits = find_teacher_keys(state_dict, teacher_param_names, prefixes)
+    if hits:
+        raise CheckpointError(
+            f"{len(hits)} teacher tensors (e.g. {hits[:3]}) are in the checkpoint state; save only the trainable "
+            "module's state_dict, never the frozen teacher."
+        )
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states: python ``random``, numpy's global RNG, torch CPU and (if present) every CUDA device.
+
+    Everything is a tensor, number, string or tuple/list, so the result loads with ``weights_only=True``. RNG states
+    are per rank: gather them (``all_gather_object``) to resume each rank exactly.
+    """
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)  # type: ignore[misc]
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": str(kind),
+            "keys": [int(x) for x in keys],
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore states captured by :func:`rng_state` (entries that are absent are left alone).
+
+    CUDA states are restored only when the number of visible devices matches the capture.
+    """
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((int(version), tuple(int(x) for x in internal), gauss))
+    if "numpy" in state:
+        s = state["numpy"]
+        np.random.set_state((s["kind"], np.asarray(s["keys"], dtype=np.uint32), s["pos"], s["has_gauss"], s["gauss"]))
+    if "torch" in state:
+        torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8).cpu())
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([torch.as_tensor(s, dtype=torch.uint8).cpu() for s in state["cuda"]])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python ``random``, numpy and torch (CPU and CUDA); pass ``base_seed + rank`` for per-rank streams."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
