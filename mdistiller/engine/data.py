@@ -1,0 +1,66 @@
+"""Training data plumbing: per-sample seeded augmentation and the resumable, DDP-aligned loader."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .sampler import ResumableDistributedSampler
+
+__all__ = ["SeededSamples", "EpochKeySampler", "build_train_loader"]
+
+
+class SeededSamples(Dataset):
+    """Makes augmentation a pure function of ``(seed, epoch, index)``.
+
+    Items are requested with a key ``epoch * len(dataset) + index`` (see :class:`EpochKeySampler`); before the
+    wrapped ``__getitem__`` runs, torch's RNG is forked and seeded from ``(seed, epoch, index)``. The random crop and
+    flip of a sample therefore do not depend on the worker that loads it, on the world size, or on where a resumed
+    run restarted — which is what makes a resumed run match an uninterrupted one exactly.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = int(seed)
+        self.n = len(dataset)  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, key: int) -> Any:
+        epoch, index = divmod(int(key), self.n)
+        sample_seed = int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed)
+            return self.dataset[index]
+
+
+class EpochKeySampler(Sampler[int]):
+    """Wraps a :class:`ResumableDistributedSampler` and yields ``epoch * n + index`` keys for :class:`SeededSamples`."""
+
+    def __init__(self, sampler: ResumableDistributedSampler) -> None:
+        self.sampler = sampler
+
+    def __iter__(self):
+        offset = self.sampler.epoch * self.sampler.dataset_len
+        return (offset + i for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+def build_train_loader(dataset: Dataset, *, world_size: int, rank: int, batch_size: int, seed: int,
+                       num_workers: int, pin_memory: bool, persistent_workers: bool,
+                       prefetch_factor: int) -> tuple[DataLoader, ResumableDistributedSampler]:
+    """A loader whose global batch at step t is the same set of samples for any world size (same global batch)."""
+    sampler = ResumableDistributedSampler(len(dataset), world_size, rank, batch_size, shuffle=True, seed=seed,
+                                          drop_last=True)
+    kwargs: dict[str, Any] = {}
+    if num_workers > 0:
+        kwargs = {"persistent_workers": persistent_workers, "prefetch_factor": prefetch_factor}
+    loader = DataLoader(SeededSamples(dataset, seed), batch_size=batch_size, sampler=EpochKeySampler(sampler),
+                        num_workers=num_workers, pin_memory=pin_memory, drop_last=False, **kwargs)
+    return loader, sampler

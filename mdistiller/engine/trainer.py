@@ -1,0 +1,279 @@
+"""The training loop: one engine for every distiller, 1 CPU process or N GPUs under torchrun."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mdistiller.config import CN
+from mdistiller.distillers import Distiller, build_distiller
+
+from . import checkpoint as ckpt
+from .data import build_train_loader
+from .distributed import DistEnv, all_gather_object, barrier, reduce_mean_dict
+from .logging import MetricsWriter, write_run_info
+from .optim import IterationScheduler, build_optimizer, clip_grad
+
+__all__ = ["Trainer", "NonFiniteLossError", "run_dir_for", "load_run", "checkpoint_meta"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN/inf; the last good checkpoint is left untouched."""
+
+
+def run_dir_for(cfg: CN) -> Path:
+    """``EXPERIMENT.OUTPUT_DIR / PROJECT / (NAME or TAG)``."""
+    e = cfg.EXPERIMENT
+    return Path(e.OUTPUT_DIR) / e.PROJECT / (e.NAME or e.TAG)
+
+
+def checkpoint_meta(cfg: CN, model: nn.Module) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: method, models, and every trainable parameter's shape."""
+    d = cfg.DISTILLER
+    return {"distiller": d.TYPE, "teacher": d.TEACHER, "student": d.STUDENT,
+            "params": ckpt.param_shapes([(n, p) for n, p in model.named_parameters() if p.requires_grad])}
+
+
+class Trainer:
+    """Distils ``cfg`` into ``run_dir``: DDP over the trainable module only, AMP, clipping, per-iteration
+    schedule, atomic resumable checkpoints (never the teacher), ``metrics.jsonl``, feature agreement on a held-out
+    batch, and a timm-loadable ``student.safetensors`` at the end.
+    """
+
+    def __init__(self, cfg: CN, env: DistEnv, run_dir: str | Path | None = None) -> None:
+        from mdistiller.dataset import build_dataset
+
+        self.cfg, self.env = cfg, env
+        self.run_dir = Path(run_dir) if run_dir else run_dir_for(cfg)
+        self.ckpt_path = self.run_dir / "checkpoints" / "last.pth"
+        s, data = cfg.SOLVER, cfg.DATASET
+        if s.BATCH_SIZE % env.world_size:
+            raise ValueError(f"SOLVER.BATCH_SIZE {s.BATCH_SIZE} (global) is not divisible by the world size "
+                             f"{env.world_size}; pick a multiple of {env.world_size}.")
+        self.batch = s.BATCH_SIZE // env.world_size
+        ckpt.seed_everything(cfg.EXPERIMENT.SEED)  # same init on every rank
+        self.distiller: Distiller = build_distiller(cfg, device=env.device)
+        extra = {"num_images": data.TRAIN_SIZE} if data.TRAIN_SIZE and data.TYPE == "toy_scenes" else {}
+        train_set = build_dataset(data.TYPE, "train", root=data.ROOT, input_size=data.INPUT_SIZE,
+                                  train=bool(data.AUGMENT), **extra)
+        self.loader, self.sampler = build_train_loader(
+            train_set, world_size=env.world_size, rank=env.rank, batch_size=self.batch, seed=cfg.EXPERIMENT.SEED,
+            num_workers=data.NUM_WORKERS, pin_memory=bool(data.PIN_MEMORY) and env.device.type == "cuda",
+            persistent_workers=bool(data.PERSISTENT_WORKERS), prefetch_factor=data.PREFETCH_FACTOR)
+        self.heldout = self._heldout_batch(build_dataset) if env.is_main else None
+        self.steps_per_epoch = self.sampler.steps_per_epoch
+        self.total_steps = s.MAX_STEPS or s.EPOCHS * self.steps_per_epoch
+        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        self.optimizer = build_optimizer(
+            self.distiller.trainable_parameters(), type=s.TYPE, lr=s.LR, weight_decay=s.WEIGHT_DECAY,
+            betas=tuple(s.BETAS), eps=s.EPS, momentum=s.MOMENTUM, fused=True if s.FUSED else None)
+        self.scheduler = IterationScheduler(
+            self.optimizer, s.LR, self.total_steps,
+            warmup_steps=min(self.total_steps, round(s.WARMUP_EPOCHS * self.steps_per_epoch)),
+            schedule=s.SCHEDULE.lower(), final_lr=s.FINAL_LR, gamma=s.GAMMA,
+            milestones=[round(m * self.steps_per_epoch) for m in s.MILESTONES])
+        amp = s.AMP.lower()
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+        self.scaler = torch.amp.GradScaler(env.device.type, enabled=amp == "fp16")
+        self.model: nn.Module = self.distiller
+        if s.COMPILE:
+            self.model = torch.compile(self.model)  # after freezing: compile does not guard on requires_grad
+        if env.distributed:
+            ids = [env.local_rank] if env.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.step = 0
+        self.stop_signal: int | None = None
+
+    # ---------------------------------------------------------------------------------------------- pieces
+    def _heldout_batch(self, build_dataset) -> torch.Tensor:
+        data = self.cfg.DATASET
+        n = data.VAL_SIZE or min(self.batch, 16)
+        kwargs = {"num_images": n} if data.TYPE == "toy_scenes" else {}
+        try:
+            ds = build_dataset(data.TYPE, "val", root=data.ROOT, input_size=data.INPUT_SIZE, train=False, **kwargs)
+        except (FileNotFoundError, ValueError):
+            return torch.empty(0)  # no held-out split: agreement is skipped
+        return torch.stack([ds[i][0] for i in range(min(n, len(ds)))]).to(self.env.device)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.env.device.type, dtype=self.amp_dtype)
+
+    def state(self) -> dict[str, Any]:
+        epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
+        return {"meta": checkpoint_meta(self.cfg, self.distiller), "model": self.distiller.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "step": self.step, "epoch": epoch, "step_in_epoch": in_epoch,
+                "rng": all_gather_object(ckpt.rng_state()), "config": self.cfg.dump()}
+
+    def save(self) -> None:
+        state = self.state()  # collective (RNG gather): every rank calls it
+        if self.env.is_main:
+            ckpt.save_checkpoint(self.ckpt_path, state)
+        barrier()
+
+    def resume(self, path: str | Path) -> None:
+        """Continue exactly where ``path`` stopped: weights, optimizer, schedule, scaler, RNG and sample stream."""
+        path = Path(path)
+        state = ckpt.load_checkpoint(path, map_location="cpu")
+        ckpt.check_compatible(state, checkpoint_meta(self.cfg, self.distiller), path=path)
+        self.distiller.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        rngs = state["rng"]
+        if len(rngs) == self.env.world_size:
+            ckpt.set_rng_state(rngs[self.env.rank])
+
+    # ---------------------------------------------------------------------------------------------- loop
+    def train_step(self, images: torch.Tensor) -> dict[str, float]:
+        self.model.train()
+        with self._autocast():
+            out = self.model(images)
+        bad = {k: v for k, v in out.items() if not torch.isfinite(v.detach()).all()}
+        flag = torch.tensor([float(bool(bad))], device=self.env.device)
+        if self.env.distributed:
+            torch.distributed.all_reduce(flag)
+        if flag.item() > 0:
+            last = self.ckpt_path if self.ckpt_path.exists() else "none written yet"
+            raise NonFiniteLossError(
+                f"non-finite loss at step {self.step + 1} (term(s): {', '.join(bad) or 'on another rank'}); "
+                f"the last good checkpoint ({last}) is kept: lower SOLVER.LR or enable SOLVER.GRAD_CLIP, then resume.")
+        self.scaler.scale(out["loss"]).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = clip_grad([p for g in self.optimizer.param_groups for p in g["params"]], self.cfg.SOLVER.GRAD_CLIP)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        metrics = {k: float(v.detach()) for k, v in out.items()}
+        if grad_norm:
+            metrics["grad_norm"] = float(grad_norm)
+        return metrics
+
+    def agreement(self) -> dict[str, float]:
+        if self.heldout is None or self.heldout.numel() == 0:
+            return {}
+        self.distiller.eval()
+        with self._autocast():
+            res = self.distiller.agreement(self.heldout)
+        self.distiller.train()
+        return {f"agree/{k}": v for k, v in res.items()}
+
+    def _install_signal_handlers(self) -> None:
+        def handler(signum, frame):  # noqa: ARG001
+            self.stop_signal = signum
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not in the main thread
+                signal.signal(sig, handler)
+
+    def fit(self, resume: str | Path | None = None) -> dict[str, Any]:
+        """Train to ``total_steps``; returns the last logged metrics. A SIGINT/SIGTERM writes a checkpoint and
+        returns early with ``"interrupted": signal``."""
+        cfg, env = self.cfg, self.env
+        if resume:
+            self.resume(resume)
+        if env.is_main:
+            write_run_info(self.run_dir, cfg.dump(), {"distiller": cfg.DISTILLER.TYPE, "plan": repr(self.distiller.plan),
+                                                     "trainable_params": sum(p.numel() for _, p in
+                                                                             self.distiller.trainable_parameters())})
+        log = MetricsWriter(self.run_dir, env.is_main, tensorboard=cfg.LOG.TENSORBOARD, wandb=cfg.LOG.WANDB,
+                            wandb_project=cfg.EXPERIMENT.PROJECT, wandb_name=cfg.EXPERIMENT.NAME or None,
+                            wandb_tags=[t for t in cfg.EXPERIMENT.TAG.split(",") if t],
+                            wandb_config={"config": cfg.dump()})
+        self._install_signal_handlers()
+        bar = None
+        if env.is_main and cfg.LOG.PROGRESS:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{cfg.DISTILLER.TYPE}", dynamic_ncols=True)
+        last: dict[str, Any] = {}
+        window: list[dict[str, float]] = []
+        t0, seen = time.perf_counter(), 0
+        agree_every = cfg.LOG.AGREEMENT_EVERY_STEPS or self.steps_per_epoch
+        ckpt_every = cfg.LOG.CKPT_EVERY_STEPS
+        try:
+            while self.step < self.total_steps:
+                epoch, start = divmod(self.step, self.steps_per_epoch)
+                self.sampler.set_epoch(epoch, start=start * self.batch)
+                for images, *_ in self.loader:
+                    images = images.to(env.device, non_blocking=True)
+                    window.append(self.train_step(images))
+                    seen += images.shape[0] * env.world_size
+                    done_epoch = self.step % self.steps_per_epoch == 0
+                    if self.step % cfg.LOG.FREQ == 0 or done_epoch or self.step == self.total_steps:
+                        last = self._log(log, window, epoch, seen / max(time.perf_counter() - t0, 1e-9), bar)
+                        window, t0, seen = [], time.perf_counter(), 0
+                    if self.step % agree_every == 0 or self.step == self.total_steps:
+                        agr = self.agreement()
+                        if agr:
+                            log.log(agr, step=self.step, epoch=epoch)
+                            last.update(agr)
+                    if (ckpt_every and self.step % ckpt_every == 0) or done_epoch or self.step == self.total_steps:
+                        self.save()
+                    if bar is not None:
+                        bar.update(1)
+                    if self.stop_signal is not None:
+                        self.save()
+                        last["interrupted"] = int(self.stop_signal)
+                        return last
+                    if self.step >= self.total_steps:
+                        break
+            self.export()
+            return last
+        finally:
+            if bar is not None:
+                bar.close()
+            log.close()
+
+    def _log(self, log: MetricsWriter, window: list[dict[str, float]], epoch: int, img_s: float, bar) -> dict:
+        keys = sorted({k for m in window for k in m})
+        means = {k: sum(m.get(k, 0.0) for m in window) / len(window) for k in keys}
+        means = reduce_mean_dict(means, len(window))
+        record = {**means, "lr": self.scheduler.lr, "img_per_s": img_s, "epoch": epoch}
+        log.log(record, step=self.step)
+        if bar is not None:
+            terms = {k.removeprefix("loss_"): f"{v:.4g}" for k, v in means.items() if k.startswith("loss")}
+            bar.set_postfix(terms | {"lr": f"{self.scheduler.lr:.2e}", "img/s": f"{img_s:.1f}"}, refresh=False)
+        return record
+
+    def export(self) -> Path | None:
+        """Write ``student.safetensors`` (timm-loadable) into the run directory (main rank)."""
+        if not self.env.is_main:
+            barrier()
+            return None
+        d = self.cfg.DISTILLER
+        kwargs = dict(d.STUDENT_KWARGS) | {"img_size": int(self.cfg.DATASET.INPUT_SIZE)}
+        path = self.distiller.export_student(self.run_dir / "student.safetensors", d.STUDENT, kwargs)
+        barrier()
+        return path
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[CN, Distiller]:
+    """Rebuild the distiller of a run directory (``config.yaml`` + ``checkpoints/last.pth``) for analysis."""
+    from mdistiller.config import load_config
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"run directory '{run_dir}' has no config.yaml; pass a directory written by "
+                                "tools/train.py.")
+    cfg = load_config([cfg_path])
+    distiller = build_distiller(cfg, device=device)
+    path = run_dir / "checkpoints" / "last.pth"
+    state = ckpt.load_checkpoint(path, map_location="cpu")
+    ckpt.check_compatible(state, checkpoint_meta(cfg, distiller), path=path)
+    distiller.load_state_dict(state["model"])
+    distiller.eval()
+    return cfg, distiller

@@ -1,0 +1,83 @@
+#!/usr/bin/env python
+"""Distil a ViT: ``python tools/train.py --cfg A.yaml [B.yaml ...] [KEY VALUE ...]``.
+
+The same command runs in one process (CPU or one GPU) and under torchrun, single or multi-node::
+
+    torchrun --standalone --nproc-per-node=8 tools/train.py --cfg configs/imagenet/vit/singer.yaml \\
+        configs/imagenet/optim/adamw.yaml
+    torchrun --nnodes=2 --nproc-per-node=8 --rdzv-backend=c10d --rdzv-endpoint=$HOST:29500 tools/train.py --cfg ...
+
+The run directory (``EXPERIMENT.OUTPUT_DIR/PROJECT/NAME`` or ``--run-dir``) receives ``config.yaml``,
+``run_info.json``, ``metrics.jsonl``, ``checkpoints/last.pth`` and, at the end, ``student.safetensors``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("WANDB_MODE", "offline")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cfg", nargs="+", default=[], metavar="YAML", help="config files, merged left to right")
+    p.add_argument("--resume", default="auto", metavar="auto|none|PATH",
+                   help="auto: continue from RUN_DIR/checkpoints/last.pth when it exists (default); none: start over")
+    p.add_argument("--run-dir", default=None, help="override EXPERIMENT.OUTPUT_DIR/PROJECT/NAME")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: EXPERIMENT.DEVICE)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides, e.g. SOLVER.LR 1e-4")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from mdistiller.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.cfg, args.opts)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(cfg.dump())
+        return 0
+    from mdistiller.engine.checkpoint import CheckpointError
+    from mdistiller.engine.distributed import cleanup, init_distributed
+    from mdistiller.engine.trainer import NonFiniteLossError, Trainer, run_dir_for
+
+    env = init_distributed(args.device or cfg.EXPERIMENT.DEVICE)
+    run_dir = Path(args.run_dir) if args.run_dir else run_dir_for(cfg)
+    try:
+        trainer = Trainer(cfg, env, run_dir)
+        resume = None
+        if args.resume == "auto":
+            resume = trainer.ckpt_path if trainer.ckpt_path.exists() else None
+        elif args.resume not in ("none", ""):
+            resume = Path(args.resume)
+        if env.is_main:
+            where = f"resuming from {resume}" if resume else "starting"
+            print(f"[mdistiller] {cfg.DISTILLER.TYPE} {cfg.DISTILLER.TEACHER} → {cfg.DISTILLER.STUDENT} "
+                  f"{trainer.distiller.plan}; {where}; world size {env.world_size}; run dir {run_dir}", flush=True)
+        result = trainer.fit(resume)
+    except (FileNotFoundError, CheckpointError, NonFiniteLossError, ValueError, IndexError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        cleanup()
+        return 1
+    cleanup()
+    if "interrupted" in result:
+        if env.is_main:
+            print(f"[mdistiller] stopped by signal {result['interrupted']}; checkpoint written to "
+                  f"{trainer.ckpt_path}; rerun the same command to resume.", file=sys.stderr)
+        return 130
+    if env.is_main:
+        print(f"[mdistiller] done: step {trainer.step}, student exported to {run_dir / 'student.safetensors'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
