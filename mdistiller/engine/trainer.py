@@ -185,9 +185,9 @@ class Trainer:
         if resume:
             self.resume(resume)
         if env.is_main:
-            write_run_info(self.run_dir, cfg.dump(), {"distiller": cfg.DISTILLER.TYPE, "plan": repr(self.distiller.plan),
-                                                     "trainable_params": sum(p.numel() for _, p in
-                                                                             self.distiller.trainable_parameters())})
+            n_params = sum(p.numel() for _, p in self.distiller.trainable_parameters())
+            write_run_info(self.run_dir, cfg.dump(), {"distiller": cfg.DISTILLER.TYPE,
+                                                     "plan": repr(self.distiller.plan), "trainable_params": n_params})
         log = MetricsWriter(self.run_dir, env.is_main, tensorboard=cfg.LOG.TENSORBOARD, wandb=cfg.LOG.WANDB,
                             wandb_project=cfg.EXPERIMENT.PROJECT, wandb_name=cfg.EXPERIMENT.NAME or None,
                             wandb_tags=[t for t in cfg.EXPERIMENT.TAG.split(",") if t],
