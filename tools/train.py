@@ -31,7 +31,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="cpu | cuda (default: EXPERIMENT.DEVICE)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides, e.g. SOLVER.LR 1e-4")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # `--cfg a.yaml b.yaml KEY VALUE`: argparse hands the overrides to --cfg; move them back to opts.
+    for i, item in enumerate(args.cfg):
+        if not item.endswith((".yaml", ".yml")):
+            args.opts = args.cfg[i:] + list(args.opts)
+            args.cfg = args.cfg[:i]
+            break
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
