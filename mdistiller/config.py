@@ -1,7 +1,7 @@
 """The yacs configuration: defaults, stacking of ``--cfg`` files, ``KEY VALUE`` overrides and validation.
 
-Every key is defined here, once, with a comment; ``docs/config.md`` is generated from this file's comments by
-``python tools/train.py --print-keys``. Key names follow the released code where they exist
+Every key is defined here, once, with a comment (this file is the reference of all keys;
+``python tools/train.py --print-config`` prints the resolved values). Key names follow the released code where they exist
 (``DISTILLER.{TYPE,TEACHER,STUDENT}``, ``SiNGER.*``, ``SOLVER.*``, ``DATASET.*``, ``EXPERIMENT.*``, ``LOG.*``).
 Where the released code differs from the paper, the paper is the default and the released behaviour is a
 named option (see ``configs/imagenet/vit/singer_official.yaml``).
