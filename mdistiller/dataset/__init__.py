@@ -55,3 +55,6 @@ __all__ = [
     "toy_scenes",
     "train_transform",
 ]
+
+# Evaluation datasets in their official on-disk formats (they register themselves, too).
+from mdistiller.dataset import ade20k, finegrained, imagenet_variants, inat2019, nyud  # noqa: E402, F401

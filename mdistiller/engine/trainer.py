@@ -60,6 +60,7 @@ class Trainer:
         self.batch = s.BATCH_SIZE // env.world_size
         ckpt.seed_everything(cfg.EXPERIMENT.SEED)  # same init on every rank
         self.distiller: Distiller = build_distiller(cfg, device=env.device)
+        torch.manual_seed(cfg.EXPERIMENT.SEED + env.rank)  # per-rank stream for in-model randomness (ViTKD masks)
         extra = {"num_images": data.TRAIN_SIZE} if data.TRAIN_SIZE and data.TYPE == "toy_scenes" else {}
         train_set = build_dataset(data.TYPE, "train", root=data.ROOT, input_size=data.INPUT_SIZE,
                                   train=bool(data.AUGMENT), **extra)
@@ -200,6 +201,8 @@ class Trainer:
             bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{cfg.DISTILLER.TYPE}", dynamic_ncols=True)
         last: dict[str, Any] = {}
         window: list[dict[str, float]] = []
+        epoch_steps: list[dict[str, float]] = []
+        epoch_t0 = time.perf_counter()
         t0, seen = time.perf_counter(), 0
         agree_every = cfg.LOG.AGREEMENT_EVERY_STEPS or self.steps_per_epoch
         ckpt_every = cfg.LOG.CKPT_EVERY_STEPS
@@ -210,6 +213,7 @@ class Trainer:
                 for images, *_ in self.loader:
                     images = images.to(env.device, non_blocking=True)
                     window.append(self.train_step(images))
+                    epoch_steps.append(window[-1])
                     seen += images.shape[0] * env.world_size
                     done_epoch = self.step % self.steps_per_epoch == 0
                     if self.step % cfg.LOG.FREQ == 0 or done_epoch or self.step == self.total_steps:
@@ -220,6 +224,10 @@ class Trainer:
                         if agr:
                             log.log(agr, step=self.step, epoch=epoch)
                             last.update(agr)
+                    if done_epoch or self.step == self.total_steps:  # one summary record per (partial) epoch
+                        summary = self._epoch_summary(epoch_steps, epoch, time.perf_counter() - epoch_t0)
+                        log.log(summary, step=self.step)
+                        epoch_steps, epoch_t0 = [], time.perf_counter()
                     if (ckpt_every and self.step % ckpt_every == 0) or done_epoch or self.step == self.total_steps:
                         self.save()
                     if bar is not None:
@@ -236,6 +244,15 @@ class Trainer:
             if bar is not None:
                 bar.close()
             log.close()
+
+    def _epoch_summary(self, steps: list[dict[str, float]], epoch: int, seconds: float) -> dict[str, Any]:
+        """``{"epoch_end": e, "epoch/<term>": mean over the epoch's steps (all ranks), ...}``."""
+        keys = sorted({k for m in steps for k in m})
+        means = reduce_mean_dict({k: sum(m.get(k, 0.0) for m in steps) / max(len(steps), 1) for k in keys},
+                                 len(steps))
+        img_s = len(steps) * self.batch * self.env.world_size / max(seconds, 1e-9)
+        return {"epoch_end": epoch, "steps": len(steps), **{f"epoch/{k}": v for k, v in means.items()},
+                "epoch/img_per_s": img_s}
 
     def _log(self, log: MetricsWriter, window: list[dict[str, float]], epoch: int, img_s: float, bar) -> dict:
         keys = sorted({k for m in window for k in m})
