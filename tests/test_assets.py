@@ -224,3 +224,28 @@ def test_cli_reports_cached_asset(weights, capsys):
     assert Path(info["path"]) == weights
     assert info["sha256"] == assets.sha256_file(weights)
     assert (info["tensors"], info["params"]) == (174, 22_056_192)
+
+
+@pytest.mark.asset
+def test_offline_teacher_builds_through_the_distiller_code_path(weights, monkeypatch):
+    """``DISTILLER.TEACHER dinov2_small_imgfocus`` uses the converted, cached file (no re-conversion)."""
+    import torch
+
+    from mdistiller.distillers import build_distiller
+    from tests.conftest import tiny_config
+
+    monkeypatch.setenv("MDISTILLER_CACHE", str(weights.parent))
+    mtime = weights.stat().st_mtime_ns
+    cfg = tiny_config("SiNGER", size=32, **{"DISTILLER.TEACHER": "dinov2_small_imgfocus",
+                                           "DISTILLER.TEACHER_WEIGHTS": "pretrained", "SiNGER.M_LAYERS": [8]})
+    cfg.DISTILLER.TEACHER_KWARGS.clear()
+    d = build_distiller(cfg)
+    assert weights.stat().st_mtime_ns == mtime
+    assert d.teacher.width == 384 and d.plan.teacher == [8, 11] and d.plan.student == [1, 2]
+    sd = d.teacher.net.model.state_dict()
+    from safetensors.torch import load_file
+
+    ref = load_file(str(weights))
+    torch.testing.assert_close(sd["blocks.3.mlp.fc1.weight"], ref["blocks.3.mlp.fc1.weight"])
+    out = d(torch.rand(2, 3, 32, 32))
+    assert torch.isfinite(out["loss"])

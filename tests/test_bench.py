@@ -1,0 +1,110 @@
+"""``tools/bench.py`` runs end to end on the tiny preset and the FLOP counter matches a hand count.
+
+No test here asserts a time: the machine is shared and timings are noise; only structure and arithmetic are checked.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mdistiller.bench_flops import (
+    ViTShape,
+    block_flops,
+    forward_flops,
+    gram_flops,
+    linear_flops,
+    method_flops,
+    vit_shape,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "tools" / "bench.py"
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("mdistiller_tools_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_block_flops_hand_count():
+    # 1 block, width 8, 4 tokens, MLP hidden 32 (ratio 4):
+    # qkv 2·4·8·24 = 1536, QKᵀ 2·4·4·8 = 256, AV 256, proj 2·4·8·8 = 512, fc1 2·4·8·32 = 2048, fc2 2048
+    assert block_flops(4, 8, 32) == 1536 + 256 + 256 + 512 + 2048 + 2048 == 6656
+    shape = ViTShape(depth=1, width=8, mlp_hidden=32, num_prefix=1, patch_size=2, in_chans=3)
+    # 3 patches + CLS = 4 tokens; patch embedding 2·3·(3·2·2)·8 = 576
+    assert forward_flops(shape, 3) == 576 + 6656
+    assert gram_flops(3, 8) == 2 * 3 * 3 * 8
+    assert linear_flops(3, 8, 16) == 2 * 3 * 8 * 16
+
+
+def test_method_flops_hand_count():
+    t = ViTShape(depth=2, width=8, mlp_hidden=32, num_prefix=1, patch_size=2)
+    s = ViTShape(depth=2, width=4, mlp_hidden=16, num_prefix=1, patch_size=2)
+    kw = dict(teacher_patches=3, student_patches=3, teacher_blocks=2, student_blocks=2, teacher_layers=[0, 1])
+    t_fwd = 2 * 3 * 12 * 8 + 2 * block_flops(4, 8, 32)
+    s_fwd = 2 * 3 * 12 * 4 + 2 * block_flops(4, 4, 16)
+    proj = 2 * 3 * 4 * 8  # Linear(4 → 8) on 3 patch tokens
+    fit = method_flops("FitNet", t, s, **kw)
+    total = t_fwd + 3 * s_fwd + 6 * proj
+    assert fit == {"teacher": t_fwd, "student": 3 * s_fwd, "extras": 3 * 2 * proj, "total": total}
+    sing = method_flops("SiNGER", t, s, rank=2, **kw)
+    adapter = 2 * 3 * 8 * 2 * 2  # x@down and (·)@up, rank 2, 3 patches
+    gram = 2 * 3 * 3 * 8
+    # intermediate layer 0: block 1 forward + input gradient, Gram with grad (3×) and without (1×); final: same Grams
+    extras = 3 * 2 * proj + 3 * 2 * adapter + 2 * block_flops(4, 8, 32) + 2 * (4 * gram)
+    assert sing["extras"] == extras and sing["total"] == t_fwd + 3 * s_fwd + extras
+    assert method_flops("student", t, s, **kw)["total"] == 3 * s_fwd
+    assert method_flops("teacher", t, s, **kw)["total"] == t_fwd
+    with pytest.raises(ValueError, match="unknown method"):
+        method_flops("nope", t, s, **kw)
+
+
+def test_vit_shape_reads_timm():
+    import timm
+
+    m = timm.create_model("vit_tiny_patch16_224", num_classes=0, depth=2, embed_dim=48, num_heads=3, img_size=32)
+    assert vit_shape(m) == ViTShape(depth=2, width=48, mlp_hidden=192, num_prefix=1, patch_size=16, in_chans=3)
+
+
+def test_help_runs():
+    out = subprocess.run([sys.executable, str(BENCH), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "--peak-tflops" in out.stdout
+
+
+def test_tiny_json(capsys, tmp_path):
+    bench = _load_bench()
+    out_file = tmp_path / "bench.json"
+    bench.main(["--tiny", "--steps", "2", "--warmup", "1", "--json", "--threads", "2", "--output", str(out_file)])
+    result = json.loads(capsys.readouterr().out)
+    assert json.loads(out_file.read_text()) == result
+    assert result["reference"] == "FitNet"
+    for name in ("FitNet", "ViTKD", "SiNGER", "student", "teacher", "student_fb", "loader"):
+        r = result["results"][name]
+        assert len(r["times_s"]) == 2 and r["median_s"] > 0 and r["images_per_s"] > 0
+        assert r["peak_mem_mib"] is not None
+    for name in ("FitNet", "ViTKD", "SiNGER", "student", "teacher", "student_fb"):
+        ratio = result["ratios"][name]
+        assert set(ratio) >= {"paired_median", "paired_min", "paired_max", "of_medians", "flop_bound"}
+        assert result["results"][name]["flops_per_image"]["total"] > 0
+    assert result["ratios"]["FitNet"]["paired_median"] == pytest.approx(1.0)
+    # SiNGER runs the same teacher depth as FitNet plus its extras: its FLOP bound is strictly larger
+    assert result["ratios"]["SiNGER"]["flop_bound"] > 1.0
+    assert result["setup"]["fused_attn"]["teacher"] is True
+
+
+def test_bad_method_is_one_sentence(capsys):
+    bench = _load_bench()
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--tiny", "--methods", "fitnet,bogus"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown method 'bogus'" in err and err.count("\n") == 1
