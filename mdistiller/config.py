@@ -1,8 +1,9 @@
 """The yacs configuration: defaults, stacking of ``--cfg`` files, ``KEY VALUE`` overrides and validation.
 
 Every key is defined here, once, with a comment (this file is the reference of all keys;
-``python tools/train.py --print-config`` prints the resolved values). Key names follow the released code where they exist
-(``DISTILLER.{TYPE,TEACHER,STUDENT}``, ``SiNGER.*``, ``SOLVER.*``, ``DATASET.*``, ``EXPERIMENT.*``, ``LOG.*``).
+``python tools/train.py --print-config`` prints the resolved values). Key names follow the released code where
+they exist (``DISTILLER.{TYPE,TEACHER,STUDENT}``, ``SiNGER.*``, ``SOLVER.*``, ``DATASET.*``, ``EXPERIMENT.*``,
+``LOG.*``).
 Where the released code differs from the paper, the paper is the default and the released behaviour is a
 named option (see ``configs/imagenet/vit/singer_official.yaml``).
 """
@@ -44,11 +45,12 @@ _C.DATASET.PERSISTENT_WORKERS = True
 _C.DATASET.PREFETCH_FACTOR = 4
 _C.DATASET.TRAIN_SIZE = 0  # toy_scenes: number of training images (0 → dataset default); others: a subset cap
 _C.DATASET.VAL_SIZE = 0  # held-out images for the feature-agreement check (0 → one batch)
+_C.DATASET.NUM_CLASSES = 0  # classes for DISTILLER.TYPE Supervised (0 → the dataset's own count)
 _C.DATASET.AUGMENT = True  # paper augmentation (RandomResizedCrop + flip) for training
 
 # ---------------------------------------------------------------------------------------------- distiller
 _C.DISTILLER = CN()
-_C.DISTILLER.TYPE = "SiNGER"  # FitNet | ViTKD | SiNGER
+_C.DISTILLER.TYPE = "SiNGER"  # FitNet | ViTKD | SiNGER | Supervised (non-distilled baseline: labels, no teacher)
 _C.DISTILLER.TEACHER = "vit_large"  # short name (see mdistiller.models.MODEL_NAMES) or any timm ViT name
 _C.DISTILLER.STUDENT = "vit_tiny"
 _C.DISTILLER.TEACHER_WEIGHTS = "pretrained"  # pretrained | random | /path/to/file.safetensors|.pth

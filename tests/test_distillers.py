@@ -143,3 +143,14 @@ def test_agreement_and_export_roundtrip_in_timm(make_cfg, tmp_path):
         got = m.forward_intermediates(d.student.normalize(x), indices=[2], output_fmt="NLC",
                                       intermediates_only=True, norm=False)[0]
     torch.testing.assert_close(got, ref[:, 1:])
+
+
+def test_supervised_baseline_trains_student_on_labels_without_teacher(make_cfg):
+    cfg = make_cfg("Supervised", **{"DATASET.TYPE": "toy_scenes"})
+    d = build_distiller(cfg)
+    assert d.teacher is None and d.classifier.out_features == 8  # toy scenes declare 8 classes
+    targets = {"label": torch.tensor([0, 3])}
+    out = d(torch.rand(2, 3, 32, 32), targets)
+    out["loss"].backward()
+    assert all(p.grad is not None for _, p in d.trainable_parameters())
+    assert d.agreement(torch.rand(1, 3, 32, 32)) == {}

@@ -9,12 +9,14 @@ from .fitnet import FitNet
 from .layers import map_layers, normalize_layers
 from .losses import feature_kd_loss, gram, gram_mse, outlier_loss
 from .singer import SiNGER
+from .supervised import Supervised
 from .vitkd import ViTKD
 
 DISTILLERS = Registry("distiller")
 DISTILLERS.register("FitNet")(FitNet)
 DISTILLERS.register("ViTKD")(ViTKD)
 DISTILLERS.register("SiNGER")(SiNGER)
+DISTILLERS.register("Supervised")(Supervised)
 
 __all__ = [
     "DISTILLERS",
@@ -22,6 +24,7 @@ __all__ = [
     "FitNet",
     "LayerPlan",
     "SiNGER",
+    "Supervised",
     "ViTKD",
     "build_distiller",
     "feature_kd_loss",
@@ -60,6 +63,20 @@ def plan_layers(cfg, teacher_depth: int, student_depth: int) -> LayerPlan:
     return LayerPlan(teacher, student)
 
 
+def dataset_num_classes(cfg) -> int:
+    """``DATASET.NUM_CLASSES``, or the dataset class's ``num_classes`` attribute when it is 0."""
+    if cfg.DATASET.NUM_CLASSES:
+        return int(cfg.DATASET.NUM_CLASSES)
+    from mdistiller.dataset import DATASETS
+
+    n = getattr(DATASETS.get(cfg.DATASET.TYPE), "num_classes", None)
+    if not n:
+        raise ValueError(
+            f"dataset '{cfg.DATASET.TYPE}' does not declare its number of classes; set DATASET.NUM_CLASSES."
+        )
+    return int(n)
+
+
 def _weights_arg(value: str) -> bool | str:
     v = str(value)
     if v.lower() in ("pretrained", "true"):
@@ -78,10 +95,13 @@ def build_distiller(cfg, device=None) -> Distiller:
     d = cfg.DISTILLER
     size = int(cfg.DATASET.INPUT_SIZE)
     student = build_model(d.STUDENT, _weights_arg(d.STUDENT_WEIGHTS), img_size=size, **dict(d.STUDENT_KWARGS))
+    kind = d.TYPE.lower()
+    if kind == "supervised":
+        model = Supervised(student, num_classes=dataset_num_classes(cfg))
+        return model.to(device) if device is not None else model
     teacher_model = build_model(d.TEACHER, _weights_arg(d.TEACHER_WEIGHTS), dynamic_img_size=True,
                                 **dict(d.TEACHER_KWARGS))
     plan = plan_layers(cfg, len(teacher_model.blocks), len(student.blocks))
-    kind = d.TYPE.lower()
     cuda = device is not None and torch.device(device).type == "cuda"
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(d.TEACHER_DTYPE.lower(),
                                                                         torch.bfloat16 if cuda else torch.float32)

@@ -44,8 +44,11 @@ class Distiller(nn.Module):
     #: whether the method reads the student's final LayerNorm (otherwise it is frozen: it would get no gradient)
     uses_student_final_norm: bool = False
 
-    def __init__(self, student: nn.Module, teacher: FrozenTeacher, plan: LayerPlan, *, kd_reduction: str = "token",
-                 kd_cls: bool = False, layer_reduction: str = "sum") -> None:
+    #: whether ``forward`` takes the batch's targets as a second argument (supervised baseline)
+    needs_targets: bool = False
+
+    def __init__(self, student: nn.Module, teacher: FrozenTeacher | None, plan: LayerPlan, *,
+                 kd_reduction: str = "token", kd_cls: bool = False, layer_reduction: str = "sum") -> None:
         super().__init__()
         self.student = student if isinstance(student, ViTFeatures) else ViTFeatures(student)
         object.__setattr__(self, "teacher", teacher)
@@ -53,8 +56,8 @@ class Distiller(nn.Module):
         self.kd_reduction = kd_reduction
         self.kd_cls = kd_cls
         self.layer_reduction = layer_reduction
-        d_s, d_t = self.student.width, teacher.width
-        self.proj = nn.ModuleDict({str(t): nn.Linear(d_s, d_t) for t in plan.teacher})
+        d_s = self.student.width
+        self.proj = nn.ModuleDict({str(t): nn.Linear(d_s, teacher.width) for t in plan.teacher} if teacher else {})
         self._freeze_unused_student_parts(max(plan.student))
 
     # ------------------------------------------------------------------------------------------ plumbing
@@ -72,12 +75,14 @@ class Distiller(nn.Module):
 
     def _apply(self, fn: Callable, recurse: bool = True):  # type: ignore[override]
         super()._apply(fn, recurse)
-        self.teacher._apply(fn, recurse)
+        if self.teacher is not None:
+            self.teacher._apply(fn, recurse)
         return self
 
     def train(self, mode: bool = True) -> Distiller:
         super().train(mode)
-        self.teacher.train(False)
+        if self.teacher is not None:
+            self.teacher.train(False)
         return self
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:

@@ -136,10 +136,10 @@ class Trainer:
             ckpt.set_rng_state(rngs[self.env.rank])
 
     # ---------------------------------------------------------------------------------------------- loop
-    def train_step(self, images: torch.Tensor) -> dict[str, float]:
+    def train_step(self, images: torch.Tensor, targets: Any = None) -> dict[str, float]:
         self.model.train()
         with self._autocast():
-            out = self.model(images)
+            out = self.model(images, targets) if self.distiller.needs_targets else self.model(images)
         bad = {k: v for k, v in out.items() if not torch.isfinite(v.detach()).all()}
         flag = torch.tensor([float(bool(bad))], device=self.env.device)
         if self.env.distributed:
@@ -210,9 +210,11 @@ class Trainer:
             while self.step < self.total_steps:
                 epoch, start = divmod(self.step, self.steps_per_epoch)
                 self.sampler.set_epoch(epoch, start=start * self.batch)
-                for images, *_ in self.loader:
+                for images, targets in self.loader:
                     images = images.to(env.device, non_blocking=True)
-                    window.append(self.train_step(images))
+                    if self.distiller.needs_targets:
+                        targets = _to_device(targets, env.device)
+                    window.append(self.train_step(images, targets))
                     epoch_steps.append(window[-1])
                     seen += images.shape[0] * env.world_size
                     done_epoch = self.step % self.steps_per_epoch == 0
@@ -275,6 +277,12 @@ class Trainer:
         path = self.distiller.export_student(self.run_dir / "student.safetensors", d.STUDENT, kwargs)
         barrier()
         return path
+
+
+def _to_device(x: Any, device: torch.device) -> Any:
+    if isinstance(x, dict):
+        return {k: _to_device(v, device) for k, v in x.items()}
+    return x.to(device, non_blocking=True) if isinstance(x, torch.Tensor) else x
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[CN, Distiller]:

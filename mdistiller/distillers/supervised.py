@@ -1,0 +1,38 @@
+"""The non-distilled baseline: the student trained on labels with the same budget, no teacher."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Distiller, LayerPlan
+
+
+class Supervised(Distiller):
+    """Student + a linear classifier on the CLS token after the final norm, trained with cross-entropy on the
+    dataset's labels (toy scenes: ``target["label"]``). The counterpart of paper Table 1's "non-distilled" rows
+    under the same training budget; only the backbone is exported (the classifier is dropped)."""
+
+    uses_student_final_norm = True
+    needs_targets = True
+
+    def __init__(self, student: nn.Module, num_classes: int) -> None:
+        depth = len(student.blocks)
+        super().__init__(student, None, LayerPlan([depth - 1], [depth - 1]))
+        if num_classes < 2:
+            raise ValueError(
+                f"the supervised baseline needs at least 2 classes, got {num_classes}; set DATASET.NUM_CLASSES."
+            )
+        self.classifier = nn.Linear(self.student.width, num_classes)
+
+    def forward(self, images: torch.Tensor, targets) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        labels = targets["label"] if isinstance(targets, dict) else targets
+        last = self.plan.student[-1]
+        tokens = self.student.model.norm(self.student(images, [last])[last])
+        cls = self.student.split(tokens, self.student_grid(images)).cls
+        loss = F.cross_entropy(self.classifier(cls), labels.long())
+        return {"loss": loss, "loss_ce": loss.detach()}
+
+    def agreement(self, images: torch.Tensor) -> dict[str, float]:
+        return {}  # no teacher to agree with
