@@ -10,6 +10,8 @@ STAMP := .venv/.installed-$(shell cat setup.py Makefile | md5sum | cut -c1-12)
 export HF_HUB_OFFLINE := 1
 export WANDB_MODE ?= offline
 export PYTHONUNBUFFERED := 1
+# steadier timings on shared CPUs: OpenMP threads sleep instead of spinning while waiting
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install test lint demo assets clean
 

@@ -126,7 +126,7 @@ _C.SOLVER.WARMUP_EPOCHS = 0.0  # linear warm-up length in epochs (fractions allo
 _C.SOLVER.MILESTONES = [30, 60, 90]  # multistep: epochs
 _C.SOLVER.GAMMA = 0.1  # multistep factor
 _C.SOLVER.AMP = "none"  # none | bf16 (autocast, no scaler) | fp16 (autocast + GradScaler)
-_C.SOLVER.FUSED = False  # fused AdamW/SGD kernels (CUDA)
+_C.SOLVER.FUSED = True  # fused optimizer kernels (CUDA and CPU; measured 9 ms vs 24 ms per AdamW step on CPU)
 _C.SOLVER.COMPILE = False  # torch.compile the trainable module and the teacher feature path
 
 # ---------------------------------------------------------------------------------------------- logging
@@ -190,6 +190,13 @@ def load_config(cfg_files: Sequence[str | Path] = (), opts: Sequence[str] = (), 
         default = known.get(key)
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if key not in known:  # a new key under an open node (e.g. DISTILLER.TEACHER_KWARGS.depth): set it directly
+            *parents, leaf = key.split(".")
+            node = cfg
+            for part in parents:
+                node = node[part]
+            node[leaf] = value
+            continue
         try:
             cfg.merge_from_list([key, value])
         except (ValueError, AssertionError, KeyError) as e:

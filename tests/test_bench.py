@@ -81,9 +81,16 @@ def test_help_runs():
 
 
 def test_tiny_json(capsys, tmp_path):
+    import torch
+
     bench = _load_bench()
     out_file = tmp_path / "bench.json"
-    bench.main(["--tiny", "--steps", "2", "--warmup", "1", "--json", "--threads", "2", "--output", str(out_file)])
+    threads = torch.get_num_threads()
+    try:  # one thread: OpenMP's spin-waiting cannot stall on a busy shared CPU (this process's torch is loaded)
+        bench.main(["--tiny", "--steps", "2", "--warmup", "1", "--json", "--threads", "1", "--omp-wait", "env",
+                    "--output", str(out_file)])
+    finally:
+        torch.set_num_threads(threads)
     result = json.loads(capsys.readouterr().out)
     assert json.loads(out_file.read_text()) == result
     assert result["reference"] == "FitNet"
@@ -104,7 +111,7 @@ def test_tiny_json(capsys, tmp_path):
 def test_bad_method_is_one_sentence(capsys):
     bench = _load_bench()
     with pytest.raises(SystemExit) as e:
-        bench.main(["--tiny", "--methods", "fitnet,bogus"])
+        bench.main(["--tiny", "--methods", "fitnet,bogus", "--omp-wait", "env"])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "unknown method 'bogus'" in err and err.count("\n") == 1

@@ -47,7 +47,7 @@ def test_stacked_files_then_overrides(tmp_path):
     "opts, pattern",
     [
         (["SOLVER.LRR", "1"], r"unknown config key 'SOLVER.LRR'; did you mean 'SOLVER.LR'"),
-        (["DISTILLER.TYPE", "KD"], r"unknown DISTILLER.TYPE 'KD'; valid distillers: fitnet, singer, vitkd"),
+        (["DISTILLER.TYPE", "KD"], r"unknown DISTILLER.TYPE 'KD'; valid distillers: fitnet, singer, supervised, vitkd"),
         (["DISTILLER.TEACHER", "resnet50"], r"unknown model 'resnet50'; use a short name \(vit_tiny"),
         (["SiNGER.OUTLIER_Q", "1.0"], r"OUTLIER_Q is 1.0 but must lie strictly inside \(0, 1\)"),
         (["SiNGER.OUTLIER_Q", "0"], r"OUTLIER_Q is 0.0 but must lie strictly inside"),
@@ -102,3 +102,8 @@ def test_small_real_build_and_normalisation():
     assert d.pretrained_cfg["mean"][0] == pytest.approx(0.485)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         build_model("vit_tiny", "/nonexistent/weights.safetensors")
+
+
+def test_override_under_open_kwargs_node():
+    cfg = load_config([], ["DISTILLER.TEACHER_KWARGS.depth", "4", "SiNGER.M_LAYERS", "[1]", "SiNGER.RANK", "8"])
+    assert cfg.DISTILLER.TEACHER_KWARGS.depth == 4
