@@ -1,39 +1,46 @@
-"""Evaluation of frozen students with linear probes: metrics and heads (DINOv2-style protocols)."""
+"""Evaluation of frozen students with linear probes (DINOv2-style protocols).
 
-from mdistiller.eval.heads import (
-    DepthHead,
-    LinearClsHead,
-    LinearHeadGrid,
-    MultiHead,
-    SegHead,
-    select_best,
-    sliding_window_logits,
-    tokens_to_grid,
-)
-from mdistiller.eval.metrics import (
-    ConfusionMatrix,
-    DepthMetrics,
-    accuracy,
-    all_reduce_,
-    eigen_crop_box,
-    eigen_crop_mask,
-    topk_correct,
-)
+* :mod:`~mdistiller.eval.metrics` — top-k accuracy, dataset-level confusion matrix (mIoU), depth errors;
+* :mod:`~mdistiller.eval.heads` — linear classification grid, segmentation and depth heads;
+* :mod:`~mdistiller.eval.features` — which blocks / tokens / norm a probe sees, and the frozen backbone;
+* :mod:`~mdistiller.eval.cache` — one memory-mapped feature file per split;
+* :mod:`~mdistiller.eval.protocols` — the three tasks behind one interface, online augmentations;
+* :mod:`~mdistiller.eval.runner` — the single engine (cached and online protocols, LR grid, val selection);
+* :mod:`~mdistiller.eval.cli` / :mod:`~mdistiller.eval.table` — the ``tools/lineval`` commands and Table 1.
 
-__all__ = [
-    "ConfusionMatrix",
-    "DepthHead",
-    "DepthMetrics",
-    "LinearClsHead",
-    "LinearHeadGrid",
-    "MultiHead",
-    "SegHead",
-    "accuracy",
-    "all_reduce_",
-    "eigen_crop_box",
-    "eigen_crop_mask",
-    "select_best",
-    "sliding_window_logits",
-    "tokens_to_grid",
-    "topk_correct",
-]
+Names are imported lazily, so ``import mdistiller.eval.cli`` (argument parsing, ``--help``) stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "heads": ("DepthHead", "LinearClsHead", "LinearHeadGrid", "MultiHead", "SegHead", "select_best",
+              "sliding_window_logits", "tokens_to_grid"),
+    "metrics": ("ConfusionMatrix", "DepthMetrics", "accuracy", "all_reduce_", "eigen_crop_box", "eigen_crop_mask",
+                "topk_correct"),
+    "features": ("Backbone", "FeatureExtractor", "FeatureSpec", "load_backbone", "parse_layers"),
+    "cache": ("CachedSplit", "build_cache", "open_cache"),
+    "protocols": ("ClassificationTask", "DepthTask", "HeadBank", "SegmentationTask", "Task", "paired_random_crop",
+                  "random_resized_crop"),
+    "runner": ("ProbeData", "ProbeSettings", "carve_validation", "evaluate", "run_probe", "train_heads"),
+    "table": ("collect_results", "render_csv", "render_markdown"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mdistiller.eval' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f"mdistiller.eval.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

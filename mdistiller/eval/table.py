@@ -1,0 +1,184 @@
+"""Table-1-style summary of several runs' linear-probe results (Markdown and CSV).
+
+Columns (paper Table 1): IN-val top-1, ADE-20K mIoU, NYUd-v2 RMSE, iNat2019 top-1, DS top-1 (mean of ImageNet-R
+and ImageNet-v2 top-1, both tested with the ImageNet head) and FG top-1 (mean of Aircraft, Pets, Food-101 and
+Flowers-102). A toy-scenes table (classification top-1, segmentation mIoU, depth RMSE) is added when any run has
+those results. A combined cell (DS, FG) is shown only when all of its parts exist.
+
+For each task a run may hold ``<task>.json`` (cached protocol) and ``<task>.online.json`` (online protocol):
+``protocol="auto"`` prefers the online result (the headline protocol) and marks those cells with ``†``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PAPER_COLUMNS", "TOY_COLUMNS", "Column", "Row", "collect_results", "render_csv", "render_markdown"]
+
+FG_TASKS = ("transfer_aircraft", "transfer_pets", "transfer_food101", "transfer_flowers102")
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: ``parts`` are ``(task, getter)`` pairs whose values are averaged (all must exist)."""
+
+    title: str
+    parts: tuple[tuple[str, Callable[[dict[str, Any]], float | None]], ...]
+    higher_is_better: bool = True
+    digits: int = 2
+
+
+def _metric(key: str, scale: float = 1.0) -> Callable[[dict[str, Any]], float | None]:
+    def get(r: dict[str, Any]) -> float | None:
+        v = r.get("metrics", {}).get(key)
+        return None if v is None else float(v) * scale
+    return get
+
+
+def _extra(name: str, key: str) -> Callable[[dict[str, Any]], float | None]:
+    def get(r: dict[str, Any]) -> float | None:
+        v = r.get("extra_tests", {}).get(name, {}).get(key)
+        return None if v is None else float(v)
+    return get
+
+
+PAPER_COLUMNS = (
+    Column("IN-val top-1", (("imagenet", _metric("top1")),)),
+    Column("ADE-20K mIoU", (("ade20k", _metric("miou", 100.0)),)),
+    Column("NYUd-v2 RMSE", (("nyud", _metric("rmse")),), higher_is_better=False, digits=4),
+    Column("iNat2019 top-1", (("transfer_inat2019", _metric("top1")),)),
+    Column("DS top-1", (("imagenet", _extra("imagenet_r", "top1")), ("imagenet", _extra("imagenet_v2", "top1")))),
+    Column("FG top-1", tuple((t, _metric("top1")) for t in FG_TASKS)),
+)
+TOY_COLUMNS = (
+    Column("toy cls top-1", (("toy_scenes_cls", _metric("top1")),)),
+    Column("toy seg mIoU", (("toy_scenes_seg", _metric("miou", 100.0)),)),
+    Column("toy depth RMSE", (("toy_scenes_depth", _metric("rmse")),), higher_is_better=False, digits=4),
+)
+
+
+@dataclass
+class Row:
+    """One run: its label, the lineval folder, and per column ``(value or None, set of protocols used)``."""
+
+    name: str
+    folder: Path
+    cells: dict[str, tuple[float | None, set[str]]] = field(default_factory=dict)
+
+
+def lineval_dir(target: str | Path) -> Path:
+    """The folder holding a run's result JSONs: ``RUN_DIR/lineval``, the folder itself, or
+    ``output/lineval/<model name>``."""
+    p = Path(target).expanduser()
+    if (p / "lineval").is_dir():
+        return p / "lineval"
+    if p.is_dir() and any(p.glob("*.json")):
+        return p
+    q = Path("output") / "lineval" / str(target).replace(":", "-").replace("/", "_")
+    if q.is_dir():
+        return q
+    raise FileNotFoundError(
+        f"no linear-probe results for '{target}' (looked in {p / 'lineval'}, {p} and {q}); run tools/lineval/*.py "
+        "on it first."
+    )
+
+
+def _load(folder: Path, task: str, protocol: str) -> tuple[dict[str, Any] | None, str]:
+    order = {"auto": ("online", "cached"), "online": ("online",), "cached": ("cached",)}[protocol]
+    for proto in order:
+        path = folder / (f"{task}.online.json" if proto == "online" else f"{task}.json")
+        if path.is_file():
+            return json.loads(path.read_text()), proto
+    return None, ""
+
+
+def collect_results(targets: Sequence[str | Path], names: Sequence[str] | None = None,
+                    protocol: str = "auto", columns: Sequence[Column] = PAPER_COLUMNS + TOY_COLUMNS) -> list[Row]:
+    """Read every run's results into :class:`Row` objects (``protocol``: auto | online | cached)."""
+    if protocol not in ("auto", "online", "cached"):
+        raise ValueError(f"protocol '{protocol}' is not auto, online or cached; pick one of those.")
+    if names is not None and len(names) != len(targets):
+        raise ValueError(f"got {len(names)} --names for {len(targets)} runs; give one name per run or none.")
+    rows = []
+    for i, t in enumerate(targets):
+        folder = lineval_dir(t)
+        default = Path(t).name if Path(t).is_dir() else str(t)
+        if default == "lineval":
+            default = Path(t).resolve().parent.name
+        row = Row(name=names[i] if names else default, folder=folder)
+        cache: dict[str, tuple[dict[str, Any] | None, str]] = {}
+        for col in columns:
+            values, protos = [], set()
+            for task, get in col.parts:
+                if task not in cache:
+                    cache[task] = _load(folder, task, protocol)
+                res, proto = cache[task]
+                v = get(res) if res is not None else None
+                if v is None or (isinstance(v, float) and math.isnan(v)):
+                    values = []
+                    break
+                values.append(v)
+                protos.add(proto)
+            row.cells[col.title] = (sum(values) / len(values) if values else None, protos)
+        rows.append(row)
+    return rows
+
+
+def _active(rows: Sequence[Row], columns: Sequence[Column]) -> bool:
+    return any(r.cells.get(c.title, (None, set()))[0] is not None for r in rows for c in columns)
+
+
+def _tables(rows: Sequence[Row]) -> list[tuple[str, tuple[Column, ...]]]:
+    out = []
+    if _active(rows, PAPER_COLUMNS) or not _active(rows, TOY_COLUMNS):
+        out.append(("Linear evaluation (paper Table 1 columns)", PAPER_COLUMNS))
+    if _active(rows, TOY_COLUMNS):
+        out.append(("Linear evaluation on toy scenes", TOY_COLUMNS))
+    return out
+
+
+def render_markdown(rows: Sequence[Row]) -> str:
+    """Markdown tables (paper columns and, when present, toy-scene columns); ``†`` marks online results."""
+    parts = []
+    any_online = False
+    for title, cols in _tables(rows):
+        head = "| Model | " + " | ".join(f"{c.title} {'↑' if c.higher_is_better else '↓'}" for c in cols) + " |"
+        sep = "|---|" + "|".join("---:" for _ in cols) + "|"
+        lines = [f"**{title}**", "", head, sep]
+        for r in rows:
+            cells = []
+            for c in cols:
+                v, protos = r.cells.get(c.title, (None, set()))
+                mark = "†" if "online" in protos else ""
+                any_online |= bool(mark)
+                cells.append("—" if v is None else f"{v:.{c.digits}f}{mark}")
+            lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    notes = ["DS = mean of ImageNet-R and ImageNet-v2 top-1; FG = mean of Aircraft, Pets, Food-101, Flowers-102 "
+             "top-1; — = not evaluated."]
+    if any_online:
+        notes.append("† online protocol (augmented, backbone every step); other cells: cached protocol.")
+    return "\n\n".join(parts) + "\n\n" + " ".join(notes) + "\n"
+
+
+def render_csv(rows: Sequence[Row]) -> str:
+    """One CSV row per run with every shown column, plus the protocol of each column."""
+    cols = [c for _, cs in _tables(rows) for c in cs]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["model", *[c.title for c in cols], *[f"{c.title} protocol" for c in cols]])
+    for r in rows:
+        vals, protos = [], []
+        for c in cols:
+            v, p = r.cells.get(c.title, (None, set()))
+            vals.append("" if v is None else f"{v:.{c.digits + 2}f}")
+            protos.append("+".join(sorted(p)))
+        w.writerow([r.name, *vals, *protos])
+    return buf.getvalue()
