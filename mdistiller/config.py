@@ -75,6 +75,7 @@ _C.DISTILLER.ARTIFACTS.SHARE = 0.03  # share of patches per image (lowest local 
 _C.DISTILLER.ARTIFACTS.SCALE = 10.0  # target norm as a multiple of the image's median patch norm
 _C.DISTILLER.ARTIFACTS.DIRECTION = "principal"  # principal | null | random
 _C.DISTILLER.ARTIFACTS.SEED = 0
+_C.DISTILLER.ARTIFACTS.PERSIST = False  # re-implant after every later block (artifacts that reach the last layer)
 
 # ---------------------------------------------------------------------------------------------- FitNet
 _C.FITNET = CN()

@@ -305,3 +305,19 @@ def test_sublayer_profile(vit_reg: torch.nn.Module) -> None:
     prof = sublayer_profile(vit_reg, _images(2, 56), layers=[0, 2])
     assert sorted(prof) == [0, 2]
     assert all(torch.isfinite(v).all() and v.shape == (2,) for v in prof[2].values())
+
+
+def test_persistent_artifacts_reach_every_later_layer():
+    import timm
+
+    from mdistiller.analysis.artifacts import extract_patch_tokens, layer_artifact_table
+    from mdistiller.analysis.emulated import implant_artifacts
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=4).eval()
+    x = torch.rand(2, 3, 32, 32)
+    x[:, :, :16, :16] = 0.5  # a flat patch: the lowest pixel std
+    with implant_artifacts(model, 1, share=0.25, scale=8.0, persist=True):
+        table = layer_artifact_table(extract_patch_tokens(model, x, [0, 1, 2, 3]))
+    ratios = [row["max_median_ratio"] for row in table]
+    assert ratios[0] < 3 and all(r > 6 for r in ratios[1:]), ratios

@@ -158,6 +158,7 @@ def implant_artifacts(
     direction: str = "principal",
     seed: int = 0,
     min_patches: int = 1,
+    persist: bool = False,
 ) -> ArtifactImplant:
     """Turn a timm ViT into an *emulated-artifact teacher* by hooking block ``layer`` (issue item 8).
 
@@ -169,6 +170,11 @@ def implant_artifacts(
     above that norm is left alone). Prefix tokens (CLS and registers, ``model.num_prefix_tokens``) are never
     touched; later blocks carry the implanted tokens on naturally. No in-place ops, so gradients still flow
     through the tokens (the shift itself is a constant). Any batch size works.
+
+    ``persist=True`` re-applies the implant after every later block too (same patches, same direction, each
+    block's own median): small teachers tend to wash implanted tokens out within a few blocks (the offline
+    DINOv2-S/14's last block removes them entirely), whereas the artifacts of large ViTs persist to the last
+    layer (paper Fig. 10); persistence emulates that.
 
     Returns an :class:`ArtifactImplant`; call ``.remove()`` (or use ``with``) to restore the model.
     """
@@ -193,10 +199,11 @@ def implant_artifacts(
         "direction": direction,
         "seed": int(seed),
         "min_patches": int(min_patches),
+        "persist": bool(persist),
     }
     implant = ArtifactImplant(model, config, u)
     implant._handles = [
         model.patch_embed.register_forward_pre_hook(implant._capture),
-        blocks[idx].register_forward_hook(implant._implant),
+        *(blocks[i].register_forward_hook(implant._implant) for i in range(idx, depth if persist else idx + 1)),
     ]
     return implant

@@ -113,7 +113,8 @@ def build_distiller(cfg, device=None) -> Distiller:
 
         a = d.ARTIFACTS
         teacher.implant = implant_artifacts(teacher.net.model, int(a.LAYER), share=float(a.SHARE),
-                                            scale=float(a.SCALE), direction=a.DIRECTION.lower(), seed=int(a.SEED))
+                                            scale=float(a.SCALE), direction=a.DIRECTION.lower(), seed=int(a.SEED),
+                                            persist=bool(a.PERSIST))
     common = dict(kd_reduction=d.KD_REDUCTION.lower(), kd_cls=bool(d.KD_CLS),
                   layer_reduction=d.LAYER_REDUCTION.lower())
     if kind == "fitnet":
