@@ -139,7 +139,8 @@ def artifact_table(size: int) -> tuple[str, list[dict]]:
     x = (images - mean) / std
     layers = list(range(len(model.blocks)))
     clean = layer_artifact_table(extract_patch_tokens(model, x, layers))
-    implant = implant_artifacts(model, a.LAYER, share=a.SHARE, scale=a.SCALE, direction=a.DIRECTION, seed=a.SEED)
+    implant = implant_artifacts(model, a.LAYER, share=a.SHARE, scale=a.SCALE, direction=a.DIRECTION, seed=a.SEED,
+                                persist=a.PERSIST)
     emulated = layer_artifact_table(extract_patch_tokens(model, x, layers))
     implant.remove()
     lines = ["| layer | clean max/median | clean share > 4× median | emulated artifacts max/median "
