@@ -97,7 +97,7 @@ def run_probes(args: argparse.Namespace, out: Path, targets: dict[str, str]) -> 
     total = len(targets) * len(PROBES)
     k = 0
     for label, target in targets.items():
-        folder = out / "probes" / label
+        folder = out / "probes" / "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
         folders[label] = folder
         for command, kind in PROBES:
             k += 1
