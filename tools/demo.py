@@ -47,9 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=60, help="optimizer steps per distillation run")
     p.add_argument("--batch", type=int, default=32, help="training batch")
     p.add_argument("--size", type=int, default=96, help="image size (student grid = size / 16)")
-    p.add_argument("--probe-train", type=int, default=600, help="toy scenes used to train the linear probes")
-    p.add_argument("--probe-test", type=int, default=300, help="toy scenes used to test the linear probes")
-    p.add_argument("--probe-epochs", type=int, default=15, help="epochs of the cached linear probes")
+    p.add_argument("--probe-train", type=int, default=400, help="toy scenes used to train the linear probes")
+    p.add_argument("--probe-test", type=int, default=200, help="toy scenes used to test the linear probes")
+    p.add_argument("--probe-epochs", type=int, default=10, help="epochs of the cached linear probes")
+    p.add_argument("--loss-size", type=int, default=24, help="dense probes compute their loss at this resolution")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     return p.parse_args(argv)
 
@@ -111,7 +112,9 @@ def run_probes(args: argparse.Namespace, out: Path, targets: dict[str, str]) -> 
             argv = [target, "--dataset", "toy_scenes", "--input-size", str(size), "--protocol", "cached",
                     "--num-train", str(args.probe_train), "--num-test", str(args.probe_test),
                     "--epochs", str(args.probe_epochs), "--out", str(result),
-                    "--cache-dir", str(out / "cache" / label), "--workers", "0"]
+                    "--cache-dir", str(folder / "cache"), "--workers", "0"]
+            if kind != "cls":
+                argv += ["--loss-size", str(args.loss_size)]
             code = probe_main(command, argv)
             if code != 0:
                 raise SystemExit(f"demo: probe {command} on {label} failed with exit code {code}")
