@@ -47,3 +47,40 @@ __all__ = [
     "subspace_energy",
     "summary",
 ]
+
+# Reports and figures behind tools/analyze.py (appended).
+from .reports import (  # noqa: E402
+    EMULATED_LABEL,
+    SKIMAGE_PHOTOS,
+    AnalysisModel,
+    adapter_report,
+    artifacts_report,
+    figures_report,
+    format_report,
+    load_analysis_model,
+    load_images,
+    null_vs_reality_report,
+    nullspace_report,
+    save_report,
+    similarity_report,
+    subspace_report,
+    to_jsonable,
+)
+
+__all__ += [
+    "EMULATED_LABEL",
+    "SKIMAGE_PHOTOS",
+    "AnalysisModel",
+    "adapter_report",
+    "artifacts_report",
+    "figures_report",
+    "format_report",
+    "load_analysis_model",
+    "load_images",
+    "null_vs_reality_report",
+    "nullspace_report",
+    "save_report",
+    "similarity_report",
+    "subspace_report",
+    "to_jsonable",
+]

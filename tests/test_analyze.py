@@ -1,0 +1,200 @@
+"""``tools/analyze.py`` end to end on tiny random-init models and tiny runs (CPU, well under a minute)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mdistiller.analysis.reports import EMULATED_LABEL, to_jsonable
+from mdistiller.engine.distributed import DistEnv
+from mdistiller.engine.trainer import Trainer
+from tests.conftest import TINY_TEACHER, tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_MODEL = ["--model", "vit_small", "--weights", "random", "--model-kwargs",
+              *(f"{k}={v}" for k, v in TINY_TEACHER.items())]
+SUBCOMMANDS = ("artifacts", "nullspace", "null-vs-reality", "subspace", "adapter", "similarity", "figures")
+
+
+def _load_cli():
+    spec = importlib.util.spec_from_file_location("analyze_cli", ROOT / "tools" / "analyze.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+CLI = _load_cli()
+
+
+def _train(kind: str, run_dir: Path) -> Path:
+    cfg = tiny_config(kind, **{
+        "SOLVER.MAX_STEPS": 2, "SOLVER.BATCH_SIZE": 8, "SOLVER.AMP": "none", "DATASET.TYPE": "toy_scenes",
+        "DATASET.TRAIN_SIZE": 16, "DATASET.VAL_SIZE": 4, "DATASET.NUM_WORKERS": 0, "LOG.PROGRESS": False,
+        "LOG.CKPT_EVERY_STEPS": 0, "DISTILLER.ARTIFACTS.ENABLE": True, "DISTILLER.ARTIFACTS.LAYER": 0,
+        "EXPERIMENT.NAME": f"tiny_{kind.lower()}"})
+    env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend=None, is_main=True)
+    Trainer(cfg, env, run_dir).fit()
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    torch.manual_seed(0)
+    return {"singer": _train("SiNGER", root / "singer"), "fitnet": _train("FitNet", root / "fitnet")}
+
+
+def _run(args: list[str], capsys) -> tuple[int, str, str]:
+    rc = CLI.main(args)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def _check_outputs(out_dir: Path, command: str, keys: set[str], figures: list[str]) -> dict:
+    data = json.loads((out_dir / f"{command.replace('-', '_')}.json").read_text())
+    assert keys <= set(data), keys - set(data)
+    assert (out_dir / f"{command.replace('-', '_')}.txt").read_text().strip()
+    for name in figures:
+        png = out_dir / name
+        assert png.is_file() and png.stat().st_size > 1000, name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert all(Path(p).is_file() for p in data["figures"])
+    assert not any(k.startswith("_") for k in data)
+    return data
+
+
+def test_help_for_every_subcommand():
+    for cmd in (None, *SUBCOMMANDS):
+        args = [sys.executable, str(ROOT / "tools/analyze.py"), *([cmd] if cmd else []), "--help"]
+        res = subprocess.run(args, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0 and "usage:" in res.stdout, (cmd, res.stderr)
+
+
+def test_artifacts_finds_emulated_artifacts_at_the_implanted_layer(tmp_path, capsys):
+    out = tmp_path / "art"
+    rc, stdout, _ = _run(["artifacts", *TINY_MODEL, "--images", "toy", "--num-images", "6", "--size", "64",
+                          "--emulate", "1", "--out", str(out), "--json"], capsys)
+    assert rc == 0
+    data = _check_outputs(out, "artifacts", {"table", "recommendation", "implant", "emulated_artifacts", "label"},
+                          ["artifacts_trend.png", "artifacts_hist.png", "artifacts_normmaps.png"])
+    assert json.loads(stdout) == data  # --json prints exactly the saved report
+    assert data["emulated_artifacts"] is True and data["label"] == EMULATED_LABEL
+    rows = {r["layer"]: r for r in data["table"]}
+    assert [r["layer"] for r in data["table"]] == [0, 1, 2, 3]
+    assert rows[0]["max_median_ratio"] < 4 <= rows[1]["max_median_ratio"]
+    assert data["recommendation"]["onset"] == 1 and data["recommendation"]["layers"] == [2, 3]
+    assert data["implant"]["recall"] == 1.0 and data["implant"]["onset_matches_implant"]
+    assert (out / "artifacts.txt").read_text().startswith(f"[{EMULATED_LABEL}]")
+
+
+def test_artifacts_without_emulation_is_not_labelled(tmp_path, capsys):
+    rc, stdout, _ = _run(["artifacts", *TINY_MODEL, "--images", "skimage", "--num-images", "3", "--size", "32",
+                          "--out", str(tmp_path), "--no-figures"], capsys)
+    assert rc == 0 and EMULATED_LABEL not in stdout
+    data = json.loads((tmp_path / "artifacts.json").read_text())
+    assert data["emulated_artifacts"] is False and data["label"] is None and data["num_images"] == 3
+    assert {"median", "max_median_ratio", "share_above_4x", "cls_over_median"} <= set(data["table"][0])
+
+
+def test_nullspace(tmp_path, capsys):
+    rc, stdout, _ = _run(["nullspace", *TINY_MODEL, "--images", "toy", "--num-images", "3", "--size", "32",
+                          "--eps", "0.05", "--out", str(tmp_path)], capsys)
+    assert rc == 0 and "k_energy" in stdout
+    data = _check_outputs(tmp_path, "nullspace", {"spectrum_table", "sublayer_table", "eps", "rho"},
+                          ["nullspace_spectra.png", "nullspace_sublayer.png"])
+    row = data["spectrum_table"][0]
+    assert row["d"] == 96 and 1 <= row["k_energy"] <= 96
+    assert row["r_eps"] == (96 - row["k_eps"] + 1 if row["k_eps"] else 0)
+    sub = data["sublayer_table"][0]
+    assert {"delta_sa", "delta_ffn", "g_ffn1", "g_ffn2"} <= set(sub) and sub["g_ffn2"] > 0
+
+
+def test_null_vs_reality(runs, capsys):
+    rc, stdout, _ = _run(["null-vs-reality", "--model", str(runs["singer"]), "--images", "toy", "--num-images", "2",
+                          "--size", "32", "--rank", "8", "--scales", "0.1", "--jacobian-samples", "2"], capsys)
+    assert rc == 0
+    out = runs["singer"] / "analysis"
+    data = _check_outputs(out, "null-vs-reality", {"table", "verdict", "layer", "emulated_artifacts"},
+                          ["null_vs_reality.png"])
+    assert data["emulated_artifacts"] is True and f"[{EMULATED_LABEL}]" in stdout  # the run's teacher had them
+    rows = {r["basis"]: r for r in data["table"]}
+    assert set(rows) == {"singer_null", "singer_null_ln", "jacobian", "random", "principal"}
+    assert rows["singer_null"]["lin_response"] < rows["random"]["lin_response"] < rows["principal"]["lin_response"]
+    for r in rows.values():
+        assert r["skip_floor"] > 0 and -1 <= r["residual_cos"] <= 1 and 0 <= r["output_cka"] <= 1 + 1e-9
+        assert r["attn_l2"] > 0 and r["ffn_l2"] > 0 and r["act_response"] > 0
+    assert data["recompute_error"] < 1e-4 and data["verdict"] and "random" in data["verdict"][0]
+
+
+def test_subspace(tmp_path, capsys):
+    rc, _, _ = _run(["subspace", *TINY_MODEL, "--images", "toy", "--num-images", "3", "--size", "32",
+                     "--emulate", "1", "--ranks", "2", "4", "--out", str(tmp_path)], capsys)
+    assert rc == 0
+    data = _check_outputs(tmp_path, "subspace", {"table", "layers", "ranks", "label"}, ["subspace.png"])
+    assert data["layers"] == [1, 2, 3] and data["ranks"] == [2, 4]
+    row = data["table"][0]
+    assert -1 <= row["corr_null"] <= 1 and 0 <= row["E_prin_rest"] <= 1
+    # the implant direction is W̃_2's top left singular vector: implanted patches live in the principal basis
+    assert row["layer"] == 1 and row["E_prin_outliers"] > 0.9
+
+
+def test_adapter(runs, capsys):
+    rc, stdout, _ = _run(["adapter", str(runs["singer"]), "--num-images", "4"], capsys)
+    assert rc == 0 and "E_safe" in stdout
+    data = _check_outputs(runs["singer"] / "analysis", "adapter",
+                          {"alignment_table", "cosine_table", "norm_table", "gram_table", "emulated_artifacts"},
+                          ["adapter_norms.png", "adapter_alignment.png"])
+    assert data["label"] == EMULATED_LABEL
+    align = data["alignment_table"]
+    assert {(r["layer"], r["matrix"]) for r in align} == {(1, "up"), (1, "down_T"), (3, "up"), (3, "down_T")}
+    for r in align:  # two steps after the nullspace initialisation (eq. 8): still in N_{l+1}
+        assert r["E_safe"] > 0.95 > r["random_reference"] > r["E_prob"]
+    pairs = {r["pair"] for r in data["cosine_table"]}
+    assert pairs == {"F_1 vs F̂_1", "F_2 vs F̂_2", "F_3 vs F̂_3"}
+    assert all({"mean", "std", "median"} <= set(r) for r in data["cosine_table"])
+    assert all(r["gd"] >= 0 and math.isfinite(r["gd_cos"]) for r in data["gram_table"])
+
+
+def test_adapter_rejects_a_fitnet_run(runs, capsys):
+    rc, _, err = _run(["adapter", str(runs["fitnet"]), "--num-images", "2"], capsys)
+    assert rc == 1 and err.count("\n") == 1 and "needs a SiNGER run" in err
+
+
+def test_similarity_side_by_side(runs, tmp_path, capsys):
+    rc, _, _ = _run(["similarity", str(runs["singer"]), str(runs["fitnet"]), "--num-images", "4",
+                     "--out", str(tmp_path)], capsys)
+    assert rc == 0
+    data = _check_outputs(tmp_path, "similarity", {"table", "runs", "emulated_artifacts"},
+                          ["similarity.png", "similarity_gram.png"])
+    assert [r["name"] for r in data["runs"]] == ["tiny_singer", "tiny_fitnet"]
+    assert len(data["table"]) == 4 and all(0 <= r["cka"] <= 1 + 1e-9 and r["gd"] >= 0 for r in data["table"])
+    assert "cos_target" in data["table"][0] and "cos_target" not in data["table"][-1]
+
+
+def test_figures(runs, tmp_path, capsys):
+    rc, _, _ = _run(["figures", str(runs["singer"]), str(runs["fitnet"]), "--image-index", "1",
+                     "--out", str(tmp_path)], capsys)
+    assert rc == 0
+    _check_outputs(tmp_path, "figures", {"runs", "image_indices", "label"},
+                   ["maps_tiny_singer_img1.png", "crosssim_tiny_singer_img1.png", "maps_tiny_fitnet_img1.png",
+                    "similarity_img1.png"])
+
+
+def test_user_errors_are_one_sentence(tmp_path, capsys):
+    rc, _, err = _run(["adapter", str(tmp_path)], capsys)
+    assert rc == 1 and "not a run directory" in err
+    rc, _, err = _run(["null-vs-reality", *TINY_MODEL, "--layer", "3", "--num-images", "1", "--size", "32",
+                       "--out", str(tmp_path)], capsys)
+    assert rc == 1 and "has no next block" in err
+
+
+def test_to_jsonable_drops_private_keys_and_non_finite():
+    out = to_jsonable({"a": torch.tensor([1.0, float("nan")]), "_raw": torch.zeros(3), "b": (float("inf"), 2)})
+    assert out == {"a": [1.0, None], "b": [None, 2]}
