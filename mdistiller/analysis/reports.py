@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mdistiller.distillers import weights_arg
 from mdistiller.singer.nullspace import (
     jacobian_null_basis,
     k_energy,
@@ -175,15 +176,6 @@ class AnalysisModel:
         return max(1, round(size / p)) * p
 
 
-def _weights_arg(value: str | bool) -> bool | str:
-    v = str(value)
-    if v.lower() in ("pretrained", "true"):
-        return True
-    if v.lower() in ("random", "false", "", "none"):
-        return False
-    return v
-
-
 def is_run_dir(spec: str | Path) -> bool:
     """Whether ``spec`` is a run directory written by ``tools/train.py`` (it holds ``config.yaml``)."""
     return (Path(spec) / "config.yaml").is_file()
@@ -222,8 +214,8 @@ def load_analysis_model(
                 "kwargs": dict(cfg.DISTILLER.TEACHER_KWARGS), "run": str(spec)}
     else:
         name = spec
-        label = name if _weights_arg(weights) is True else f"{name} ({weights} weights)"
-        model = build_model(name, _weights_arg(weights), dynamic_img_size=True, **kwargs)
+        label = name if weights_arg(weights) is True else f"{name} ({weights} weights)"
+        model = build_model(name, weights_arg(weights), dynamic_img_size=True, **kwargs)
         if hasattr(model, "reset_classifier"):
             model.reset_classifier(0)
         info = {"name": name, "weights": str(weights), "kwargs": kwargs}

@@ -34,6 +34,7 @@ __all__ = [
     "normalize_layers",
     "outlier_loss",
     "plan_layers",
+    "weights_arg",
 ]
 
 
@@ -77,7 +78,8 @@ def dataset_num_classes(cfg) -> int:
     return int(n)
 
 
-def _weights_arg(value: str) -> bool | str:
+def weights_arg(value: str | bool) -> bool | str:
+    """``DISTILLER.*_WEIGHTS`` → ``build_model``'s ``pretrained``: pretrained → True, random → False, else a path."""
     v = str(value)
     if v.lower() in ("pretrained", "true"):
         return True
@@ -94,12 +96,12 @@ def build_distiller(cfg, device=None) -> Distiller:
 
     d = cfg.DISTILLER
     size = int(cfg.DATASET.INPUT_SIZE)
-    student = build_model(d.STUDENT, _weights_arg(d.STUDENT_WEIGHTS), img_size=size, **dict(d.STUDENT_KWARGS))
+    student = build_model(d.STUDENT, weights_arg(d.STUDENT_WEIGHTS), img_size=size, **dict(d.STUDENT_KWARGS))
     kind = d.TYPE.lower()
     if kind == "supervised":
         model = Supervised(student, num_classes=dataset_num_classes(cfg))
         return model.to(device) if device is not None else model
-    teacher_model = build_model(d.TEACHER, _weights_arg(d.TEACHER_WEIGHTS), dynamic_img_size=True,
+    teacher_model = build_model(d.TEACHER, weights_arg(d.TEACHER_WEIGHTS), dynamic_img_size=True,
                                 **dict(d.TEACHER_KWARGS))
     plan = plan_layers(cfg, len(teacher_model.blocks), len(student.blocks))
     cuda = device is not None and torch.device(device).type == "cuda"
