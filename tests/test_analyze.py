@@ -176,6 +176,9 @@ def test_similarity_side_by_side(runs, tmp_path, capsys):
     assert [r["name"] for r in data["runs"]] == ["tiny_singer", "tiny_fitnet"]
     assert len(data["table"]) == 4 and all(0 <= r["cka"] <= 1 + 1e-9 and r["gd"] >= 0 for r in data["table"])
     assert "cos_target" in data["table"][0] and "cos_target" not in data["table"][-1]
+    first = data["table"][0]  # the tiny runs' teacher has emulated artifacts after block 0: they reach block 1
+    assert first["emulated_artifacts"] and first["teacher_implanted_over_median"] > 2
+    assert {"student_implanted_over_median", "projected_implanted_over_median", "student_max_median"} <= set(first)
 
 
 def test_figures(runs, tmp_path, capsys):

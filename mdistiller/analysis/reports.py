@@ -764,6 +764,12 @@ def _norm_stats(n: torch.Tensor, k: float = 4.0) -> dict[str, float]:
             f"share_above_{k:g}x": (n > k * med[:, None]).double().mean().item()}
 
 
+def _implanted_ratio(tokens: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean ``‖F_i‖ / median_image ‖F‖`` over the implanted patches (emulated artifacts; ``mask [B, P]``)."""
+    n = patch_norms(tokens)
+    return (n / torch.quantile(n, 0.5, dim=1, keepdim=True))[mask].mean().item()
+
+
 def adapter_report(run_dir: str | Path, num_images: int = 64, batch_size: int = 16) -> dict[str, Any]:
     """How the trained SiNGER adapters act (§4.4–4.5) on held-out toy scenes at the run's input size.
 
@@ -804,8 +810,7 @@ def adapter_report(run_dir: str | Path, num_images: int = 64, batch_size: int = 
             for name, n in ((a_name, na), (b_name, nb)):
                 row = {"layer": t, "features": name, **_norm_stats(n)}
                 if mask is not None and mask.shape == n.shape:
-                    med = torch.quantile(n, 0.5, dim=1, keepdim=True)
-                    row["implanted_over_median"] = (n / med)[mask].mean().item()
+                    row["implanted_over_median"] = _implanted_ratio(fa if name == a_name else fb, mask)
                 norm_rows.append(row)
         for pair, fa, fb in ((f"F_{t} vs F̂_{t}", f, fh), (f"F_{t} vs F^S", f, feats[t]["s"])):
             raw = gram_distance(fa, fb)
@@ -867,6 +872,13 @@ def similarity_report(run_dirs: Sequence[str | Path], num_images: int = 64, batc
                    "emulated_artifacts": emulation is not None}
             if "t_hat" in f:
                 row["cos_target"] = summary(patch_cosine(f["s_proj"], f["t_hat"]))["mean"]
+            row["teacher_max_median"] = _norm_stats(patch_norms(f["t"]))["max_median_ratio"]
+            row["student_max_median"] = _norm_stats(patch_norms(f["s"]))["max_median_ratio"]
+            mask = got["mask"]
+            if mask is not None and mask.shape == f["t"].shape[:2]:
+                row["teacher_implanted_over_median"] = _implanted_ratio(f["t"], mask)
+                row["student_implanted_over_median"] = _implanted_ratio(f["s"], mask)
+                row["projected_implanted_over_median"] = _implanted_ratio(f["s_proj"], mask)
             rows.append(row)
             grams[(name, t)] = {"t": f["t"][0], "s": f["s"][0], "image": images[0]}
     return {
@@ -1066,7 +1078,10 @@ def format_report(report: Mapping[str, Any]) -> str:
             ("run", "run", "s"), ("distiller", "method", "s"), ("teacher_layer", "T", "d"),
             ("student_layer", "S", "d"), ("gd", "GD(cos)", ".4f"), ("gd_raw", "D_G raw", ".4g"),
             ("cka", "CKA", ".4f"), ("cos_teacher", "cos P(S),T", ".4f"), ("cos_target", "cos P(S),F̂", ".4f"),
-            ("emulated_artifacts", "emulated", "s")]))
+            ("teacher_max_median", "T max/med", ".2f"), ("student_max_median", "S max/med", ".2f"),
+            ("teacher_implanted_over_median", "T impl/med", ".2f"),
+            ("student_implanted_over_median", "S impl/med", ".2f"),
+            ("projected_implanted_over_median", "P(S) impl/med", ".2f")]))
     elif cmd == "figures":
         lines.append(_header(report, "Feature-map figures (Figure 2, 9, 11, 12)"))
         for run in report["runs"]:

@@ -295,6 +295,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[C
         raise FileNotFoundError(f"run directory '{run_dir}' has no config.yaml; pass a directory written by "
                                 "tools/train.py.")
     cfg = load_config([cfg_path])
+    ckpt.seed_everything(cfg.EXPERIMENT.SEED)  # as the Trainer does: a random-init teacher comes back identical
     distiller = build_distiller(cfg, device=device)
     path = run_dir / "checkpoints" / "last.pth"
     state = ckpt.load_checkpoint(path, map_location="cpu")
