@@ -12,12 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
 from mdistiller.dataset import DATASETS
-from mdistiller.dataset.transforms import eval_transform, train_transform
+from mdistiller.dataset.finegrained import ImageListDataset
+from mdistiller.dataset.transforms import eval_transform
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 """File endings counted as images (case-insensitive, so ImageNet's ``.JPEG`` matches)."""
@@ -41,7 +40,7 @@ def _images(class_dir: Path) -> list[str]:
 
 
 @DATASETS.register("imagenet")
-class ImageFolderSplit(Dataset):
+class ImageFolderSplit(ImageListDataset):
     """One split of an ImageNet-style folder tree; items are ``(transform(PIL RGB image), int label)``.
 
     ``transform`` defaults to :func:`eval_transform` at 224 px.  ``name`` only changes the wording of
@@ -100,33 +99,8 @@ class ImageFolderSplit(Dataset):
                     f"or remove it; {layout}."
                 )
             samples.extend((str(split_dir / cls / f), idx) for f in files)
-        self.classes = classes
+        super().__init__(samples, classes, self.transform, layout)
         self.class_to_idx = {c: i for i, c in enumerate(classes)}
-        self.samples = samples
-        self.targets = [t for _, t in samples]
-
-    @classmethod
-    def build(cls, split: str, *, root: str | None, input_size: int, train: bool, **kwargs: Any) -> ImageFolderSplit:
-        """Factory used by :func:`mdistiller.dataset.build_dataset`: train or eval transform at ``input_size``."""
-        transform = train_transform(input_size) if train else eval_transform(input_size)
-        return cls(root, split, transform=transform, **kwargs)
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes (class folders)."""
-        return len(self.classes)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        path, target = self.samples[index]
-        try:
-            with Image.open(path) as im:
-                image = im.convert("RGB")
-        except OSError as err:
-            raise OSError(f"{self.name} image '{path}' cannot be read ({err}): replace or delete the file.") from err
-        return self.transform(image), target
 
     def __repr__(self) -> str:
         return (
