@@ -109,6 +109,7 @@ def method_flops(
     kd_cls: bool = False,
     use_info: bool = True,
     info: str = "paper",
+    info_fraction: float = 1.0,
 ) -> dict[str, int]:
     """FLOP bound per image of one training step: ``{"teacher", "student", "extras", "total"}``.
 
@@ -117,7 +118,8 @@ def method_flops(
     blocks actually run (deepest used index + 1); ``teacher_layers`` are the distillation layers 𝒟 (their last entry
     is the final one; for ViTKD the ones before it are the mimicked layers). Targets live on the student's grid, so
     per-layer extras are counted on ``student_patches`` tokens (``+1`` with ``kd_cls``), SiNGER's teacher-side terms
-    on ``teacher_patches``.
+    on ``teacher_patches``. ``info_fraction`` (SiNGER's opt-in ``INFO_FRACTION``) scales the intermediate L_info
+    work (block l+1 re-run and its Grams), which then runs on that share of the batch.
     """
     kind = method.lower()
     d_s, d_t = student.width, teacher.width
@@ -146,9 +148,10 @@ def method_flops(
             block = block_flops(teacher.tokens(p), d_t, teacher.mlp_hidden)
             for t in layers:
                 if t != final:  # block l+1 on F̂ (forward + input gradient only)
-                    extras += 2 * block
+                    rerun = 2 * block
                     if info == "paper":  # Gram of block l+1 on F̂ (with gradient) and on F (without)
-                        extras += 3 * gram_flops(p, d_t) + gram_flops(p, d_t)
+                        rerun += 3 * gram_flops(p, d_t) + gram_flops(p, d_t)
+                    extras += round(info_fraction * rerun)
                 elif info == "official" and len(layers) > 1:  # Grams of F̂_final and F̂_inter, both with gradient
                     extras += 2 * 3 * gram_flops(p, d_t)
                 else:  # Gram of F̂_final (with gradient) vs Gram of F_final (without)

@@ -102,6 +102,9 @@ _C.SiNGER.LINEARIZE_LAYERSCALE = False  # fold LayerScale into W̃ (paper: no)
 _C.SiNGER.USE_OUTLIER = True  # Table 4 switch for L_outlier
 _C.SiNGER.USE_INFO = True  # Table 4 switch for L_info
 _C.SiNGER.INFO = "paper"  # paper: eq. 11 Gram losses | official: the released plain-MSE / refined-intermediate variant
+# OPT-IN SPEED-UP, NOT THE PAPER: share of each local batch (its first ceil(f·B) images; the sampler shuffles) on
+# which the intermediate L_info re-runs teacher block l+1. 1.0 = eq. 11 exactly. See docs/benchmark.md.
+_C.SiNGER.INFO_FRACTION = 1.0
 _C.SiNGER.GRAM = "cosine"  # cosine: Gram of row-normalised patch tokens | raw: F Fᵀ
 _C.SiNGER.DETACH_TARGET = False  # stop L_KD gradients into the adapter (paper/released: not detached)
 _C.SiNGER.LOSS = CN()
@@ -289,6 +292,9 @@ def validate_config(cfg: CN) -> None:
     q = cfg.SiNGER.OUTLIER_Q
     if not 0.0 < q < 1.0:
         raise ConfigError(f"SiNGER.OUTLIER_Q is {q} but must lie strictly inside (0, 1), e.g. 0.95.")
+    f = cfg.SiNGER.INFO_FRACTION
+    if not 0.0 < f <= 1.0:
+        raise ConfigError(f"SiNGER.INFO_FRACTION is {f} but must lie in (0, 1]; use 1.0 for the paper's L_info.")
     if cfg.SiNGER.RANK < 1:
         raise ConfigError(f"SiNGER.RANK is {cfg.SiNGER.RANK} but must be a positive integer, e.g. 16.")
     if not 0.0 < cfg.VITKD.MASK_RATIO < 1.0:

@@ -62,6 +62,8 @@ def test_method_flops_hand_count():
     # intermediate layer 0: block 1 forward + input gradient, Gram with grad (3×) and without (1×); final: same Grams
     extras = 3 * 2 * proj + 3 * 2 * adapter + 2 * block_flops(4, 8, 32) + 2 * (4 * gram)
     assert sing["extras"] == extras and sing["total"] == t_fwd + 3 * s_fwd + extras
+    quarter = method_flops("SiNGER", t, s, rank=2, info_fraction=0.25, **kw)  # only layer 0's re-run is scaled
+    assert quarter["extras"] == extras - round(0.75 * (2 * block_flops(4, 8, 32) + 4 * gram))
     assert method_flops("student", t, s, **kw)["total"] == 3 * s_fwd
     assert method_flops("teacher", t, s, **kw)["total"] == t_fwd
     with pytest.raises(ValueError, match="unknown method"):

@@ -80,6 +80,30 @@ def _layer1(d):
     return split, f_hat, t_feats, tgrid, refined
 
 
+def test_singer_info_fraction_reruns_block_on_batch_subset_only(make_cfg, monkeypatch):
+    """Opt-in INFO_FRACTION: block l+1 re-runs on the first ceil(f·B) images; the term equals eq. 11 on those."""
+    full = build_distiller(make_cfg("SiNGER"))
+    half = build_distiller(make_cfg("SiNGER", **{"SiNGER.INFO_FRACTION": 0.4}))
+    half.load_state_dict(full.state_dict())
+    half.teacher.net.model.load_state_dict(full.teacher.net.model.state_dict())  # the teacher is outside the tree
+    x = torch.rand(5, 3, 32, 32)
+    shapes = []
+    block = half.teacher.blocks[2]
+    orig = block.forward
+    monkeypatch.setattr(block, "forward", lambda h, *a, **k: shapes.append(h.shape[0]) or orig(h, *a, **k))
+    terms = {}
+    for name, d, images in (("half", half, x), ("full_on_subset", full, x[:2])):
+        sgrid = d.student_grid(images)
+        t_feats, tgrid = d.teacher(images, d.teacher_request(), student_grid=sgrid)
+        refined = d.refine(t_feats, tgrid)
+        terms[name] = d.info_term(1, *refined[1], t_feats, tgrid, refined)
+    assert shapes == [5, 2]  # teacher pass on all 5 images, L_info re-run on ceil(0.4 · 5) = 2
+    torch.testing.assert_close(terms["half"], terms["full_on_subset"])
+    assert half.info_batch(1) == 1 and full.info_batch(7) == 7
+    with pytest.raises(ValueError, match="INFO_FRACTION|info_fraction"):
+        build_distiller(make_cfg("SiNGER", **{"SiNGER.INFO_FRACTION": 0.0}))
+
+
 @pytest.mark.parametrize("opts", [{"SiNGER.USE_OUTLIER": False}, {"SiNGER.USE_INFO": False},
                                   {"SiNGER.INIT": "random"}, {"SiNGER.INFO": "official", "SiNGER.BASIS": "threshold"}])
 def test_singer_ablation_switches(make_cfg, opts):

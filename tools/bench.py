@@ -430,6 +430,7 @@ def build_items(args: argparse.Namespace, methods: list[str], components: list[s
             teacher_patches=t_p, student_patches=s_p, teacher_blocks=max(request) + 1,
             student_blocks=max(model.plan.student) + 1, teacher_layers=model.plan.teacher, rank=rank,
             kd_cls=bool(cfg.DISTILLER.KD_CLS), use_info=bool(s_cfg.USE_INFO), info=s_cfg.INFO.lower(),
+            info_fraction=float(s_cfg.INFO_FRACTION),
         )
         n_train = sum(p.numel() for p in params)
         items.append(Item(method, step, flops, eager_step, {"trainable_params": n_train}))

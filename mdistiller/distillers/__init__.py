@@ -129,7 +129,8 @@ def build_distiller(cfg, device=None) -> Distiller:
         model = SiNGER(student, teacher, plan, rank=s.RANK, q=s.OUTLIER_Q, init=s.INIT.lower(),
                        basis=s.BASIS.lower(), null_thres=s.NULL_THRES, linearize_norm=s.LINEARIZE_NORM,
                        linearize_layerscale=s.LINEARIZE_LAYERSCALE, use_outlier=s.USE_OUTLIER, use_info=s.USE_INFO,
-                       info=s.INFO.lower(), gram=s.GRAM.lower(), detach_target=s.DETACH_TARGET,
+                       info=s.INFO.lower(), info_fraction=s.INFO_FRACTION, gram=s.GRAM.lower(),
+                       detach_target=s.DETACH_TARGET,
                        feat_weight=s.LOSS.FEAT_WEIGHT, outlier_weight=s.LOSS.OUTLIER_WEIGHT,
                        info_weight=s.LOSS.INFO_WEIGHT, seed=cfg.EXPERIMENT.SEED, **common)
     else:  # pragma: no cover - validate_config rejects unknown types first
