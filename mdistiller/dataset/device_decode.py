@@ -1,0 +1,228 @@
+"""Decode and augment JPEG batches on the training device (nvjpeg on CUDA) instead of in the loader workers.
+
+On a GPU host the loader workers' CPU time goes mostly to JPEG decoding and resizing.  This module moves both
+to the device:
+
+* :class:`EncodedImages` wraps a folder dataset so that the workers only read files: an item is
+  ``(uint8 1-D tensor of the encoded file bytes, int label)``; :func:`collate_encoded` batches them into
+  ``(list of byte tensors, int64 label tensor)`` (the byte strings differ in length, so they cannot be stacked).
+* :class:`DeviceDecodeTransform` takes that list, decodes all JPEGs in one batched
+  ``torchvision.io.decode_jpeg(..., device=device)`` call (nvjpeg on CUDA; libjpeg-turbo on CPU), decodes
+  other formats (PNG, ...) with ``torchvision.io.decode_image`` on the CPU, and then applies on the device the
+  same geometry as :mod:`mdistiller.dataset.transforms`: training = RandomResizedCrop(size, scale 0.08-1,
+  ratio 3/4-4/3) + horizontal flip with probability 0.5; evaluation = resize of the shorter side to
+  ``round(size * 256 / 224)`` + centre crop ``size``; bicubic with antialiasing in both, on uint8 images (so
+  overshoot is clipped, as with PIL).  The result is a float32 ``(B, 3, size, size)`` batch in [0, 1], or
+  normalised with ``mean``/``std`` when given.
+
+The folder datasets hand out un-normalised [0, 1] images because each model normalises its own input, so leave
+``mean``/``std`` as ``None`` to feed the same distillers.  Usage::
+
+    ds = EncodedImages.from_dataset(build_dataset("imagenet", "train", root=root, input_size=224, train=True))
+    loader = DataLoader(ds, batch_size=256, shuffle=True, num_workers=8, collate_fn=collate_encoded,
+                        pin_memory=True, persistent_workers=True)
+    gpu_tf = DeviceDecodeTransform(224, train=True, device="cuda")
+    for data, labels in loader:
+        images = gpu_tf(data)  # (256, 3, 224, 224) float32 on cuda
+        labels = labels.to("cuda", non_blocking=True)
+
+On CPU the decoded pixels are identical to PIL's (both use libjpeg-turbo); nvjpeg's IDCT and chroma upsampling
+differ from libjpeg's by a few grey levels.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torchvision.transforms.v2.functional as F
+from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
+from torchvision.transforms import InterpolationMode
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+"""First bytes of every JPEG file (SOI marker + the next marker's 0xFF); anything else goes to ``decode_image``."""
+
+
+def is_jpeg(data: torch.Tensor) -> bool:
+    """Whether the uint8 byte tensor ``data`` starts like a JPEG file (by content, not by file name)."""
+    return data.numel() >= 3 and bytes(data[:3].tolist()) == JPEG_MAGIC
+
+
+class EncodedImages(Dataset):
+    """Items ``(torchvision.io.read_file(path), label)``: the raw file bytes, no decoding in the loader workers.
+
+    ``samples`` is a list of ``(path, int label)``, as in the folder datasets' ``samples`` attribute;
+    ``classes`` is kept for reference.
+    """
+
+    def __init__(self, samples: Sequence[tuple[str, int]], classes: Sequence[str] | None = None) -> None:
+        if not samples:
+            raise ValueError("EncodedImages got no samples: pass a non-empty list of (image path, label).")
+        self.samples = list(samples)
+        self.targets = [t for _, t in self.samples]
+        self.classes = list(classes) if classes is not None else None
+
+    @classmethod
+    def from_dataset(cls, dataset: Any) -> EncodedImages:
+        """Wrap a dataset with ``samples`` (and optionally ``classes``), e.g. ``build_dataset("imagenet", ...)``.
+
+        The wrapped dataset's own transform is not used: :class:`DeviceDecodeTransform` replaces it.
+        """
+        samples = getattr(dataset, "samples", None)
+        if samples is None:
+            raise TypeError(
+                f"{type(dataset).__name__} has no 'samples' list of (path, label): wrap a folder dataset such as "
+                "build_dataset('imagenet', ...)."
+            )
+        return cls(samples, getattr(dataset, "classes", None))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, target = self.samples[index]
+        return read_file(os.fspath(path)), target
+
+
+def collate_encoded(batch: Sequence[tuple[torch.Tensor, int]]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """``DataLoader`` ``collate_fn`` for :class:`EncodedImages`: ``(list of byte tensors, int64 labels)``."""
+    return [data for data, _ in batch], torch.tensor([int(t) for _, t in batch], dtype=torch.int64)
+
+
+class DeviceDecodeTransform:
+    """Batched decode + train/eval geometry + float conversion on ``device``; see the module docstring.
+
+    ``size``: output side in pixels.  ``train``: RandomResizedCrop + flip (``True``) or resize + centre crop.
+    ``mean``/``std``: per-channel normalisation of the [0, 1] pixels, or ``None`` for none (the repo's datasets
+    do not normalise).  ``device``: where decoding and resizing run.  ``scale``/``ratio``/``interpolation``:
+    as in :func:`mdistiller.dataset.transforms.train_transform` by default.
+
+    Randomness (training only): the crop box and the flip are drawn from the ``generator`` passed to
+    :meth:`__call__`, else from the one given here, else from torch's global CPU RNG (so ``torch.manual_seed``
+    makes a run repeatable).  Draws happen on the CPU in the order of the images, 3-4 numbers per crop try plus one
+    for the flip, whatever the device.  The crop distribution is RandomResizedCrop's: up to 10 tries of area
+    fraction ~ U(scale) and log aspect ratio ~ U(log ratio), keeping the first box that fits; otherwise the
+    whole image, centre-cropped to the nearest allowed aspect ratio.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        train: bool,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        device: str | torch.device = "cpu",
+        *,
+        interpolation: InterpolationMode = InterpolationMode.BICUBIC,
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(f"transform size {size!r} is invalid: pass a positive integer number of pixels.")
+        if (mean is None) != (std is None):
+            raise ValueError("pass both mean and std (3 numbers each) to normalise, or neither for [0, 1] pixels.")
+        if not (0 < scale[0] <= scale[1] <= 1) or not (0 < ratio[0] <= ratio[1]):
+            raise ValueError(f"scale {scale} / ratio {ratio} are invalid: need 0 < lo <= hi (and scale hi <= 1).")
+        self.size = size
+        self.train = train
+        self.device = torch.device(device)
+        self.interpolation = interpolation
+        self.scale = scale
+        self.ratio = ratio
+        self.generator = generator
+        # Same expression as transforms.eval_transform (EVAL_RESIZE_RATIO = 256 / 224).
+        self.resize_size = round(size * 256 / 224)
+        self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32, device=self.device)
+        self.std = None if std is None else torch.tensor(std, dtype=torch.float32, device=self.device)
+
+    def __repr__(self) -> str:
+        mode = "train" if self.train else "eval"
+        return f"DeviceDecodeTransform(size={self.size}, {mode}, device={self.device})"
+
+    # ------------------------------------------------------------------------------------------- decoding
+
+    def decode(self, data: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """uint8 ``(3, H, W)`` RGB images on the device, in input order.
+
+        JPEGs go through one batched ``decode_jpeg`` call; if that call fails (a corrupt file, or a JPEG variant
+        such as CMYK that the device decoder rejects) each JPEG is retried alone and then with ``decode_image`` on
+        the CPU.  Other formats are decoded with ``decode_image`` on the CPU and moved to the device.
+        """
+        out: list[torch.Tensor | None] = [None] * len(data)
+        jpeg_idx = [i for i, d in enumerate(data) if is_jpeg(d)]
+        if jpeg_idx:
+            jpegs = [data[i] for i in jpeg_idx]
+            try:
+                decoded = decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=self.device)
+            except RuntimeError:
+                decoded = [self._decode_one_jpeg(d) for d in jpegs]
+            for i, img in zip(jpeg_idx, decoded, strict=True):
+                out[i] = img
+        for i, d in enumerate(data):
+            if out[i] is None:
+                out[i] = decode_image(d, mode=ImageReadMode.RGB).to(self.device, non_blocking=True)
+        return out  # type: ignore[return-value]
+
+    def _decode_one_jpeg(self, data: torch.Tensor) -> torch.Tensor:
+        """One JPEG on the device, falling back to the CPU decoder (which raises for a truly corrupt file)."""
+        try:
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
+        except RuntimeError:
+            return decode_image(data, mode=ImageReadMode.RGB).to(self.device)
+
+    # ------------------------------------------------------------------------------------------- geometry
+
+    def crop_params(self, height: int, width: int, generator: torch.Generator | None = None) -> tuple[int, ...]:
+        """A RandomResizedCrop box ``(top, left, h, w)`` for an image of ``height`` × ``width`` pixels."""
+
+        def uniform(lo: float, hi: float) -> float:
+            return lo + (hi - lo) * torch.rand(1, generator=generator).item()
+
+        area = height * width
+        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        for _ in range(10):
+            target = area * uniform(*self.scale)
+            aspect = math.exp(uniform(log_lo, log_hi))
+            w = round(math.sqrt(target * aspect))
+            h = round(math.sqrt(target / aspect))
+            if 0 < w <= width and 0 < h <= height:
+                top = int(torch.randint(0, height - h + 1, (1,), generator=generator).item())
+                left = int(torch.randint(0, width - w + 1, (1,), generator=generator).item())
+                return top, left, h, w
+        aspect = width / height
+        if aspect < self.ratio[0]:
+            w, h = width, round(width / self.ratio[0])
+        elif aspect > self.ratio[1]:
+            w, h = round(height * self.ratio[1]), height
+        else:
+            w, h = width, height
+        return (height - h) // 2, (width - w) // 2, h, w
+
+    def geometry(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The train or eval crop of one uint8 ``(3, H, W)`` image: uint8 ``(3, size, size)``."""
+        if not self.train:
+            img = F.resize(img, [self.resize_size], interpolation=self.interpolation, antialias=True)
+            return F.center_crop(img, [self.size, self.size])
+        top, left, h, w = self.crop_params(img.shape[-2], img.shape[-1], generator)
+        img = F.resized_crop(
+            img, top, left, h, w, [self.size, self.size], interpolation=self.interpolation, antialias=True
+        )
+        if torch.rand(1, generator=generator).item() < 0.5:
+            img = F.horizontal_flip(img)
+        return img
+
+    def __call__(self, data: Sequence[torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
+        """Encoded images (uint8 1-D CPU tensors) in, float32 ``(B, 3, size, size)`` on the device out."""
+        if len(data) == 0:
+            raise ValueError("DeviceDecodeTransform got an empty batch: pass a non-empty list of byte tensors.")
+        gen = generator if generator is not None else self.generator
+        crops = [self.geometry(img, gen) for img in self.decode(data)]
+        batch = F.to_dtype(torch.stack(crops), torch.float32, scale=True)
+        if self.mean is not None and self.std is not None:
+            batch = (batch - self.mean.view(1, 3, 1, 1)) / self.std.view(1, 3, 1, 1)
+        return batch
