@@ -148,7 +148,8 @@ def render_markdown(rows: Sequence[Row]) -> str:
     """Markdown tables (paper columns and, when present, toy-scene columns); ``†`` marks online results."""
     parts = []
     any_online = False
-    for title, cols in _tables(rows):
+    tables = _tables(rows)
+    for title, cols in tables:
         head = "| Model | " + " | ".join(f"{c.title} {'↑' if c.higher_is_better else '↓'}" for c in cols) + " |"
         sep = "|---|" + "|".join("---:" for _ in cols) + "|"
         lines = [f"**{title}**", "", head, sep]
@@ -161,8 +162,10 @@ def render_markdown(rows: Sequence[Row]) -> str:
                 cells.append("—" if v is None else f"{v:.{c.digits}f}{mark}")
             lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
-    notes = ["DS = mean of ImageNet-R and ImageNet-v2 top-1; FG = mean of Aircraft, Pets, Food-101, Flowers-102 "
-             "top-1; — = not evaluated."]
+    notes = ["— = not evaluated."]
+    if any(cols is PAPER_COLUMNS for _, cols in tables):
+        notes.insert(0, "DS = mean of ImageNet-R and ImageNet-v2 top-1; FG = mean of Aircraft, Pets, Food-101, "
+                        "Flowers-102 top-1;")
     if any_online:
         notes.append("† online protocol (augmented, backbone every step); other cells: cached protocol.")
     return "\n\n".join(parts) + "\n\n" + " ".join(notes) + "\n"
