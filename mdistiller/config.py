@@ -47,6 +47,9 @@ _C.DATASET.TRAIN_SIZE = 0  # toy_scenes: number of training images (0 → datase
 _C.DATASET.VAL_SIZE = 0  # held-out images for the feature-agreement check (0 → one batch)
 _C.DATASET.NUM_CLASSES = 0  # classes for DISTILLER.TYPE Supervised (0 → the dataset's own count)
 _C.DATASET.AUGMENT = True  # paper augmentation (RandomResizedCrop + flip) for training
+# cpu: PIL decode + augmentation in the loader workers | device: workers read file bytes (and draw the crop/flip
+# per sample), decode + augmentation run on the training device (nvjpeg on CUDA); folder datasets only
+_C.DATASET.DECODE = "cpu"
 
 # ---------------------------------------------------------------------------------------------- distiller
 _C.DISTILLER = CN()
@@ -271,6 +274,7 @@ _CHOICES = {
     "SOLVER.SCHEDULE": ("cosine", "multistep", "constant"),
     "SOLVER.AMP": ("none", "bf16", "fp16"),
     "EXPERIMENT.DEVICE": ("auto", "cpu", "cuda"),
+    "DATASET.DECODE": ("cpu", "device"),
 }
 
 
@@ -289,6 +293,15 @@ def validate_config(cfg: CN) -> None:
         value = str(flat[key]).lower()
         if value not in choices:
             raise ConfigError(f"{key} is '{flat[key]}' but must be one of: {', '.join(choices)}.")
+    if str(cfg.DATASET.DECODE).lower() == "device":
+        from mdistiller.dataset.device_decode import check_device_decode
+
+        try:
+            check_device_decode(cfg.DATASET.TYPE)
+        except ValueError as e:
+            raise ConfigError(e.args[0]) from None
+        except KeyError:
+            pass  # an unknown DATASET.TYPE is reported by build_dataset with the list of valid names
     q = cfg.SiNGER.OUTLIER_Q
     if not 0.0 < q < 1.0:
         raise ConfigError(f"SiNGER.OUTLIER_Q is {q} but must lie strictly inside (0, 1), e.g. 0.95.")

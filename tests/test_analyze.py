@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -16,6 +15,7 @@ from mdistiller.analysis.reports import EMULATED_LABEL, to_jsonable
 from mdistiller.engine.distributed import DistEnv
 from mdistiller.engine.trainer import Trainer
 from tests.conftest import TINY_TEACHER, tiny_config
+from tests.helpers import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = ["--model", "vit_small", "--weights", "random", "--model-kwargs",
@@ -23,14 +23,7 @@ TINY_MODEL = ["--model", "vit_small", "--weights", "random", "--model-kwargs",
 SUBCOMMANDS = ("artifacts", "nullspace", "null-vs-reality", "subspace", "adapter", "similarity", "figures")
 
 
-def _load_cli():
-    spec = importlib.util.spec_from_file_location("analyze_cli", ROOT / "tools" / "analyze.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-CLI = _load_cli()
+CLI = load_tool("analyze.py")
 
 
 def _train(kind: str, run_dir: Path) -> Path:

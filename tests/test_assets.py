@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from mdistiller.models import assets  # noqa: E402
+from tests.helpers import load_tool  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / "tools" / "assets.py"
@@ -216,9 +217,7 @@ def test_matches_onnxruntime_reference(weights):
 
 @pytest.mark.asset
 def test_cli_reports_cached_asset(weights, capsys):
-    spec = importlib.util.spec_from_file_location("_tools_assets_cli", CLI)
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)  # in-process: a subprocess would pay torch's import again
+    cli = load_tool("assets.py")
     assert cli.main(["dinov2_small", "--cache-dir", str(weights.parent), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert Path(info["path"]) == weights

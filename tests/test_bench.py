@@ -5,7 +5,6 @@ No test here asserts a time: the machine is shared and timings are noise; only s
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -22,17 +21,14 @@ from mdistiller.bench_flops import (
     method_flops,
     vit_shape,
 )
+from tests.helpers import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "tools" / "bench.py"
 
 
 def _load_bench():
-    spec = importlib.util.spec_from_file_location("mdistiller_tools_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("bench.py")
 
 
 def test_block_flops_hand_count():

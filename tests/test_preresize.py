@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -12,19 +11,13 @@ from PIL import Image
 
 from mdistiller.dataset import build_dataset
 from mdistiller.dataset.preresize import TMP_SUFFIX, resize_file, resized_size
+from tests.helpers import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 SHORT = 32
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("_tools_preresize_cli", ROOT / "tools" / "preresize.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
+tool = load_tool("preresize.py")
 
 # relative path -> (size, mode, format); sizes straddle SHORT so both the resize and the keep branch run
 FIXTURE = {

@@ -43,7 +43,7 @@ PROBES = [("transfer", "cls"), ("ade20k", "seg"), ("nyud", "depth")]
 # for many steps on well-trained features; with 400 toy scenes and students trained for a few minutes the best
 # rate lies above them (cls: chance level inside the default grid). Selection is still on the validation split.
 CLS_LRS = "0.001,0.003,0.01,0.03,0.1,0.3,1,3,10"
-DENSE_LRS = "0.003,0.01,0.03,0.1,0.3"
+DENSE_LRS = "0.01,0.03,0.1,0.3"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cls-epochs", type=int, default=100, help="epochs of the cached classification probe (batch 32)")
     p.add_argument("--amp", choices=("auto", "none", "bf16"), default="auto",
                    help="training precision; auto = bf16 autocast where the CPU has native bf16 (AVX512-BF16/AMX)")
-    p.add_argument("--loss-size", type=int, default=24, help="dense probes compute their loss at this resolution")
+    p.add_argument("--loss-size", type=int, default=16, help="dense probes compute their loss at this resolution")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     return p.parse_args(argv)
 

@@ -6,7 +6,11 @@ to the device:
 * :class:`EncodedImages` wraps a folder dataset so that the workers only read files: an item is
   ``(uint8 1-D tensor of the encoded file bytes, int label)``; :func:`collate_encoded` batches them into
   ``(list of byte tensors, int64 label tensor)`` (the byte strings differ in length, so they cannot be stacked).
-* :class:`DeviceDecodeTransform` takes that list, decodes all JPEGs in one batched
+  With ``augment=True`` the worker also draws the sample's crop box and flip from the image size in the file
+  header (no decoding): items are ``(bytes, int64 [top, left, height, width, flip], label)`` and batches
+  ``(list of bytes, (B, 5) int64 params, labels)``.  Drawn inside the training engine's per-sample seeded RNG
+  (:class:`mdistiller.engine.data.SeededSamples`), the augmentation is then a pure function of the sample key.
+* :class:`DeviceDecodeTransform` takes that list (and optionally those params), decodes all JPEGs in one batched
   ``torchvision.io.decode_jpeg(..., device=device)`` call (nvjpeg on CUDA; libjpeg-turbo on CPU), decodes
   other formats (PNG, ...) with ``torchvision.io.decode_image`` on the CPU, and then applies on the device the
   same geometry as :mod:`mdistiller.dataset.transforms`: training = RandomResizedCrop(size, scale 0.08-1,
@@ -20,11 +24,13 @@ The folder datasets hand out un-normalised [0, 1] images because each model norm
 
     ds = EncodedImages.from_dataset(build_dataset("imagenet", "train", root=root, input_size=224, train=True))
     loader = DataLoader(ds, batch_size=256, shuffle=True, num_workers=8, collate_fn=collate_encoded,
-                        pin_memory=True, persistent_workers=True)
+                        persistent_workers=True)  # no pin_memory: it would pin every byte string separately
     gpu_tf = DeviceDecodeTransform(224, train=True, device="cuda")
     for data, labels in loader:
         images = gpu_tf(data)  # (256, 3, 224, 224) float32 on cuda
         labels = labels.to("cuda", non_blocking=True)
+
+The training engine uses the ``augment=True`` form (``DATASET.DECODE device``): ``gpu_tf(data, params=params)``.
 
 On CPU the decoded pixels are identical to PIL's (both use libjpeg-turbo); nvjpeg's IDCT and chroma upsampling
 differ from libjpeg's by a few grey levels.
@@ -32,6 +38,7 @@ differ from libjpeg's by a few grey levels.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Sequence
@@ -39,12 +46,19 @@ from typing import Any
 
 import torch
 import torchvision.transforms.v2.functional as F
+from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms import InterpolationMode
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 """First bytes of every JPEG file (SOI marker + the next marker's 0xFF); anything else goes to ``decode_image``."""
+DEFAULT_SCALE = (0.08, 1.0)
+"""RandomResizedCrop's area-fraction range (torchvision's default, as in :mod:`mdistiller.dataset.transforms`)."""
+DEFAULT_RATIO = (3 / 4, 4 / 3)
+"""RandomResizedCrop's aspect-ratio range (torchvision's default)."""
+PARAMS_FIELDS = ("top", "left", "height", "width", "flip")
+"""The columns of a training sample's augmentation parameters (one int64 row per image)."""
 
 
 def is_jpeg(data: torch.Tensor) -> bool:
@@ -52,25 +66,131 @@ def is_jpeg(data: torch.Tensor) -> bool:
     return data.numel() >= 3 and bytes(data[:3].tolist()) == JPEG_MAGIC
 
 
-class EncodedImages(Dataset):
-    """Items ``(torchvision.io.read_file(path), label)``: the raw file bytes, no decoding in the loader workers.
+def check_device_decode(dataset_type: str) -> None:
+    """Raise one sentence (``ValueError``) unless ``dataset_type`` names a file-based folder dataset.
 
-    ``samples`` is a list of ``(path, int label)``, as in the folder datasets' ``samples`` attribute;
-    ``classes`` is kept for reference.
+    Device decoding reads image files, so it needs a dataset whose items come from a ``samples`` list of
+    JPEG/PNG paths (the :class:`~mdistiller.dataset.finegrained.ImageListDataset` family: ``imagenet``,
+    ``imagenet_r``, the fine-grained sets, ...), not a generated or array-backed one (``toy_scenes``,
+    ``fashion_mnist``).  An unknown name raises the registry's ``KeyError``.
+    """
+    from mdistiller.dataset import DATASETS
+    from mdistiller.dataset.finegrained import ImageListDataset
+
+    if not issubclass(DATASETS.get(dataset_type), ImageListDataset):
+        raise ValueError(
+            f"DATASET.DECODE 'device' needs JPEG/PNG files (imagenet-style folders); use DECODE cpu for {dataset_type}."
+        )
+
+
+def read_bytes(path: str | os.PathLike[str]) -> torch.Tensor:
+    """The bytes of the file at ``path`` as a 1-D uint8 tensor in ordinary (heap) memory.
+
+    Not ``torchvision.io.read_file``: its tensor is backed by a memory map without a file descriptor, which a
+    ``DataLoader`` worker cannot hand to the main process (``os.dup`` fails with EBADF and the loader hangs).
+    """
+    with open(path, "rb") as f:
+        raw = f.read()
+    if not raw:
+        raise OSError(f"image file '{path}' is empty: replace or delete the file.")
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+
+
+def encoded_size(data: torch.Tensor) -> tuple[int, int]:
+    """``(height, width)`` of an encoded image, read from its header by PIL without decoding the pixels.
+
+    No EXIF rotation is applied, like the folder datasets' PIL loader and ``decode_jpeg``/``decode_image``, so
+    this is the size of the image that :meth:`DeviceDecodeTransform.decode` returns.
+    """
+    with Image.open(io.BytesIO(data.numpy())) as im:
+        width, height = im.size
+    return height, width
+
+
+def crop_box(
+    height: int,
+    width: int,
+    scale: tuple[float, float] = DEFAULT_SCALE,
+    ratio: tuple[float, float] = DEFAULT_RATIO,
+    generator: torch.Generator | None = None,
+) -> tuple[int, int, int, int]:
+    """A RandomResizedCrop box ``(top, left, h, w)`` for an image of ``height`` × ``width`` pixels.
+
+    Up to 10 tries of area fraction ~ U(``scale``) and log aspect ratio ~ U(log ``ratio``), keeping the first box
+    that fits; otherwise the whole image, centre-cropped to the nearest allowed aspect ratio.  Draws come from
+    ``generator``, else torch's global CPU RNG.
     """
 
-    def __init__(self, samples: Sequence[tuple[str, int]], classes: Sequence[str] | None = None) -> None:
+    def uniform(lo: float, hi: float) -> float:
+        return lo + (hi - lo) * torch.rand(1, generator=generator).item()
+
+    area = height * width
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target = area * uniform(*scale)
+        aspect = math.exp(uniform(log_lo, log_hi))
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (1,), generator=generator).item())
+            left = int(torch.randint(0, width - w + 1, (1,), generator=generator).item())
+            return top, left, h, w
+    aspect = width / height
+    if aspect < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif aspect > ratio[1]:
+        w, h = round(height * ratio[1]), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def augment_params(
+    height: int,
+    width: int,
+    scale: tuple[float, float] = DEFAULT_SCALE,
+    ratio: tuple[float, float] = DEFAULT_RATIO,
+    generator: torch.Generator | None = None,
+) -> tuple[int, int, int, int, int]:
+    """A training sample's ``(top, left, h, w, flip)``: :func:`crop_box`, then a flip with probability 0.5."""
+    box = crop_box(height, width, scale, ratio, generator)
+    return (*box, int(torch.rand(1, generator=generator).item() < 0.5))
+
+
+class EncodedImages(Dataset):
+    """Items ``(uint8 tensor of the file's bytes, label)``: the raw file bytes, no decoding in the loader workers.
+
+    ``samples`` is a list of ``(path, int label)``, as in the folder datasets' ``samples`` attribute;
+    ``classes`` is kept for reference.  With ``augment=True`` items are ``(bytes, params, label)``, where
+    ``params`` is an int64 tensor ``[top, left, height, width, flip]`` (:func:`augment_params` with ``scale`` /
+    ``ratio``, for the size in the file header) drawn from torch's global RNG in the worker, so a per-sample
+    seeded wrapper fixes each sample's crop and flip.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[tuple[str, int]],
+        classes: Sequence[str] | None = None,
+        *,
+        augment: bool = False,
+        scale: tuple[float, float] = DEFAULT_SCALE,
+        ratio: tuple[float, float] = DEFAULT_RATIO,
+    ) -> None:
         if not samples:
             raise ValueError("EncodedImages got no samples: pass a non-empty list of (image path, label).")
         self.samples = list(samples)
         self.targets = [t for _, t in self.samples]
         self.classes = list(classes) if classes is not None else None
+        self.augment = bool(augment)
+        self.scale = scale
+        self.ratio = ratio
 
     @classmethod
-    def from_dataset(cls, dataset: Any) -> EncodedImages:
+    def from_dataset(cls, dataset: Any, **kwargs: Any) -> EncodedImages:
         """Wrap a dataset with ``samples`` (and optionally ``classes``), e.g. ``build_dataset("imagenet", ...)``.
 
-        The wrapped dataset's own transform is not used: :class:`DeviceDecodeTransform` replaces it.
+        The wrapped dataset's own transform is not used: :class:`DeviceDecodeTransform` replaces it.  ``kwargs``
+        (``augment``, ``scale``, ``ratio``) go to the constructor.
         """
         samples = getattr(dataset, "samples", None)
         if samples is None:
@@ -78,19 +198,32 @@ class EncodedImages(Dataset):
                 f"{type(dataset).__name__} has no 'samples' list of (path, label): wrap a folder dataset such as "
                 "build_dataset('imagenet', ...)."
             )
-        return cls(samples, getattr(dataset, "classes", None))
+        return cls(samples, getattr(dataset, "classes", None), **kwargs)
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | tuple[torch.Tensor, torch.Tensor, int]:
         path, target = self.samples[index]
-        return read_file(os.fspath(path)), target
+        data = read_bytes(path)
+        if not self.augment:
+            return data, target
+        try:
+            height, width = encoded_size(data)
+        except OSError as err:
+            raise OSError(f"image '{path}' cannot be read ({err}): replace or delete the file.") from err
+        params = torch.tensor(augment_params(height, width, self.scale, self.ratio), dtype=torch.int64)
+        return data, params, target
 
 
-def collate_encoded(batch: Sequence[tuple[torch.Tensor, int]]) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """``DataLoader`` ``collate_fn`` for :class:`EncodedImages`: ``(list of byte tensors, int64 labels)``."""
-    return [data for data, _ in batch], torch.tensor([int(t) for _, t in batch], dtype=torch.int64)
+def collate_encoded(batch: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """``DataLoader`` ``collate_fn`` for :class:`EncodedImages`: ``(list of byte tensors, int64 labels)``, or
+    ``(list of byte tensors, (B, 5) int64 params, int64 labels)`` for ``augment=True`` items."""
+    data = [item[0] for item in batch]
+    labels = torch.tensor([int(item[-1]) for item in batch], dtype=torch.int64)
+    if len(batch[0]) == 3:
+        return data, torch.stack([item[1] for item in batch]), labels
+    return data, labels
 
 
 class DeviceDecodeTransform:
@@ -101,12 +234,11 @@ class DeviceDecodeTransform:
     do not normalise).  ``device``: where decoding and resizing run.  ``scale``/``ratio``/``interpolation``:
     as in :func:`mdistiller.dataset.transforms.train_transform` by default.
 
-    Randomness (training only): the crop box and the flip are drawn from the ``generator`` passed to
-    :meth:`__call__`, else from the one given here, else from torch's global CPU RNG (so ``torch.manual_seed``
-    makes a run repeatable).  Draws happen on the CPU in the order of the images, 3-4 numbers per crop try plus one
-    for the flip, whatever the device.  The crop distribution is RandomResizedCrop's: up to 10 tries of area
-    fraction ~ U(scale) and log aspect ratio ~ U(log ratio), keeping the first box that fits; otherwise the
-    whole image, centre-cropped to the nearest allowed aspect ratio.
+    Randomness (training only): unless :meth:`__call__` gets ``params`` (e.g. drawn per sample by
+    :class:`EncodedImages` with ``augment=True``), the crop box and the flip are drawn from the ``generator``
+    passed to :meth:`__call__`, else from the one given here, else from torch's global CPU RNG (so
+    ``torch.manual_seed`` makes a run repeatable).  Draws happen on the CPU in the order of the images, 3-4 numbers
+    per crop try plus one for the flip, whatever the device (:func:`augment_params`).
     """
 
     def __init__(
@@ -118,8 +250,8 @@ class DeviceDecodeTransform:
         device: str | torch.device = "cpu",
         *,
         interpolation: InterpolationMode = InterpolationMode.BICUBIC,
-        scale: tuple[float, float] = (0.08, 1.0),
-        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        scale: tuple[float, float] = DEFAULT_SCALE,
+        ratio: tuple[float, float] = DEFAULT_RATIO,
         generator: torch.Generator | None = None,
     ) -> None:
         if not isinstance(size, int) or size < 1:
@@ -179,49 +311,59 @@ class DeviceDecodeTransform:
 
     def crop_params(self, height: int, width: int, generator: torch.Generator | None = None) -> tuple[int, ...]:
         """A RandomResizedCrop box ``(top, left, h, w)`` for an image of ``height`` × ``width`` pixels."""
+        return crop_box(height, width, self.scale, self.ratio, generator)
 
-        def uniform(lo: float, hi: float) -> float:
-            return lo + (hi - lo) * torch.rand(1, generator=generator).item()
+    def geometry(
+        self, img: torch.Tensor, generator: torch.Generator | None = None, params: Sequence[int] | None = None
+    ) -> torch.Tensor:
+        """The train or eval crop of one uint8 ``(3, H, W)`` image: uint8 ``(3, size, size)``.
 
-        area = height * width
-        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
-        for _ in range(10):
-            target = area * uniform(*self.scale)
-            aspect = math.exp(uniform(log_lo, log_hi))
-            w = round(math.sqrt(target * aspect))
-            h = round(math.sqrt(target / aspect))
-            if 0 < w <= width and 0 < h <= height:
-                top = int(torch.randint(0, height - h + 1, (1,), generator=generator).item())
-                left = int(torch.randint(0, width - w + 1, (1,), generator=generator).item())
-                return top, left, h, w
-        aspect = width / height
-        if aspect < self.ratio[0]:
-            w, h = width, round(width / self.ratio[0])
-        elif aspect > self.ratio[1]:
-            w, h = round(height * self.ratio[1]), height
-        else:
-            w, h = width, height
-        return (height - h) // 2, (width - w) // 2, h, w
-
-    def geometry(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The train or eval crop of one uint8 ``(3, H, W)`` image: uint8 ``(3, size, size)``."""
+        ``params`` (training only): ``(top, left, h, w, flip)`` to apply instead of drawing them.
+        """
         if not self.train:
             img = F.resize(img, [self.resize_size], interpolation=self.interpolation, antialias=True)
             return F.center_crop(img, [self.size, self.size])
-        top, left, h, w = self.crop_params(img.shape[-2], img.shape[-1], generator)
+        if params is None:
+            params = augment_params(img.shape[-2], img.shape[-1], self.scale, self.ratio, generator)
+        top, left, h, w, flip = (int(p) for p in params)
+        height, width = img.shape[-2:]
+        if not (0 <= top and 0 <= left and 0 < h and 0 < w and top + h <= height and left + w <= width):
+            raise ValueError(
+                f"crop box (top {top}, left {left}, {h} x {w}) does not fit the decoded {height} x {width} image: "
+                "draw the params from the size of the same file (encoded_size)."
+            )
         img = F.resized_crop(
             img, top, left, h, w, [self.size, self.size], interpolation=self.interpolation, antialias=True
         )
-        if torch.rand(1, generator=generator).item() < 0.5:
+        if flip:
             img = F.horizontal_flip(img)
         return img
 
-    def __call__(self, data: Sequence[torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
-        """Encoded images (uint8 1-D CPU tensors) in, float32 ``(B, 3, size, size)`` on the device out."""
+    def __call__(
+        self,
+        data: Sequence[torch.Tensor],
+        generator: torch.Generator | None = None,
+        params: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Encoded images (uint8 1-D CPU tensors) in, float32 ``(B, 3, size, size)`` on the device out.
+
+        ``params`` (training only): a ``(B, 5)`` integer tensor of ``(top, left, h, w, flip)`` rows, as collated
+        from :class:`EncodedImages` with ``augment=True``; the crops and flips then come from it, not from an RNG.
+        """
         if len(data) == 0:
             raise ValueError("DeviceDecodeTransform got an empty batch: pass a non-empty list of byte tensors.")
+        rows: list[list[int]] | list[None] = [None] * len(data)
+        if params is not None:
+            if not self.train:
+                raise ValueError("augmentation params were given to an eval DeviceDecodeTransform: pass train=True.")
+            if tuple(params.shape) != (len(data), len(PARAMS_FIELDS)):
+                raise ValueError(
+                    f"augmentation params have shape {tuple(params.shape)} but the batch needs ({len(data)}, "
+                    f"{len(PARAMS_FIELDS)}): one ({', '.join(PARAMS_FIELDS)}) row per image."
+                )
+            rows = params.tolist()
         gen = generator if generator is not None else self.generator
-        crops = [self.geometry(img, gen) for img in self.decode(data)]
+        crops = [self.geometry(img, gen, row) for img, row in zip(self.decode(data), rows, strict=True)]
         batch = F.to_dtype(torch.stack(crops), torch.float32, scale=True)
         if self.mean is not None and self.std is not None:
             batch = (batch - self.mean.view(1, 3, 1, 1)) / self.std.view(1, 3, 1, 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .sampler import ResumableDistributedSampler
 
-__all__ = ["SeededSamples", "EpochKeySampler", "build_train_loader"]
+__all__ = ["SeededSamples", "EpochKeySampler", "DeviceDecodedBatches", "build_train_loader"]
 
 
 class SeededSamples(Dataset):
@@ -52,15 +53,47 @@ class EpochKeySampler(Sampler[int]):
         return len(self.sampler)
 
 
+class DeviceDecodedBatches:
+    """Turns a loader of encoded batches into ``(images on the device, labels)`` batches (``DATASET.DECODE device``).
+
+    ``loader`` yields what :func:`~mdistiller.dataset.device_decode.collate_encoded` builds: ``(byte tensors,
+    (B, 5) params, labels)`` for training augmentation, whose crops/flips were drawn per sample in the workers, or
+    ``(byte tensors, labels)`` for the evaluation geometry.  ``transform`` is a
+    :class:`~mdistiller.dataset.device_decode.DeviceDecodeTransform`; it decodes on its device and applies the
+    given params, drawing nothing, so the images stay a pure function of the sample keys.
+    """
+
+    def __init__(self, loader: DataLoader, transform: Callable[..., torch.Tensor]) -> None:
+        self.loader = loader
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch in self.loader:
+            if len(batch) == 3:
+                data, params, labels = batch
+                yield self.transform(data, params=params), labels
+            else:
+                data, labels = batch
+                yield self.transform(data), labels
+
+
 def build_train_loader(dataset: Dataset, *, world_size: int, rank: int, batch_size: int, seed: int,
-                       num_workers: int, pin_memory: bool, persistent_workers: bool,
-                       prefetch_factor: int) -> tuple[DataLoader, ResumableDistributedSampler]:
-    """A loader whose global batch at step t is the same set of samples for any world size (same global batch)."""
+                       num_workers: int, pin_memory: bool, persistent_workers: bool, prefetch_factor: int,
+                       collate_fn: Callable[[list[Any]], Any] | None = None,
+                       ) -> tuple[DataLoader, ResumableDistributedSampler]:
+    """A loader whose global batch at step t is the same set of samples for any world size (same global batch).
+
+    ``collate_fn`` replaces the default collate (e.g. ``collate_encoded`` for device decoding).
+    """
     sampler = ResumableDistributedSampler(len(dataset), world_size, rank, batch_size, shuffle=True, seed=seed,
                                           drop_last=True)
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs = {"persistent_workers": persistent_workers, "prefetch_factor": prefetch_factor}
     loader = DataLoader(SeededSamples(dataset, seed), batch_size=batch_size, sampler=EpochKeySampler(sampler),
-                        num_workers=num_workers, pin_memory=pin_memory, drop_last=False, **kwargs)
+                        num_workers=num_workers, pin_memory=pin_memory, drop_last=False, collate_fn=collate_fn,
+                        **kwargs)
     return loader, sampler

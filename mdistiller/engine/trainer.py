@@ -16,10 +16,11 @@ from mdistiller.config import CN
 from mdistiller.distillers import Distiller, build_distiller
 
 from . import checkpoint as ckpt
-from .data import build_train_loader
+from .data import DeviceDecodedBatches, build_train_loader
 from .distributed import DistEnv, all_gather_object, barrier, reduce_mean_dict
 from .logging import MetricsWriter, write_run_info
 from .optim import IterationScheduler, build_optimizer, clip_grad
+from .sampler import ResumableDistributedSampler
 
 __all__ = ["Trainer", "NonFiniteLossError", "run_dir_for", "load_run", "checkpoint_meta"]
 
@@ -58,16 +59,24 @@ class Trainer:
             raise ValueError(f"SOLVER.BATCH_SIZE {s.BATCH_SIZE} (global) is not divisible by the world size "
                              f"{env.world_size}; pick a multiple of {env.world_size}.")
         self.batch = s.BATCH_SIZE // env.world_size
+        device_decode = str(data.DECODE).lower() == "device"
+        if device_decode:
+            from mdistiller.dataset.device_decode import check_device_decode
+
+            check_device_decode(data.TYPE)
         ckpt.seed_everything(cfg.EXPERIMENT.SEED)  # same init on every rank
         self.distiller: Distiller = build_distiller(cfg, device=env.device)
         torch.manual_seed(cfg.EXPERIMENT.SEED + env.rank)  # per-rank stream for in-model randomness (ViTKD masks)
         extra = {"num_images": data.TRAIN_SIZE} if data.TRAIN_SIZE and data.TYPE == "toy_scenes" else {}
         train_set = build_dataset(data.TYPE, "train", root=data.ROOT, input_size=data.INPUT_SIZE,
                                   train=bool(data.AUGMENT), **extra)
-        self.loader, self.sampler = build_train_loader(
-            train_set, world_size=env.world_size, rank=env.rank, batch_size=self.batch, seed=cfg.EXPERIMENT.SEED,
-            num_workers=data.NUM_WORKERS, pin_memory=bool(data.PIN_MEMORY) and env.device.type == "cuda",
-            persistent_workers=bool(data.PERSISTENT_WORKERS), prefetch_factor=data.PREFETCH_FACTOR)
+        if device_decode:
+            self.loader, self.sampler = self._device_decode_loader(train_set)
+        else:
+            self.loader, self.sampler = build_train_loader(
+                train_set, world_size=env.world_size, rank=env.rank, batch_size=self.batch, seed=cfg.EXPERIMENT.SEED,
+                num_workers=data.NUM_WORKERS, pin_memory=bool(data.PIN_MEMORY) and env.device.type == "cuda",
+                persistent_workers=bool(data.PERSISTENT_WORKERS), prefetch_factor=data.PREFETCH_FACTOR)
         self.heldout = self._heldout_batch(build_dataset) if env.is_main else None
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.total_steps = s.MAX_STEPS or s.EPOCHS * self.steps_per_epoch
@@ -93,6 +102,22 @@ class Trainer:
         self.stop_signal: int | None = None
 
     # ---------------------------------------------------------------------------------------------- pieces
+    def _device_decode_loader(self, train_set: Any) -> tuple[DeviceDecodedBatches, ResumableDistributedSampler]:
+        """``DATASET.DECODE device``: workers read file bytes and draw each sample's crop/flip under
+        :class:`~mdistiller.engine.data.SeededSamples` (so resume stays exact); decoding and the crops run on
+        ``env.device``. The bytes are not pinned (nvjpeg copies them itself; pinning each string costs more)."""
+        from mdistiller.dataset.device_decode import DeviceDecodeTransform, EncodedImages, collate_encoded
+
+        data, env = self.cfg.DATASET, self.env
+        augment = bool(data.AUGMENT)
+        encoded = EncodedImages.from_dataset(train_set, augment=augment)
+        loader, sampler = build_train_loader(
+            encoded, world_size=env.world_size, rank=env.rank, batch_size=self.batch, seed=self.cfg.EXPERIMENT.SEED,
+            num_workers=data.NUM_WORKERS, pin_memory=False, persistent_workers=bool(data.PERSISTENT_WORKERS),
+            prefetch_factor=data.PREFETCH_FACTOR, collate_fn=collate_encoded)
+        transform = DeviceDecodeTransform(int(data.INPUT_SIZE), train=augment, device=env.device)
+        return DeviceDecodedBatches(loader, transform), sampler
+
     def _heldout_batch(self, build_dataset) -> torch.Tensor:
         data = self.cfg.DATASET
         n = data.VAL_SIZE or min(self.batch, 16)
