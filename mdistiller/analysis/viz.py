@@ -69,6 +69,13 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
+def _finish(fig: plt.Figure, title: str, emulated: bool, path: Path) -> Path:
+    """Give ``fig`` its suptitle (:func:`_title`, fontsize 10), lay it out and :func:`_save` it to ``path``."""
+    fig.suptitle(_title(title, emulated), fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _grid_of(n: int) -> tuple[int, int]:
     h = int(math.isqrt(n))
     if h * h != n:
@@ -194,10 +201,8 @@ def plot_artifacts(report: Mapping[str, Any], out_dir: str | Path, max_images: i
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(_title(f"{report['model']}: patch-norm artifacts on {report['num_images']} {report['images']} "
-                        f"images ({report['image_size']} px)", emu), fontsize=10)
-    fig.tight_layout()
-    paths.append(_save(fig, out_dir / "artifacts_trend.png"))
+    paths.append(_finish(fig, f"{report['model']}: patch-norm artifacts on {report['num_images']} {report['images']} "
+                              f"images ({report['image_size']} px)", emu, out_dir / "artifacts_trend.png"))
 
     norms: dict[int, torch.Tensor] = report["_norms"]
     show = sorted(set(representative_layers(len(layers))) | set(rec["layers"])
@@ -221,9 +226,7 @@ def plot_artifacts(report: Mapping[str, Any], out_dir: str | Path, max_images: i
         ax.tick_params(labelsize=7)
     axes[0][0].set_ylabel("patches")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(_title(f"{report['model']}: patch-norm distributions", emu), fontsize=10)
-    fig.tight_layout()
-    paths.append(_save(fig, out_dir / "artifacts_hist.png"))
+    paths.append(_finish(fig, f"{report['model']}: patch-norm distributions", emu, out_dir / "artifacts_hist.png"))
 
     images: torch.Tensor = report["_images"]
     grid = report["grid"]
@@ -240,10 +243,8 @@ def plot_artifacts(report: Mapping[str, Any], out_dir: str | Path, max_images: i
         for col, layer in enumerate(map_layers, start=1):
             m = norms[layer][i].reshape(grid[0], grid[1]).numpy()
             _show(axes[row][col], m, f"‖F_{layer}‖ max/med {m.max() / np.median(m):.1f}", cmap="inferno")
-    fig.suptitle(_title(f"{report['model']}: patch-norm maps (images with the strongest outliers at block {probe})",
-                        emu), fontsize=10)
-    fig.tight_layout()
-    paths.append(_save(fig, out_dir / "artifacts_normmaps.png"))
+    paths.append(_finish(fig, f"{report['model']}: patch-norm maps (images with the strongest outliers at block "
+                              f"{probe})", emu, out_dir / "artifacts_normmaps.png"))
     return paths
 
 
@@ -304,10 +305,8 @@ def plot_nullspace(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]
     ax.set_title(f"ρ = {report['rho']:g}, ε = {eps:g}", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.suptitle(_title(f"{report['model']}: singular spectra of the linearised FFN W̃ = W_FFN1 W_FFN2", emu),
-                 fontsize=10)
-    fig.tight_layout()
-    paths.append(_save(fig, out_dir / "nullspace_spectra.png"))
+    paths.append(_finish(fig, f"{report['model']}: singular spectra of the linearised FFN W̃ = W_FFN1 W_FFN2", emu,
+                         out_dir / "nullspace_spectra.png"))
 
     sub: dict[int, dict[str, torch.Tensor]] = report["_sublayer"]
     if sub:
@@ -323,10 +322,8 @@ def plot_nullspace(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
         axes[0].set_ylabel("per-image mean over patches", fontsize=8)
-        fig.suptitle(_title(f"{report['model']}: sub-layer changes on {report['num_images']} images", emu),
-                     fontsize=10)
-        fig.tight_layout()
-        paths.append(_save(fig, out_dir / "nullspace_sublayer.png"))
+        paths.append(_finish(fig, f"{report['model']}: sub-layer changes on {report['num_images']} images", emu,
+                             out_dir / "nullspace_sublayer.png"))
     return paths
 
 
@@ -372,10 +369,9 @@ def plot_null_vs_reality(report: Mapping[str, Any], out_dir: str | Path) -> list
     handles, labels = axes[0].get_legend_handles_labels()
     h2, l2 = axes[2].get_legend_handles_labels()
     axes[-1].legend(handles + h2[-1:], labels + l2[-1:], loc="center", fontsize=9, title="perturbation basis")
-    fig.suptitle(_title(f"{report['model']}: perturbing F_{report['layer']} along rank-{report['rank']} bases, "
-                        f"effect on block {report['next_block']} ({report['num_images']} images)", emu), fontsize=10)
-    fig.tight_layout()
-    return [_save(fig, out_dir / "null_vs_reality.png")]
+    return [_finish(fig, f"{report['model']}: perturbing F_{report['layer']} along rank-{report['rank']} bases, "
+                     f"effect on block {report['next_block']} ({report['num_images']} images)", emu,
+                    out_dir / "null_vs_reality.png")]
 
 
 # ---------------------------------------------------------------------------------------------------- App. I
@@ -426,10 +422,8 @@ def plot_subspace(report: Mapping[str, Any], out_dir: str | Path, max_points: in
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
-    fig.suptitle(_title(f"{report['model']}: subspace energy vs patch norm ({report['num_images']} images)", emu),
-                 fontsize=10)
-    fig.tight_layout()
-    return [_save(fig, out_dir / "subspace.png")]
+    return [_finish(fig, f"{report['model']}: subspace energy vs patch norm ({report['num_images']} images)", emu,
+                    out_dir / "subspace.png")]
 
 
 # ---------------------------------------------------------------------------------------------------- adapter
@@ -488,10 +482,8 @@ def plot_adapter(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     ax.set_ylabel("per-image mean patch cosine")
     ax.set_title("information preservation (Table 3)", fontsize=9)
     ax.grid(alpha=0.3, axis="y")
-    fig.suptitle(_title(f"{report['run_name']}: SiNGER adapters ({report['num_images']} held-out images)", emu),
-                 fontsize=10)
-    fig.tight_layout()
-    paths.append(_save(fig, out_dir / "adapter_alignment.png"))
+    paths.append(_finish(fig, f"{report['run_name']}: SiNGER adapters ({report['num_images']} held-out images)", emu,
+                         out_dir / "adapter_alignment.png"))
     return paths
 
 
@@ -518,9 +510,8 @@ def plot_similarity(report: Mapping[str, Any], out_dir: str | Path) -> list[Path
         ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3, axis="y")
     axes[1].legend(fontsize=7)
-    fig.suptitle(_title(f"teacher–student similarity on {report['num_images']} held-out toy scenes", emu), fontsize=10)
-    fig.tight_layout()
-    paths.append(_save(fig, out_dir / "similarity.png"))
+    paths.append(_finish(fig, f"teacher–student similarity on {report['num_images']} held-out toy scenes", emu,
+                         out_dir / "similarity.png"))
 
     grams = report["_grams"]
     last = {}
@@ -539,10 +530,8 @@ def plot_similarity(report: Mapping[str, Any], out_dir: str | Path) -> list[Path
     _show(axes[1], cg(g0["t"]), f"teacher block {t_last}", cmap="RdBu_r", vmin=-1, vmax=1)
     for ax, (run, (_t, g)) in zip(axes[2:], last.items()):
         _show(ax, cg(g["s"]), f"{run} student", cmap="RdBu_r", vmin=-1, vmax=1)
-    fig.suptitle(_title("cosine Gram matrices of the patches (Figure 5 style), first held-out image", emu),
-                 fontsize=10)
-    fig.tight_layout()
-    paths.append(_save(fig, out_dir / "similarity_gram.png"))
+    paths.append(_finish(fig, "cosine Gram matrices of the patches (Figure 5 style), first held-out image", emu,
+                         out_dir / "similarity_gram.png"))
     return paths
 
 
@@ -584,10 +573,8 @@ def plot_feature_maps(report: Mapping[str, Any], out_dir: str | Path) -> list[Pa
                         x = f[key][j]
                         _show(axes[r_i][1 + 2 * c_i], norm_map(x, grid), f"{name} {label} norm", cmap="inferno")
                     _show(axes[r_i][2 + 2 * c_i], pca_map(x, grid), f"{name} PCA", colorbar=False)
-            fig.suptitle(_title(f"{run['name']} ({run['distiller']}): feature maps (Figure 9 style)",
-                                run["emulated_artifacts"]), fontsize=10)
-            fig.tight_layout()
-            paths.append(_save(fig, out_dir / f"maps_{run['name']}_img{img_idx}.png"))
+            paths.append(_finish(fig, f"{run['name']} ({run['distiller']}): feature maps (Figure 9 style)",
+                                 run["emulated_artifacts"], out_dir / f"maps_{run['name']}_img{img_idx}.png"))
 
             if singer and any("t_next" in feats[t] for t in run["layers"]):
                 inter = [t for t in run["layers"] if "t_next" in feats[t]]
@@ -600,10 +587,8 @@ def plot_feature_maps(report: Mapping[str, Any], out_dir: str | Path) -> list[Pa
                           f"$F_{{{t + 1}}}$ × → $\\hat{{F}}_{{{t + 1}}}$", cmap="RdBu_r", vmin=-1, vmax=1, mark=mark)
                     _show(axes[r_i][2], similarity_map(b, idx, grid, other=a),
                           f"$\\hat{{F}}_{{{t + 1}}}$ × → $F_{{{t + 1}}}$", cmap="RdBu_r", vmin=-1, vmax=1, mark=mark)
-                fig.suptitle(_title(f"{run['name']}: cross-similarity after the next block (Figure 11 style)",
-                                    run["emulated_artifacts"]), fontsize=10)
-                fig.tight_layout()
-                paths.append(_save(fig, out_dir / f"crosssim_{run['name']}_img{img_idx}.png"))
+                paths.append(_finish(fig, f"{run['name']}: cross-similarity after the next block (Figure 11 style)",
+                                     run["emulated_artifacts"], out_dir / f"crosssim_{run['name']}_img{img_idx}.png"))
 
         # Figure 2 / 12: for each run and distilled layer, norm + similarity of teacher, refined teacher, student
         entries = []
@@ -632,10 +617,8 @@ def plot_feature_maps(report: Mapping[str, Any], out_dir: str | Path) -> list[Pa
                 _show(a1, norm_map(x, grid), f"{label} norm", cmap="inferno", mark=mark)
                 _show(a2, similarity_map(x, idx, grid), f"{label} sim to ×", cmap="RdBu_r", vmin=-1, vmax=1,
                       mark=mark)
-        fig.suptitle(_title(f"norm maps and similarity to the ×-marked patch, toy val image {img_idx} "
-                            "(Figure 2 / 12 style)", emu), fontsize=10)
-        fig.tight_layout()
-        paths.append(_save(fig, out_dir / f"similarity_img{img_idx}.png"))
+        paths.append(_finish(fig, f"norm maps and similarity to the ×-marked patch, toy val image {img_idx} "
+                                  "(Figure 2 / 12 style)", emu, out_dir / f"similarity_img{img_idx}.png"))
     return paths
 
 

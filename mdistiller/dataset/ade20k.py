@@ -42,7 +42,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 
 from mdistiller.dataset import DATASETS
-from mdistiller.dataset.finegrained import check_split, find_dataset_dir, load_rgb, require_root
+from mdistiller.dataset.finegrained import check_split, find_dataset_dir, load_grey, load_rgb, require_root
 
 DENSE_MODES = ("train", "crop", "full", "resize")
 NUM_CLASSES = 150
@@ -83,6 +83,22 @@ class DenseTransform:
             raise ValueError(f"unknown interpolation '{interpolation}': use one of {', '.join(_RESAMPLE)}.")
         self.size, self.mode, self.scale_range = size, mode, (lo, hi)
         self.flip, self.pad_value, self.interpolation = bool(flip), pad_value, interpolation
+
+    @classmethod
+    def for_build(
+        cls, input_size: int, train: bool, kwargs: dict[str, Any], *, scale_range: Sequence[float], pad_value: float
+    ) -> DenseTransform:
+        """The transform of a dense dataset's ``build``: ``mode="train"`` if ``train``, else ``kwargs``' ``mode``
+        (default ``"crop"``).  Pops ``mode``, ``scale_range`` (default ``scale_range``) and ``interpolation``
+        (default ``"bilinear"``) from ``kwargs``, leaving the rest for the dataset's constructor."""
+        mode = kwargs.pop("mode", "crop")
+        return cls(
+            input_size,
+            "train" if train else mode,
+            scale_range=kwargs.pop("scale_range", scale_range),
+            pad_value=pad_value,
+            interpolation=kwargs.pop("interpolation", "bilinear"),
+        )
 
     def _resize(self, image: Image.Image, target: Image.Image, short: int) -> tuple[Image.Image, Image.Image]:
         w, h = image.size
@@ -228,13 +244,8 @@ class ADE20K(Dataset):
         ``train=True`` gives ``mode="train"`` (``scale_range`` default 0.5-2.0); otherwise ``mode`` (default
         ``"crop"``).  Extra kwargs: ``mode``, ``scale_range``, ``interpolation``.
         """
-        mode = kwargs.pop("mode", "crop")
-        transform = DenseTransform(
-            input_size,
-            "train" if train else mode,
-            scale_range=kwargs.pop("scale_range", ADE_SCALE_RANGE),
-            pad_value=IGNORE_INDEX,
-            interpolation=kwargs.pop("interpolation", "bilinear"),
+        transform = DenseTransform.for_build(
+            input_size, train, kwargs, scale_range=ADE_SCALE_RANGE, pad_value=IGNORE_INDEX
         )
         return cls(root, split, transform=transform, **kwargs)
 
@@ -245,13 +256,7 @@ class ADE20K(Dataset):
         """The untransformed pair: ``(PIL RGB image, uint8 label array with 255 = ignore, classes 0..149)``."""
         img_path, ann_path = self.pairs[index]
         image = load_rgb(img_path, self.name)
-        try:
-            with Image.open(ann_path) as im:
-                raw = np.array(im)
-        except OSError as err:
-            raise OSError(f"{self.name} label map '{ann_path}' cannot be read ({err}): replace the file.") from err
-        if raw.ndim != 2:
-            raise ValueError(f"{self.name} label map '{ann_path}' is not single-channel: use the official 8-bit PNG.")
+        raw = load_grey(ann_path, self.name, "label map", "is not single-channel: use the official 8-bit PNG")
         return image, ade_labels(raw)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

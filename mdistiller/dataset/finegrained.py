@@ -99,6 +99,23 @@ def load_rgb(path: str, name: str) -> Image.Image:
         raise OSError(f"{name} image '{path}' cannot be read ({err}): replace or delete the file.") from err
 
 
+def load_grey(path: str, name: str, what: str, invalid: str, integer: bool = False) -> np.ndarray:
+    """Read the single-channel PNG ``path`` (a label or depth map) as an ``[H, W]`` array.
+
+    An unreadable file raises an ``OSError`` naming ``name``'s ``what`` (e.g. "label map"); a file that is not
+    2-D (or, with ``integer=True``, not of an integer dtype) raises a ``ValueError`` ending in ``invalid``
+    (e.g. "is not single-channel: use the official 8-bit PNG").
+    """
+    try:
+        with Image.open(path) as im:
+            raw = np.array(im)
+    except OSError as err:
+        raise OSError(f"{name} {what} '{path}' cannot be read ({err}): replace the file.") from err
+    if raw.ndim != 2 or (integer and raw.dtype.kind not in "ui"):
+        raise ValueError(f"{name} {what} '{path}' {invalid}.")
+    return raw
+
+
 class ImageListDataset(Dataset):
     """A classification dataset given as ``samples = [(image path, int label), ...]`` and a class list.
 

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 
 from mdistiller.dataset import DATASETS
 from mdistiller.dataset.ade20k import DenseTransform
-from mdistiller.dataset.finegrained import check_split, load_mat, load_rgb, require_root
+from mdistiller.dataset.finegrained import check_split, load_grey, load_mat, load_rgb, require_root
 
 MAT_FILE = "nyu_depth_v2_labeled.mat"
 SPLITS_FILE = "splits.mat"
@@ -205,13 +205,7 @@ class NYUDepthV2(Dataset):
             return Image.fromarray(rgb), depth
         rgb_path, depth_path = self.files[index]
         image = load_rgb(rgb_path, self.name)
-        try:
-            with Image.open(depth_path) as im:
-                raw = np.array(im)
-        except OSError as err:
-            raise OSError(f"{self.name} depth map '{depth_path}' cannot be read ({err}): replace the file.") from err
-        if raw.ndim != 2 or raw.dtype.kind not in "ui":
-            raise ValueError(f"{self.name} depth map '{depth_path}' is not a 16-bit grey PNG in millimetres.")
+        raw = load_grey(depth_path, self.name, "depth map", "is not a 16-bit grey PNG in millimetres", integer=True)
         return image, raw.astype(np.float32) / DEPTH_PNG_SCALE
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -227,14 +221,7 @@ class NYUDepthV2(Dataset):
         ``"crop"``).  Extra kwargs: ``mode``, ``scale_range``, ``interpolation``, ``source``, ``raw_depth``,
         ``mat_file``, ``splits_file``.
         """
-        mode = kwargs.pop("mode", "crop")
-        transform = DenseTransform(
-            input_size,
-            "train" if train else mode,
-            scale_range=kwargs.pop("scale_range", NYU_SCALE_RANGE),
-            pad_value=0.0,
-            interpolation=kwargs.pop("interpolation", "bilinear"),
-        )
+        transform = DenseTransform.for_build(input_size, train, kwargs, scale_range=NYU_SCALE_RANGE, pad_value=0.0)
         return cls(root, split, transform=transform, **kwargs)
 
     def __repr__(self) -> str:
