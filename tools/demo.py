@@ -289,7 +289,8 @@ batch 32, LRs {CLS_LRS}), segmentation and depth on the patch grid ({args.probe_
 **Toy scenes are not ImageNet and the budget is minutes, not GPU-days**: these numbers check the pipeline end to
 end and show the direction of effects at best; they are not the paper's results. Single runs: the classification
 probe picks its learning rate on 40 validation scenes, and rerunning it with other split seeds (`--seed 1`, `2`)
-moved students' top-1 by 5–10 points on the machine this demo was tuned on, so smaller differences are noise. Rows ending in `_artifacts` were distilled from the teacher with
+moved students' top-1 by 5–10 points on the machine this demo was tuned on, so smaller differences are noise.
+Rows ending in `_artifacts` were distilled from the teacher with
 **emulated artifacts** (high-norm tokens implanted after block 4, see `configs/demo/artifacts.yaml`); the probes of
 the "teacher" row use the clean teacher.
 
