@@ -141,6 +141,16 @@ def test_eval_geometry_matches_the_pil_path(folder: Path, tmp_path: Path) -> Non
         assert diff.mean().item() < 0.02 and diff.max().item() <= 1 / 255 + 1e-6
 
 
+def test_train_batches_match_the_pil_path_under_the_same_seed(folder: Path, tmp_path: Path) -> None:
+    """Crop and flip are drawn like torchvision's RandomResizedCrop + flip, so switching DECODE keeps the crops."""
+    device = Trainer(_cfg(folder), cpu_env(), tmp_path / "d")
+    cpu = Trainer(_cfg(folder, **{"DATASET.DECODE": "cpu"}), cpu_env(), tmp_path / "c")
+    for (x, y), (ref, ref_y) in zip(_batches(device, 1, n=4), _batches(cpu, 1, n=4), strict=True):
+        assert torch.equal(y, ref_y)
+        diff = (x - ref).abs()  # the bounds of the given-params test below: resampling rounding only
+        assert diff.mean().item() < 0.005 and diff.max().item() <= 2 / 255 + 1e-6
+
+
 def test_train_crop_with_given_params_matches_pil(folder: Path) -> None:
     train_set = build_dataset("imagenet", "train", root=str(folder), input_size=SIZE, train=True)
     encoded = SeededSamples(EncodedImages.from_dataset(train_set, augment=True), seed=0)

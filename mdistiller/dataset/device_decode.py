@@ -39,7 +39,6 @@ differ from libjpeg's by a few grey levels.
 from __future__ import annotations
 
 import io
-import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -48,6 +47,7 @@ import torch
 import torchvision.transforms.v2.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
+from torchvision import transforms as T
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms import InterpolationMode
 
@@ -107,42 +107,9 @@ def encoded_size(data: torch.Tensor) -> tuple[int, int]:
     return height, width
 
 
-def crop_box(
-    height: int,
-    width: int,
-    scale: tuple[float, float] = DEFAULT_SCALE,
-    ratio: tuple[float, float] = DEFAULT_RATIO,
-    generator: torch.Generator | None = None,
-) -> tuple[int, int, int, int]:
-    """A RandomResizedCrop box ``(top, left, h, w)`` for an image of ``height`` × ``width`` pixels.
-
-    Up to 10 tries of area fraction ~ U(``scale``) and log aspect ratio ~ U(log ``ratio``), keeping the first box
-    that fits; otherwise the whole image, centre-cropped to the nearest allowed aspect ratio.  Draws come from
-    ``generator``, else torch's global CPU RNG.
-    """
-
-    def uniform(lo: float, hi: float) -> float:
-        return lo + (hi - lo) * torch.rand(1, generator=generator).item()
-
-    area = height * width
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    for _ in range(10):
-        target = area * uniform(*scale)
-        aspect = math.exp(uniform(log_lo, log_hi))
-        w = round(math.sqrt(target * aspect))
-        h = round(math.sqrt(target / aspect))
-        if 0 < w <= width and 0 < h <= height:
-            top = int(torch.randint(0, height - h + 1, (1,), generator=generator).item())
-            left = int(torch.randint(0, width - w + 1, (1,), generator=generator).item())
-            return top, left, h, w
-    aspect = width / height
-    if aspect < ratio[0]:
-        w, h = width, round(width / ratio[0])
-    elif aspect > ratio[1]:
-        w, h = round(height * ratio[1]), height
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
+def _shape_only(height: int, width: int) -> torch.Tensor:
+    """A zero-storage ``(1, height, width)`` tensor: all that torchvision's ``get_params`` reads is the size."""
+    return torch.empty(1, 1, 1).expand(1, height, width)
 
 
 def augment_params(
@@ -152,9 +119,21 @@ def augment_params(
     ratio: tuple[float, float] = DEFAULT_RATIO,
     generator: torch.Generator | None = None,
 ) -> tuple[int, int, int, int, int]:
-    """A training sample's ``(top, left, h, w, flip)``: :func:`crop_box`, then a flip with probability 0.5."""
-    box = crop_box(height, width, scale, ratio, generator)
-    return (*box, int(torch.rand(1, generator=generator).item() < 0.5))
+    """A training sample's ``(top, left, h, w, flip)``, drawn exactly as :func:`~mdistiller.dataset.transforms.
+    train_transform` draws them: ``T.RandomResizedCrop.get_params`` (up to 10 tries, then a centred crop at the
+    nearest allowed aspect ratio), then ``torch.rand(1) < 0.5`` for the flip, from torch's global CPU RNG.
+
+    So under the same seed (e.g. :class:`~mdistiller.engine.data.SeededSamples`) ``DATASET.DECODE device`` crops
+    and flips every sample like the PIL path. With ``generator`` the draws run on a global-RNG fork seeded from it
+    (the generator advances by one draw; torch's global RNG is left untouched).
+    """
+    if generator is not None:
+        seed = int(torch.randint(0, 2**63 - 1, (1,), generator=generator).item())
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return augment_params(height, width, scale, ratio)
+    top, left, h, w = T.RandomResizedCrop.get_params(_shape_only(height, width), list(scale), list(ratio))
+    return top, left, h, w, int(torch.rand(1).item() < 0.5)
 
 
 class EncodedImages(Dataset):
@@ -237,8 +216,8 @@ class DeviceDecodeTransform:
     Randomness (training only): unless :meth:`__call__` gets ``params`` (e.g. drawn per sample by
     :class:`EncodedImages` with ``augment=True``), the crop box and the flip are drawn from the ``generator``
     passed to :meth:`__call__`, else from the one given here, else from torch's global CPU RNG (so
-    ``torch.manual_seed`` makes a run repeatable).  Draws happen on the CPU in the order of the images, 3-4 numbers
-    per crop try plus one for the flip, whatever the device (:func:`augment_params`).
+    ``torch.manual_seed`` makes a run repeatable).  Draws happen on the CPU in the order of the images, exactly as
+    torchvision's RandomResizedCrop + RandomHorizontalFlip draw them, whatever the device (:func:`augment_params`).
     """
 
     def __init__(
@@ -311,7 +290,7 @@ class DeviceDecodeTransform:
 
     def crop_params(self, height: int, width: int, generator: torch.Generator | None = None) -> tuple[int, ...]:
         """A RandomResizedCrop box ``(top, left, h, w)`` for an image of ``height`` × ``width`` pixels."""
-        return crop_box(height, width, self.scale, self.ratio, generator)
+        return augment_params(height, width, self.scale, self.ratio, generator)[:4]
 
     def geometry(
         self, img: torch.Tensor, generator: torch.Generator | None = None, params: Sequence[int] | None = None
