@@ -32,6 +32,7 @@ from mdistiller.eval.metrics import ConfusionMatrix, DepthMetrics, all_reduce_, 
 
 __all__ = [
     "ClassificationTask",
+    "DenseTask",
     "DepthTask",
     "HeadBank",
     "SegmentationTask",
@@ -323,16 +324,21 @@ def _resize_target(target: torch.Tensor, size: int | None) -> torch.Tensor:
     return F.interpolate(target[:, None].float(), size=(size, size), mode="nearest")[:, 0].to(target.dtype)
 
 
-class SegmentationTask(Task):
-    """Linear segmentation: BN + 1×1 conv per head on the patch grid, CE with an ignore index (dataset mIoU)."""
+class DenseTask(Task):
+    """What the dense probes (segmentation, depth) share: patch-grid targets and the AdamW recipe below."""
 
-    kind = "seg"
     dense = True
-    selection_metric = "miou"
-    higher_is_better = True
     optimizer = {"type": "adamw", "weight_decay": 1e-4, "lr_scale": 1.0, "schedule": "cosine to 0, per step",
                  "warmup_frac": 0.05}
     default_lrs = (3e-4, 1e-3, 3e-3)
+
+
+class SegmentationTask(DenseTask):
+    """Linear segmentation: BN + 1×1 conv per head on the patch grid, CE with an ignore index (dataset mIoU)."""
+
+    kind = "seg"
+    selection_metric = "miou"
+    higher_is_better = True
 
     def __init__(self, num_classes: int, ignore_index: int = 255, loss_size: int | None = None) -> None:
         self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
@@ -400,16 +406,12 @@ class _DepthMeter(Meter):
         return {n: m.compute() for n, m in self.ms.items()}
 
 
-class DepthTask(Task):
+class DepthTask(DenseTask):
     """Linear depth: BN + 1×1 conv per head on patch ⊕ CLS; 256 bins + soft-argmax (or regression)."""
 
     kind = "depth"
-    dense = True
     selection_metric = "rmse"
     higher_is_better = False
-    optimizer = {"type": "adamw", "weight_decay": 1e-4, "lr_scale": 1.0, "schedule": "cosine to 0, per step",
-                 "warmup_frac": 0.05}
-    default_lrs = (3e-4, 1e-3, 3e-3)
 
     def __init__(self, depth_range: tuple[float, float], mode: str = "bins", n_bins: int = 256,
                  use_cls: bool = True, eigen_crop: bool = False, aggregate: str = "pixel",
