@@ -70,13 +70,7 @@ class Trainer:
         extra = {"num_images": data.TRAIN_SIZE} if data.TRAIN_SIZE and data.TYPE == "toy_scenes" else {}
         train_set = build_dataset(data.TYPE, "train", root=data.ROOT, input_size=data.INPUT_SIZE,
                                   train=bool(data.AUGMENT), **extra)
-        if device_decode:
-            self.loader, self.sampler = self._device_decode_loader(train_set)
-        else:
-            self.loader, self.sampler = build_train_loader(
-                train_set, world_size=env.world_size, rank=env.rank, batch_size=self.batch, seed=cfg.EXPERIMENT.SEED,
-                num_workers=data.NUM_WORKERS, pin_memory=bool(data.PIN_MEMORY) and env.device.type == "cuda",
-                persistent_workers=bool(data.PERSISTENT_WORKERS), prefetch_factor=data.PREFETCH_FACTOR)
+        self.loader, self.sampler = self._train_loader(train_set, device_decode)
         self.heldout = self._heldout_batch(build_dataset) if env.is_main else None
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.total_steps = s.MAX_STEPS or s.EPOCHS * self.steps_per_epoch
@@ -102,20 +96,27 @@ class Trainer:
         self.stop_signal: int | None = None
 
     # ---------------------------------------------------------------------------------------------- pieces
-    def _device_decode_loader(self, train_set: Any) -> tuple[DeviceDecodedBatches, ResumableDistributedSampler]:
-        """``DATASET.DECODE device``: workers read file bytes and draw each sample's crop/flip under
-        :class:`~mdistiller.engine.data.SeededSamples` (so resume stays exact); decoding and the crops run on
-        ``env.device``. The bytes are not pinned (nvjpeg copies them itself; pinning each string costs more)."""
-        from mdistiller.dataset.device_decode import DeviceDecodeTransform, EncodedImages, collate_encoded
-
+    def _train_loader(self, train_set: Any, device_decode: bool) -> tuple[Any, ResumableDistributedSampler]:
+        """The training loader. With ``DATASET.DECODE device`` workers read file bytes and draw each sample's
+        crop/flip under :class:`~mdistiller.engine.data.SeededSamples` (so resume stays exact), and decoding and
+        the crops run on ``env.device``; those bytes are not pinned (nvjpeg copies them itself; pinning each
+        string costs more)."""
         data, env = self.cfg.DATASET, self.env
-        augment = bool(data.AUGMENT)
-        encoded = EncodedImages.from_dataset(train_set, augment=augment)
+        pin, collate = bool(data.PIN_MEMORY) and env.device.type == "cuda", None
+        if device_decode:
+            from mdistiller.dataset.device_decode import EncodedImages, collate_encoded
+
+            train_set = EncodedImages.from_dataset(train_set, augment=bool(data.AUGMENT))
+            pin, collate = False, collate_encoded
         loader, sampler = build_train_loader(
-            encoded, world_size=env.world_size, rank=env.rank, batch_size=self.batch, seed=self.cfg.EXPERIMENT.SEED,
-            num_workers=data.NUM_WORKERS, pin_memory=False, persistent_workers=bool(data.PERSISTENT_WORKERS),
-            prefetch_factor=data.PREFETCH_FACTOR, collate_fn=collate_encoded)
-        transform = DeviceDecodeTransform(int(data.INPUT_SIZE), train=augment, device=env.device)
+            train_set, world_size=env.world_size, rank=env.rank, batch_size=self.batch, seed=self.cfg.EXPERIMENT.SEED,
+            num_workers=data.NUM_WORKERS, pin_memory=pin, persistent_workers=bool(data.PERSISTENT_WORKERS),
+            prefetch_factor=data.PREFETCH_FACTOR, collate_fn=collate)
+        if not device_decode:
+            return loader, sampler
+        from mdistiller.dataset.device_decode import DeviceDecodeTransform
+
+        transform = DeviceDecodeTransform(int(data.INPUT_SIZE), train=bool(data.AUGMENT), device=env.device)
         return DeviceDecodedBatches(loader, transform), sampler
 
     def _heldout_batch(self, build_dataset) -> torch.Tensor:
