@@ -10,13 +10,21 @@ content to tensors, numbers, strings and plain containers (lists, tuples, dicts)
      "epoch": ..., "step": ..., "rng": [rng_state() of every rank], "config": cfg.dump(), "git": ...}
 
 The frozen teacher never goes in: :func:`assert_no_teacher` guards that.
+
+Every checkpoint carries a content checksum (:func:`state_checksum`, verified by :func:`load_checkpoint`), so bytes
+flipped on disk are reported instead of loaded; ``save_checkpoint(..., keep_previous=True)`` keeps the checkpoint it
+replaces as ``prev.pth`` next to it. A failed write (disk full, I/O error) raises :class:`CheckpointWriteError` with
+one sentence and leaves the previous file intact.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 import pickle
 import random
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping
@@ -28,6 +36,12 @@ import torch
 
 __all__ = [
     "CheckpointError",
+    "CheckpointMismatchError",
+    "CheckpointWriteError",
+    "state_checksum",
+    "nonfinite_tensors",
+    "previous_path",
+    "clean_stale_temps",
     "atomic_save",
     "atomic_write_text",
     "save_checkpoint",
@@ -43,10 +57,23 @@ __all__ = [
 
 _FORMAT_KEY = "__mdistiller_checkpoint__"
 _FORMAT_VERSION = 1
+_CHECKSUM_KEY = "__checksum__"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, corrupt, or does not belong to this run."""
+
+    exit_code = 1
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A readable checkpoint that this run's configuration may not resume (a usage error: exit code 2)."""
+
+    exit_code = 2
+
+
+class CheckpointWriteError(CheckpointError):
+    """Writing a checkpoint failed (disk full, I/O error); the previous checkpoint is intact."""
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -83,6 +110,11 @@ def _atomic_write(path: str | os.PathLike[str], write: Any) -> Path:
     return path
 
 
+def _write_payload(obj: Any, f: Any) -> None:
+    """The bytes of a checkpoint (``torch.save``); one function so tests can make it fail like a full disk."""
+    torch.save(obj, f)
+
+
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     """``torch.save(obj)`` to ``path`` atomically.
 
@@ -90,7 +122,7 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     ``os.replace``; if anything fails (or the process dies) ``path`` keeps its previous content and the temporary file
     is removed (a hard kill may leave a hidden ``.<name>.*.tmp`` behind, never a partial ``path``).
     """
-    return _atomic_write(path, lambda f: torch.save(obj, f))
+    return _atomic_write(path, lambda f: _write_payload(obj, f))
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -98,18 +130,138 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
-def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> Path:
-    """Write a training checkpoint atomically; call on the main process only."""
-    if _FORMAT_KEY in state:
-        raise ValueError(f"checkpoint state may not use the reserved key {_FORMAT_KEY!r}; rename that entry.")
-    return atomic_save({_FORMAT_KEY: _FORMAT_VERSION, **state}, path)
+def _feed(h: Any, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(obj, Mapping):
+        h.update(b"{")
+        for k in sorted(obj, key=str):
+            h.update(repr(k).encode() + b":")
+            _feed(h, obj[k])
+        h.update(b"}")
+    elif isinstance(obj, list | tuple):
+        h.update(b"[")
+        for v in obj:
+            _feed(h, v)
+        h.update(b"]")
+    else:
+        h.update(repr(obj).encode() + b";")
+
+
+def state_checksum(state: Mapping[str, Any]) -> str:
+    """A BLAKE2b digest of a checkpoint's whole content (every tensor's bytes, dtype and shape; every other value's
+    ``repr``), independent of dict order and of tuple-vs-list round trips."""
+    h = hashlib.blake2b(digest_size=16)
+    _feed(h, {k: v for k, v in state.items() if k not in (_CHECKSUM_KEY, _FORMAT_KEY)})
+    return h.hexdigest()
+
+
+def nonfinite_tensors(obj: Any, prefix: str = "") -> list[str]:
+    """Names (dotted paths) of the floating-point tensors in ``obj`` (nested dicts/lists) holding NaN or inf."""
+    out: list[str] = []
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point() and obj.numel() and not bool(torch.isfinite(obj.detach()).all()):
+            out.append(prefix.rstrip("."))
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            out += nonfinite_tensors(v, f"{prefix}{k}.")
+    elif isinstance(obj, list | tuple):
+        for i, v in enumerate(obj):
+            out += nonfinite_tensors(v, f"{prefix}{i}.")
+    return out
+
+
+def previous_path(path: str | os.PathLike[str]) -> Path:
+    """Where :func:`save_checkpoint` keeps the checkpoint it replaced: ``last.pth`` → ``prev.pth``, ``x.pth`` →
+    ``x.prev.pth``."""
+    path = Path(path)
+    return path.with_name("prev.pth" if path.name == "last.pth" else f"{path.stem}.prev{path.suffix}")
+
+
+def clean_stale_temps(directory: str | os.PathLike[str]) -> list[Path]:
+    """Delete the hidden ``.<name>.*.tmp`` files a killed atomic write left in ``directory``; returns them.
+    Call only while no other process writes there (the run-directory lock)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = [p for p in directory.glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc`` (itself, or in its cause/context chain: torch's zip writer wraps it)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _keep_previous(path: Path) -> None:
+    """Hard-link (or copy) ``path`` to its :func:`previous_path` atomically; ``path`` itself is never absent."""
+    prev = previous_path(path)
+    tmp = prev.with_name(f".{prev.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:
+        shutil.copy2(path, tmp)
+    os.replace(tmp, prev)
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any], keep_previous: bool = False) -> Path:
+    """Write a training checkpoint atomically, with its checksum; call on the main process only.
+
+    ``keep_previous``: first keep the file being replaced as :func:`previous_path` (``prev.pth``).
+
+    Raises:
+        CheckpointWriteError: the disk is full or another I/O error stopped the write (one sentence; the previous
+            checkpoint is intact).
+    """
+    if _FORMAT_KEY in state or _CHECKSUM_KEY in state:
+        raise ValueError(f"checkpoint state may not use the reserved keys {_FORMAT_KEY!r}, {_CHECKSUM_KEY!r}.")
+    path = Path(path)
+    payload = {_FORMAT_KEY: _FORMAT_VERSION, **state, _CHECKSUM_KEY: state_checksum(state)}
+    try:
+        if keep_previous and path.is_file():
+            _keep_previous(path)
+        return atomic_save(payload, path)
+    except (OSError, RuntimeError) as e:
+        os_err = _os_error(e)
+        if os_err is None and not isinstance(e, OSError) and "write" not in str(e).lower():
+            raise
+        kept = f"the previous checkpoint {path} is intact" if path.is_file() else "no earlier checkpoint exists"
+        if os_err is not None and os_err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise CheckpointWriteError(
+                f"no space left on device while writing {path}; {kept}; free space and rerun the same command."
+            ) from None
+        why = os_err.strerror if os_err is not None and os_err.strerror else str(e).splitlines()[0]
+        raise CheckpointWriteError(
+            f"I/O error while writing {path} ({why}); {kept}; fix the disk or the path and rerun the same command."
+        ) from None
+
+
+def _fallback(path: Path) -> str:
+    prev = previous_path(path)
+    if prev.is_file() and prev != path:
+        return f"resume from the previous one with --resume {prev}, or start over with --resume none --overwrite"
+    return "no older checkpoint exists: start over with --resume none --overwrite"
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu", weights_only: bool = True) -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint` (or any dict saved with ``torch.save``).
+    """Read a checkpoint written by :func:`save_checkpoint` (or any dict saved with ``torch.save``) and verify its
+    checksum when it has one.
 
     Raises:
-        CheckpointError: the file is missing, truncated or corrupt, or holds something other than a dict.
+        CheckpointError: the file is missing, truncated or corrupt (checksum mismatch included), or holds something
+            other than a dict; the sentence names the fallback (``prev.pth`` when it exists).
     """
     path = Path(path)
     if not path.is_file():
@@ -123,18 +275,21 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu", wei
                 "if you trust the file, load it with weights_only=False."
             ) from e
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or truncated ({type(e).__name__}); delete it and resume from an older one."
+            f"checkpoint {path} is corrupt or truncated ({type(e).__name__}); {_fallback(path)}."
         ) from e
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError, KeyError) as e:
         raise CheckpointError(
             f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            "); delete it and resume from an older one."
+            f"); {_fallback(path)}."
         ) from e
     if not isinstance(obj, dict):
         raise CheckpointError(
             f"checkpoint {path} holds a {type(obj).__name__}, not a dict; pass a checkpoint written by the trainer."
         )
+    expected = obj.pop(_CHECKSUM_KEY, None)
     obj.pop(_FORMAT_KEY, None)
+    if expected is not None and state_checksum(obj) != expected:
+        raise CheckpointError(f"checkpoint {path} fails its checksum (its bytes changed on disk); {_fallback(path)}.")
     return obj
 
 
@@ -176,7 +331,8 @@ def check_compatible(
     where = f"checkpoint {path}" if path is not None else "checkpoint"
     meta = state.get(key)
     if not isinstance(meta, Mapping):
-        raise CheckpointError(f"{where} has no '{key}' metadata; it was not written by this trainer, start a new run.")
+        raise CheckpointMismatchError(
+            f"{where} has no '{key}' metadata; it was not written by this trainer, start a new run.")
     have, want = _flatten(meta), _flatten(expected)
     problems: list[str] = []
     for k, v in want.items():
@@ -192,7 +348,7 @@ def check_compatible(
         shown = "; ".join(problems[:max_report])
         if len(problems) > max_report:
             shown += f"; and {len(problems) - max_report} more"
-        raise CheckpointError(
+        raise CheckpointMismatchError(
             f"{where} does not match this run ({shown}); resume with the config that wrote it or use a new run dir."
         )
 
