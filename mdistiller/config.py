@@ -33,6 +33,9 @@ _C.EXPERIMENT.TAG = "default"  # comma-separated tags (wandb); run-dir name when
 _C.EXPERIMENT.OUTPUT_DIR = "output"  # runs live in OUTPUT_DIR/PROJECT/NAME
 _C.EXPERIMENT.SEED = 0  # global seed; each rank uses SEED + rank for augmentation randomness
 _C.EXPERIMENT.DEVICE = "auto"  # auto | cpu | cuda
+# Keys that may differ from the checkpoint's when resuming (allowed: SOLVER.BATCH_SIZE, SOLVER.AMP); a change of
+# any of them is refused otherwise, as is a change of SOLVER.TYPE or of the teacher weights file (never allowed).
+_C.EXPERIMENT.RESUME_ALLOW_CHANGES = []
 
 # ---------------------------------------------------------------------------------------------- data
 _C.DATASET = CN()
@@ -50,6 +53,9 @@ _C.DATASET.AUGMENT = True  # paper augmentation (RandomResizedCrop + flip) for t
 # cpu: PIL decode + augmentation in the loader workers | device: workers read file bytes (and draw the crop/flip
 # per sample), decode + augmentation run on the training device (nvjpeg on CUDA); folder datasets only
 _C.DATASET.DECODE = "cpu"
+# A training image that cannot be decoded stops the run naming the file (False); True: skip it (the next image of
+# the dataset is used in its place), count the skips and report them in metrics.jsonl ("bad_images") and at the end.
+_C.DATASET.SKIP_BAD_IMAGES = False
 
 # ---------------------------------------------------------------------------------------------- distiller
 _C.DISTILLER = CN()
@@ -58,6 +64,9 @@ _C.DISTILLER.TEACHER = "vit_large"  # short name (see mdistiller.models.MODEL_NA
 _C.DISTILLER.STUDENT = "vit_tiny"
 _C.DISTILLER.TEACHER_WEIGHTS = "pretrained"  # pretrained | random | /path/to/file.safetensors|.pth
 _C.DISTILLER.STUDENT_WEIGHTS = "random"  # random | pretrained | /path/to/file
+# A weights file must provide every tensor of its model and nothing else (else one sentence naming the keys).
+# False: partial loads are allowed (missing tensors keep their random init; a warning names them).
+_C.DISTILLER.STRICT_WEIGHTS = True
 _C.DISTILLER.TEACHER_KWARGS = CN(new_allowed=True)  # extra timm.create_model kwargs (e.g. depth, embed_dim)
 _C.DISTILLER.STUDENT_KWARGS = CN(new_allowed=True)
 # Distillation layers 𝒟 (0-based teacher block indices). Empty → the method's default: SiNGER.M_LAYERS plus the
@@ -219,7 +228,20 @@ def _load_with_bases(path: Path, depth: int = 0) -> list[CN]:
     """The YAML at ``path`` preceded by its ``_BASE_`` chain (a path relative to the file), base first."""
     if depth > 8:
         raise ConfigError(f"{path}: _BASE_ chain is deeper than 8 files; is there a cycle?")
-    loaded = CN.load_cfg(path.read_text())
+    import yaml
+
+    text = path.read_text()
+    try:
+        top = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: invalid YAML{where} ({problem}); fix the syntax.") from None
+    if top is not None and not isinstance(top, dict):
+        raise ConfigError(f"{path}: the file holds a {type(top).__name__}, not a mapping of KEY: value entries; "
+                          "write e.g. 'SOLVER: {LR: 1.0e-4}'.")
+    loaded = CN.load_cfg(text)
     base = loaded.pop("_BASE_", None)
     if base is None:
         return [loaded]
@@ -302,6 +324,28 @@ def validate_config(cfg: CN) -> None:
             raise ConfigError(e.args[0]) from None
         except KeyError:
             pass  # an unknown DATASET.TYPE is reported by build_dataset with the list of valid names
+    from mdistiller.dataset import DATASETS
+
+    if cfg.DATASET.TYPE not in DATASETS:
+        import difflib
+
+        close = difflib.get_close_matches(str(cfg.DATASET.TYPE), DATASETS.names(), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"valid datasets: {', '.join(DATASETS.names())}."
+        raise ConfigError(f"unknown DATASET.TYPE '{cfg.DATASET.TYPE}'; {hint}")
+    for key in ("SOLVER.WEIGHT_DECAY", "SOLVER.GRAD_CLIP", "SOLVER.MOMENTUM", "SOLVER.EPS", "SOLVER.FINAL_LR",
+                "SOLVER.WARMUP_EPOCHS", "SOLVER.MAX_STEPS", "LOG.CKPT_EVERY_STEPS", "LOG.AGREEMENT_EVERY_STEPS",
+                "DATASET.NUM_WORKERS", "DATASET.TRAIN_SIZE", "DATASET.VAL_SIZE", "DATASET.NUM_CLASSES"):
+        if flat[key] < 0:
+            raise ConfigError(f"{key} is {flat[key]} but must not be negative (0 turns it off or picks the default).")
+    for key in ("LOG.FREQ", "DATASET.PREFETCH_FACTOR"):
+        if flat[key] < 1:
+            raise ConfigError(f"{key} is {flat[key]} but must be an integer of at least 1.")
+    betas = list(cfg.SOLVER.BETAS)
+    if len(betas) != 2 or not all(isinstance(b, int | float) and 0.0 <= b < 1.0 for b in betas):
+        raise ConfigError(f"SOLVER.BETAS is {betas} but must be two numbers in [0, 1), e.g. [0.9, 0.999].")
+    bad = [k for k in cfg.EXPERIMENT.RESUME_ALLOW_CHANGES if str(k).upper() not in ("SOLVER.BATCH_SIZE", "SOLVER.AMP")]
+    if bad:
+        raise ConfigError(f"EXPERIMENT.RESUME_ALLOW_CHANGES may only list SOLVER.BATCH_SIZE and SOLVER.AMP, not {bad}.")
     q = cfg.SiNGER.OUTLIER_Q
     if not 0.0 < q < 1.0:
         raise ConfigError(f"SiNGER.OUTLIER_Q is {q} but must lie strictly inside (0, 1), e.g. 0.95.")
@@ -329,6 +373,15 @@ def validate_config(cfg: CN) -> None:
             check_model_name(str(flat[key]))
         except KeyError as e:
             raise ConfigError(f"{key}: {e.args[0]}") from None
+    for key in ("DISTILLER.TEACHER", "DISTILLER.STUDENT"):
+        if key == "DISTILLER.TEACHER" and cfg.DISTILLER.TYPE.lower() == "supervised":
+            continue  # no teacher is built
+        from mdistiller.models import check_model_kwargs
+
+        try:
+            check_model_kwargs(str(flat[key]), dict(cfg.DISTILLER[key.split(".")[1] + "_KWARGS"]))
+        except (KeyError, TypeError) as e:
+            raise ConfigError(f"{key}_KWARGS: {e.args[0]}") from None
 
 
 def validate_against_models(cfg: CN) -> None:
@@ -351,6 +404,13 @@ def validate_against_models(cfg: CN) -> None:
     except (IndexError, ValueError) as e:
         key = "VITKD.MIMIC_LAYERS" if d.TYPE.lower() == "vitkd" else "DISTILLER.TEACHER_LAYERS / SiNGER.M_LAYERS"
         raise ConfigError(f"{key}: {e.args[0]}") from None
+    inter_key = "DISTILLER.TEACHER_LAYERS" if d.TEACHER_LAYERS else "SiNGER.M_LAYERS"
+    inter = list(d.TEACHER_LAYERS) or list(cfg.SiNGER.M_LAYERS)
+    if d.TYPE.lower() in ("fitnet", "singer") and inter and all(int(i) % t_depth == t_depth - 1 for i in inter):
+        raise ConfigError(
+            f"{inter_key} {inter} names only the teacher's last block ({t_depth - 1}), which is always distilled; list "
+            f"intermediate blocks only (0…{t_depth - 2}), or leave it empty for the last block alone."
+        )
     if d.TYPE.lower() == "singer" and cfg.SiNGER.RANK > width:
         raise ConfigError(
             f"SiNGER.RANK {cfg.SiNGER.RANK} exceeds the width {width} of teacher '{d.TEACHER}'; use a rank ≤ {width}."

@@ -96,12 +96,14 @@ def build_distiller(cfg, device=None) -> Distiller:
 
     d = cfg.DISTILLER
     size = int(cfg.DATASET.INPUT_SIZE)
-    student = build_model(d.STUDENT, weights_arg(d.STUDENT_WEIGHTS), img_size=size, **dict(d.STUDENT_KWARGS))
+    strict = bool(d.STRICT_WEIGHTS)
+    student = build_model(d.STUDENT, weights_arg(d.STUDENT_WEIGHTS), img_size=size, strict=strict,
+                          **dict(d.STUDENT_KWARGS))
     kind = d.TYPE.lower()
     if kind == "supervised":
         model = Supervised(student, num_classes=dataset_num_classes(cfg))
         return model.to(device) if device is not None else model
-    teacher_model = build_model(d.TEACHER, weights_arg(d.TEACHER_WEIGHTS), dynamic_img_size=True,
+    teacher_model = build_model(d.TEACHER, weights_arg(d.TEACHER_WEIGHTS), dynamic_img_size=True, strict=strict,
                                 **dict(d.TEACHER_KWARGS))
     plan = plan_layers(cfg, len(teacher_model.blocks), len(student.blocks))
     cuda = device is not None and torch.device(device).type == "cuda"

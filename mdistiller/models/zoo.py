@@ -10,7 +10,8 @@ import timm
 import torch
 from torch import nn
 
-__all__ = ["MODEL_NAMES", "build_model", "check_model_name", "resolve_model_name", "model_mean_std"]
+__all__ = ["MODEL_NAMES", "build_model", "check_model_kwargs", "check_model_name", "resolve_model_name",
+           "model_mean_std"]
 
 # Short names of the paper's models (App. B, Table 9) → timm names with pretrained tags.
 MODEL_NAMES: dict[str, str] = {
@@ -61,6 +62,31 @@ def check_model_name(name: str) -> None:
     )
 
 
+def check_model_kwargs(name: str, kwargs: dict[str, Any]) -> None:
+    """Build ``name`` with ``kwargs`` on the meta device (no memory, no download); raise ``TypeError`` with one
+    sentence (and the closest valid argument) when timm rejects an argument, e.g. a typo such as ``deptth``."""
+    import difflib
+    import inspect
+    import re
+
+    if not kwargs:
+        return
+    try:
+        with torch.device("meta"):
+            build_model(name, False, **kwargs)
+    except TypeError as e:
+        m = re.search(r"unexpected keyword argument '([^']+)'", str(e))
+        if m is None:
+            raise TypeError(f"model '{name}' rejects the arguments {kwargs} ({e}); check their names and types.") \
+                from None
+        from timm.models.vision_transformer import VisionTransformer
+
+        valid = [p for p in inspect.signature(VisionTransformer.__init__).parameters if p != "self"]
+        close = difflib.get_close_matches(m.group(1), valid, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else "see timm's VisionTransformer for the valid arguments."
+        raise TypeError(f"'{m.group(1)}' is not an argument of model '{name}'; {hint}") from None
+
+
 def build_model(
     name: str,
     pretrained: bool | str | os.PathLike = False,
@@ -68,13 +94,15 @@ def build_model(
     img_size: int | None = None,
     dynamic_img_size: bool = False,
     num_classes: int = 0,
+    strict: bool = True,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a timm ViT by short name (``vit_tiny`` … ``vit_huge``, ``deit3_*``, ``dinov2_*[_reg]``) or timm name.
 
     ``pretrained``: ``False`` (random init), ``True`` (the hub weights of the tag, or for
     ``dinov2_small_imgfocus`` the converted offline file), or a local ``.safetensors``/``.pth`` path, loaded
-    through timm's ``pretrained_cfg_overlay=dict(file=...)``. The classifier is dropped (``num_classes=0``)
+    loaded strictly by :func:`~mdistiller.models.weights.load_weights_file` (``strict=False``: a partial load with a
+    warning). The classifier is dropped (``num_classes=0``)
     unless asked for. The model's ``pretrained_cfg`` keeps its own mean/std (:func:`model_mean_std`): AugReg
     ViTs expect 0.5/0.5, DeiT-III and DINOv2 ImageNet statistics.
     """
@@ -88,10 +116,13 @@ def build_model(
     if dynamic_img_size:
         create["dynamic_img_size"] = True
     if isinstance(pretrained, str | os.PathLike) and not isinstance(pretrained, bool):
+        from .weights import load_weights_file
+
         path = Path(pretrained)
         if not path.is_file():
             raise FileNotFoundError(f"weights file '{path}' for model '{name}' does not exist; check the path.")
-        return timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **create)
+        model = timm.create_model(timm_name, pretrained=False, **create)
+        return load_weights_file(model, path, strict=strict, what=f"'{name}' weights")
     if pretrained and name in _NO_WEIGHTS:
         raise ValueError(f"'{name}' has no released weights; build it with pretrained=False (random init).")
     if pretrained and name == "dinov2_small_imgfocus":
