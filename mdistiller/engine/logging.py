@@ -25,7 +25,7 @@ import torch
 
 from mdistiller.engine.checkpoint import atomic_write_text
 
-__all__ = ["MetricsWriter", "git_revision", "write_run_info"]
+__all__ = ["MetricsWriter", "git_revision", "truncate_metrics", "write_run_info"]
 
 
 def _plain(v: Any) -> Any:
@@ -211,3 +211,29 @@ def write_run_info(
     atomic_write_text(run_dir / "config.yaml", cfg_dump if cfg_dump.endswith("\n") else cfg_dump + "\n")
     atomic_write_text(run_dir / "run_info.json", json.dumps(info, indent=2, allow_nan=False) + "\n")
     return info
+
+
+def truncate_metrics(path: str | os.PathLike[str], step: int) -> int:
+    """Drop the records of ``path`` (``metrics.jsonl``) logged after optimizer step ``step`` — a resumed run replays
+    those steps and logs them again — and an unterminated last line of a killed write; the file is rewritten
+    atomically. Returns the number of records dropped (0: the file is left untouched)."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines(keepends=True)
+    keep: list[str] = []
+    for line in lines:
+        if not line.endswith("\n"):
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and int(rec.get("step", 0) or 0) > step:
+            continue
+        keep.append(line)
+    dropped = len(lines) - len(keep)
+    if dropped:
+        atomic_write_text(path, "".join(keep))
+    return dropped

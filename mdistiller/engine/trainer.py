@@ -18,7 +18,7 @@ from mdistiller.distillers import Distiller, build_distiller
 from . import checkpoint as ckpt
 from .data import DeviceDecodedBatches, build_train_loader
 from .distributed import DistEnv, all_gather_object, barrier, reduce_mean_dict
-from .logging import MetricsWriter, write_run_info
+from .logging import MetricsWriter, truncate_metrics, write_run_info
 from .optim import IterationScheduler, build_optimizer, clip_grad
 from .sampler import ResumableDistributedSampler
 
@@ -26,7 +26,26 @@ __all__ = ["Trainer", "NonFiniteLossError", "run_dir_for", "load_run", "checkpoi
 
 
 class NonFiniteLossError(RuntimeError):
-    """A loss term became NaN/inf; the last good checkpoint is left untouched."""
+    """A loss term, an update or the state to checkpoint became NaN/inf; the last finite checkpoint is kept."""
+
+
+# Config keys a resumed run must share with its checkpoint: (key, may EXPERIMENT.RESUME_ALLOW_CHANGES allow it, why)
+_RESUME_KEYS = (
+    ("SOLVER.TYPE", False, "the optimizer state of one optimizer cannot drive another"),
+    ("SOLVER.BATCH_SIZE", True, "the sample stream and the LR scaling change"),
+    ("SOLVER.AMP", True, "the numerics (and the fp16 loss scaler) change"),
+)
+
+
+def _config_value(dump: str, key: str) -> Any:
+    import yaml
+
+    node: Any = yaml.safe_load(dump) or {}
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def run_dir_for(cfg: CN) -> Path:
@@ -70,6 +89,10 @@ class Trainer:
         extra = {"num_images": data.TRAIN_SIZE} if data.TRAIN_SIZE and data.TYPE == "toy_scenes" else {}
         train_set = build_dataset(data.TYPE, "train", root=data.ROOT, input_size=data.INPUT_SIZE,
                                   train=bool(data.AUGMENT), **extra)
+        if not device_decode:
+            from mdistiller.dataset.bad_images import GuardedImages
+
+            train_set = GuardedImages(train_set, skip=bool(data.SKIP_BAD_IMAGES))
         self.loader, self.sampler = self._train_loader(train_set, device_decode)
         self.heldout = self._heldout_batch(build_dataset) if env.is_main else None
         self.steps_per_epoch = self.sampler.steps_per_epoch
@@ -94,6 +117,9 @@ class Trainer:
             self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.step = 0
         self.stop_signal: int | None = None
+        self.saved_step: int | None = None  # step of the checkpoint last written or resumed from
+        self.teacher_file = self._teacher_file_identity()
+        self.bad_images = getattr(train_set, "skipped", None)  # DATASET.SKIP_BAD_IMAGES counter (shared by workers)
 
     # ---------------------------------------------------------------------------------------------- pieces
     def _train_loader(self, train_set: Any, device_decode: bool) -> tuple[Any, ResumableDistributedSampler]:
@@ -134,29 +160,85 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.env.device.type, dtype=self.amp_dtype)
 
+    def _teacher_file_identity(self) -> dict[str, Any] | None:
+        """Size and sampled hash of ``DISTILLER.TEACHER_WEIGHTS`` when it is a file (recorded in checkpoints)."""
+        from mdistiller.distillers import weights_arg
+        from mdistiller.models.weights import file_identity
+
+        w = weights_arg(self.cfg.DISTILLER.TEACHER_WEIGHTS)
+        if self.cfg.DISTILLER.TYPE.lower() == "supervised" or isinstance(w, bool) or not Path(w).is_file():
+            return None
+        return {"path": str(w), **file_identity(w)}
+
     def state(self) -> dict[str, Any]:
         epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
         return {"meta": checkpoint_meta(self.cfg, self.distiller), "model": self.distiller.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "step": self.step, "epoch": epoch, "step_in_epoch": in_epoch,
-                "rng": all_gather_object(ckpt.rng_state()), "config": self.cfg.dump()}
+                "rng": all_gather_object(ckpt.rng_state()), "config": self.cfg.dump(),
+                "teacher_file": self.teacher_file}
 
     def save(self) -> None:
+        """Write ``last.pth`` (the one it replaces becomes ``prev.pth``), only from a finite state: every rank holds
+        the same parameters and optimizer state, so every rank refuses together."""
         state = self.state()  # collective (RNG gather): every rank calls it
+        bad = ckpt.nonfinite_tensors({"model": state["model"], "optimizer": state["optimizer"]})
+        if bad:
+            raise NonFiniteLossError(
+                f"refusing to checkpoint step {self.step}: {len(bad)} non-finite tensor(s) ({', '.join(bad[:3])}); "
+                f"{self._advice(self.step)}.")
         if self.env.is_main:
-            ckpt.save_checkpoint(self.ckpt_path, state)
+            ckpt.save_checkpoint(self.ckpt_path, state, keep_previous=True)
+        self.saved_step = self.step
         barrier()
+
+    def _advice(self, failing_step: int) -> str:
+        """What to do after a non-finite loss/update at ``failing_step``. When that step started right from the last
+        checkpoint, that checkpoint is finite but diverges at once, so the advice names the one before it."""
+        last, prev = self.ckpt_path, ckpt.previous_path(self.ckpt_path)
+        fix = "lower SOLVER.LR or enable SOLVER.GRAD_CLIP"
+        if not last.exists():
+            return f"no checkpoint was written yet: {fix} and start again"
+        if self.saved_step == failing_step - 1 and prev.exists():
+            return (f"the last checkpoint ({last}, step {self.saved_step}) is finite but this step diverged from it, "
+                    f"so {fix} and resume from the checkpoint before it with --resume {prev}")
+        return f"the last finite checkpoint ({last}) is kept: {fix}, then rerun to resume from it"
+
+    def check_resumable(self, state: dict[str, Any], path: Path) -> None:
+        """Refuse (one sentence, :class:`~mdistiller.engine.checkpoint.CheckpointMismatchError`) a checkpoint whose
+        optimizer, batch size or precision differ from this run (the last two unless
+        ``EXPERIMENT.RESUME_ALLOW_CHANGES`` lists them), or that was trained against a different teacher file."""
+        ckpt.check_compatible(state, checkpoint_meta(self.cfg, self.distiller), path=path)
+        allowed = {str(k).upper() for k in self.cfg.EXPERIMENT.RESUME_ALLOW_CHANGES}
+        dump = state.get("config")
+        for key, may_allow, why in _RESUME_KEYS if isinstance(dump, str) else ():
+            old, new = _config_value(dump, key), _config_value(self.cfg.dump(), key)
+            if old is None or str(old).lower() == str(new).lower() or (may_allow and key in allowed):
+                continue
+            fix = (f"resume with {key} {old}, or add {key} to EXPERIMENT.RESUME_ALLOW_CHANGES" if may_allow
+                   else f"resume with {key} {old} or start a new run dir")
+            raise ckpt.CheckpointMismatchError(
+                f"checkpoint {path} was trained with {key} {old} but this run has {new} ({why}); {fix}.")
+        old_t, new_t = state.get("teacher_file"), self.teacher_file
+        ident = [None if t is None else (t["size"], t["hash"]) for t in (old_t, new_t)]
+        same = ident[0] == ident[1]
+        if "teacher_file" in state and not same:
+            before = f"'{old_t['path']}' ({old_t['size']} bytes)" if old_t else "no teacher file"
+            now = f"'{new_t['path']}' ({new_t['size']} bytes)" if new_t else "no teacher file"
+            raise ckpt.CheckpointMismatchError(
+                f"checkpoint {path} was trained against teacher weights {before} but DISTILLER.TEACHER_WEIGHTS now "
+                f"gives {now}, a different file; resume with the original teacher file or start a new run dir.")
 
     def resume(self, path: str | Path) -> None:
         """Continue exactly where ``path`` stopped: weights, optimizer, schedule, scaler, RNG and sample stream."""
         path = Path(path)
         state = ckpt.load_checkpoint(path, map_location="cpu")
-        ckpt.check_compatible(state, checkpoint_meta(self.cfg, self.distiller), path=path)
+        self.check_resumable(state, path)
         self.distiller.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.step = int(state["step"])
+        self.step = self.saved_step = int(state["step"])
         rngs = state["rng"]
         if len(rngs) == self.env.world_size:
             ckpt.set_rng_state(rngs[self.env.rank])
@@ -171,15 +253,15 @@ class Trainer:
         if self.env.distributed:
             torch.distributed.all_reduce(flag)
         if flag.item() > 0:
-            last = self.ckpt_path if self.ckpt_path.exists() else "none written yet"
             raise NonFiniteLossError(
                 f"non-finite loss at step {self.step + 1} (term(s): {', '.join(bad) or 'on another rank'}); "
-                f"the last good checkpoint ({last}) is kept: lower SOLVER.LR or enable SOLVER.GRAD_CLIP, then resume.")
+                f"{self._advice(self.step + 1)}.")
         self.scaler.scale(out["loss"]).backward()
         self.scaler.unscale_(self.optimizer)
         grad_norm = clip_grad([p for g in self.optimizer.param_groups for p in g["params"]], self.cfg.SOLVER.GRAD_CLIP)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self._check_update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
@@ -187,6 +269,19 @@ class Trainer:
         if grad_norm:
             metrics["grad_norm"] = float(grad_norm)
         return metrics
+
+    def _check_update(self) -> None:
+        """Stop when the update just applied left a parameter non-finite (max-abs norms: no overflow, one fused
+        reduction; the optimizer state is checked before every save). The checkpoint on disk predates the update."""
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        tensors = [p.detach() for p in params]
+        if not tensors or bool(torch.stack(torch._foreach_norm(tensors, float("inf"))).isfinite().all()):
+            return
+        names = {id(p): n for n, p in self.distiller.named_parameters()}
+        bad = [names.get(id(p), "?") for p in params if not bool(torch.isfinite(p.detach()).all())]
+        raise NonFiniteLossError(
+            f"non-finite update at step {self.step + 1} (parameter(s) {', '.join(bad[:3])} became NaN/inf although "
+            f"the loss was finite); {self._advice(self.step + 1)}.")
 
     def agreement(self) -> dict[str, float]:
         if self.heldout is None or self.heldout.numel() == 0:
@@ -211,6 +306,11 @@ class Trainer:
         cfg, env = self.cfg, self.env
         if resume:
             self.resume(resume)
+        if env.is_main:
+            ckpt.clean_stale_temps(self.ckpt_path.parent)
+            truncate_metrics(self.run_dir / "metrics.jsonl", self.step)  # each step once: drop replayed records
+        if not resume and self.step == 0:
+            self.save()  # the starting point: "the checkpoint before" exists even when step 1 already diverges
         if env.is_main:
             n_params = sum(p.numel() for _, p in self.distiller.trainable_parameters())
             write_run_info(self.run_dir, cfg.dump(), {"distiller": cfg.DISTILLER.TYPE,
@@ -267,6 +367,10 @@ class Trainer:
                     if self.step >= self.total_steps:
                         break
             self.export()
+            skipped = self.bad_images.value if self.bad_images is not None else 0
+            if skipped:
+                log.log({"bad_images": skipped}, step=self.step)
+                last["bad_images"] = skipped
             return last
         finally:
             if bar is not None:
@@ -324,7 +428,13 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[C
     ckpt.seed_everything(cfg.EXPERIMENT.SEED)  # as the Trainer does: a random-init teacher comes back identical
     distiller = build_distiller(cfg, device=device)
     path = run_dir / "checkpoints" / "last.pth"
-    state = ckpt.load_checkpoint(path, map_location="cpu")
+    try:
+        state = ckpt.load_checkpoint(path, map_location="cpu")
+    except ckpt.CheckpointError as e:  # the training wording ("resume from ...") does not fit an analysis
+        why = "does not exist" if not path.is_file() else "is corrupt or truncated"
+        raise ckpt.CheckpointError(
+            f"cannot analyse run {run_dir}: its checkpoint {path} {why}; rerun tools/train.py on that run directory "
+            "(it resumes and rewrites the checkpoint), then analyse it again.") from e
     ckpt.check_compatible(state, checkpoint_meta(cfg, distiller), path=path)
     distiller.load_state_dict(state["model"])
     distiller.eval()
