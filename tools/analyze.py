@@ -120,6 +120,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+class UsageError(ValueError):
+    """An option value that cannot work (exit code 2, before any compute)."""
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Option values that are wrong for any model."""
+    for opt in ("size", "batch_size", "num_images", "rank", "jacobian_samples"):
+        v = getattr(args, opt, None)
+        if v is not None and v < 1:
+            raise UsageError(f"--{opt.replace('_', '-')} is {v} but must be a positive integer.")
+    if bad := [v for v in getattr(args, "ranks", None) or [] if v < 1]:
+        raise UsageError(f"--ranks {bad} must be positive integers.")
+
+
+def check_against_model(args: argparse.Namespace, am) -> None:
+    """Option values that must fit the analysed model's depth and width."""
+    depth, width = am.depth, int(am.net.width)
+    rank = getattr(args, "rank", None)
+    if rank is not None and rank > width:
+        raise UsageError(f"--rank {rank} exceeds the width {width} of the model; use a rank of at most {width}.")
+    layers = list(getattr(args, "layers", None) or []) + [v for v in (getattr(args, "layer", None),) if v is not None]
+    if bad := [v for v in layers if not -depth <= v < depth]:
+        raise UsageError(f"layer(s) {bad} fall outside the model's {depth} blocks; use 0…{depth - 1}.")
+    if args.emulate is not None and not 0 <= args.emulate < depth - 1:
+        raise UsageError(f"--emulate {args.emulate} must lie in 0…{depth - 2} for the {depth}-block model.")
+
+
 def _out_dir(args: argparse.Namespace) -> Path:
     from mdistiller.analysis.reports import is_run_dir
 
@@ -151,6 +178,7 @@ def build_report(args: argparse.Namespace) -> dict:
         emulate = {"layer": args.emulate, "share": args.emulate_share, "scale": args.emulate_scale,
                    "direction": args.emulate_direction}
     am = R.load_analysis_model(args.model, args.weights, _kv(args.model_kwargs), emulate)
+    check_against_model(args, am)
     images, names = R.load_images(args.images, am.snap(args.size), args.num_images)
     if args.what == "artifacts":
         return R.artifacts_report(am, images, names, args.images, k=args.k, ratio_threshold=args.ratio_threshold,
@@ -173,14 +201,18 @@ def main(argv: list[str] | None = None) -> int:
     from mdistiller.analysis import reports, viz
 
     try:
+        check_args(args)
         report = build_report(args)
         out = _out_dir(args)
         figures = [] if args.no_figures else viz.write_figures(report, out)
         files = reports.save_report(report, out, figures)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, ValueError, KeyError, TypeError, RuntimeError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {msg}", file=sys.stderr)
-        return 1
+        return getattr(e, "exit_code", 1)
     if args.json:
         print(files["json"].read_text())
     else:

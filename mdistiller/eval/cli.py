@@ -164,9 +164,9 @@ def main(command: str, argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-def _error(msg: str) -> int:
+def _error(msg: str, code: int = 1) -> int:
     print(f"error: {msg}", file=sys.stderr)
-    return 1
+    return code
 
 
 def _subset(ds: Any, n: int | None, seed: int = 0) -> Any:
@@ -297,9 +297,16 @@ def run_command(command: str, args: argparse.Namespace) -> int:
 
     try:
         spec = FeatureSpec(layers=parse_layers(args.layers), final_norm=args.norm, tokens=args.tokens)
+    except ValueError as e:
+        return _error(str(e), 2)
+    try:
         backbone = load_backbone(args.target, seed=args.seed)
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
         return _error(str(e).strip("'\""))
+    try:
+        spec.resolve(backbone.features.depth)
+    except ValueError as e:
+        return _error(f"--layers: {e}", 2)
     input_size = args.input_size or backbone.default_input_size
     kind = COMMANDS[command]["kind"]
     task_name = result_name(args.dataset, kind)
@@ -326,6 +333,10 @@ def run_command(command: str, args: argparse.Namespace) -> int:
         result = run_probe(backbone, spec, task, data, settings, device=env.device)
     except FloatingPointError as e:
         return _error(str(e))
+    except KeyboardInterrupt:
+        print("interrupted; complete feature caches are kept and a partial one is rebuilt: rerun the same command "
+              "to continue.", file=sys.stderr)
+        return 130
     finally:
         cleanup()
     result = {"task": task_name, "command": f"tools/lineval/{command}.py", "argv": sys.argv[1:], **result}

@@ -308,8 +308,10 @@ def run_probe(backbone: Backbone, spec: FeatureSpec, task: Task, data: ProbeData
               device: torch.device | str = "cpu") -> dict[str, Any]:
     """Train, select (on validation) and test linear heads; returns the result dictionary (see the module doc).
 
-    Seeds torch's global RNG with ``settings.seed`` (head initialisation, data-loader worker seeds), so a probe is
-    reproducible from its settings. Collective under ``torchrun``: every rank calls it.
+    Seeds torch's global RNG with ``settings.seed`` before the data sources are built (data-loader worker seeds) and
+    again right before the heads are initialised, so a probe is reproducible from its settings and gives the same
+    result whether its feature cache was built in this call or reused. Collective under ``torchrun``: every rank
+    calls it.
     """
     device = torch.device(device)
     t_start = time.perf_counter()
@@ -363,6 +365,9 @@ def run_probe(backbone: Backbone, spec: FeatureSpec, task: Task, data: ProbeData
                                                 **common)
     times["extract_s"] = time.perf_counter() - t0
 
+    # Head init and every random draw of head training come from the seed alone, never from what ran before (the
+    # cache extraction above draws from the global RNG only when it builds a cache, not when it reuses one).
+    torch.manual_seed(settings.seed)
     heads = task.build_heads(extractor.dim, lrs).to(device)
     t0 = time.perf_counter()
     history = train_heads(task, heads, train_src, settings.epochs, optim, device, log)
