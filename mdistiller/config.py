@@ -117,8 +117,13 @@ _C.SiNGER.INFO = "paper"  # paper: eq. 11 Gram losses | official: the released p
 # OPT-IN SPEED-UP, NOT THE PAPER: share of each local batch (its first ceil(f·B) images; the sampler shuffles) on
 # which the intermediate L_info re-runs teacher block l+1. 1.0 = eq. 11 exactly. See docs/benchmark.md.
 _C.SiNGER.INFO_FRACTION = 1.0
-_C.SiNGER.GRAM = "cosine"  # cosine: Gram of row-normalised patch tokens | raw: F Fᵀ
+_C.SiNGER.GRAM = "cosine"  # cosine: Gram of row-normalised patch tokens (released code) | raw: G(F) = F Fᵀ (paper §4.4)
 _C.SiNGER.DETACH_TARGET = False  # stop L_KD gradients into the adapter (paper/released: not detached)
+# SCALE-AWARE MODE, NOT THE PAPER (docs/singer_modes.md): none = eq. 9-12 in the teacher's raw units | median = every
+# term in units of the fixed per-layer median patch norm, measured on the first batch (λ mean the same for any teacher)
+_C.SiNGER.SCALE = "none"
+_C.SiNGER.INFO_PATCHES = "all"  # all: L_info's Gram over every patch (paper) | inliers: pairs below the α-quantile of F
+_C.SiNGER.ADAPTER_LR_SCALE = 1.0  # learning-rate multiplier of the adapters (paper: 1.0, one rate for everything)
 _C.SiNGER.LOSS = CN()
 _C.SiNGER.LOSS.FEAT_WEIGHT = 1.0  # weight of L_KD (eq. 12 has 1)
 _C.SiNGER.LOSS.OUTLIER_WEIGHT = 1.0  # λ_outlier (App. K: all weights 1.0)
@@ -150,6 +155,9 @@ _C.LOG = CN()
 _C.LOG.FREQ = 20  # steps between metrics.jsonl records
 _C.LOG.CKPT_EVERY_STEPS = 0  # also write checkpoints/last.pth every N steps (0 → once per epoch)
 _C.LOG.AGREEMENT_EVERY_STEPS = 0  # teacher-student feature agreement on the held-out batch (0 → per epoch)
+# per-term gradient norms (‖∇ λ·L_term‖ on each parameter group: student, adapters) every N steps (0 → off); costs one
+# extra backward per loss term on those steps only
+_C.LOG.GRAD_TERMS_EVERY_STEPS = 50
 _C.LOG.WANDB = False  # wandb logging (honours WANDB_MODE=offline)
 _C.LOG.TENSORBOARD = False
 _C.LOG.PROGRESS = True  # rank-0 tqdm bar
@@ -292,6 +300,8 @@ _CHOICES = {
     "SiNGER.BASIS": ("smallest", "threshold"),
     "SiNGER.INFO": ("paper", "official"),
     "SiNGER.GRAM": ("cosine", "raw"),
+    "SiNGER.SCALE": ("none", "median"),
+    "SiNGER.INFO_PATCHES": ("all", "inliers"),
     "SOLVER.TYPE": ("adamw", "sgd"),
     "SOLVER.SCHEDULE": ("cosine", "multistep", "constant"),
     "SOLVER.AMP": ("none", "bf16", "fp16"),
@@ -352,6 +362,11 @@ def validate_config(cfg: CN) -> None:
     f = cfg.SiNGER.INFO_FRACTION
     if not 0.0 < f <= 1.0:
         raise ConfigError(f"SiNGER.INFO_FRACTION is {f} but must lie in (0, 1]; use 1.0 for the paper's L_info.")
+    if not cfg.SiNGER.ADAPTER_LR_SCALE > 0:
+        raise ConfigError(f"SiNGER.ADAPTER_LR_SCALE is {cfg.SiNGER.ADAPTER_LR_SCALE} but must be positive; 1.0 = the "
+                          "paper's single learning rate.")
+    if cfg.LOG.GRAD_TERMS_EVERY_STEPS < 0:
+        raise ConfigError(f"LOG.GRAD_TERMS_EVERY_STEPS is {cfg.LOG.GRAD_TERMS_EVERY_STEPS} but must be >= 0 (0 = off).")
     if cfg.SiNGER.RANK < 1:
         raise ConfigError(f"SiNGER.RANK is {cfg.SiNGER.RANK} but must be a positive integer, e.g. 16.")
     if not 0.0 < cfg.VITKD.MASK_RATIO < 1.0:

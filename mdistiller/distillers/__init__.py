@@ -132,7 +132,8 @@ def build_distiller(cfg, device=None) -> Distiller:
                        basis=s.BASIS.lower(), null_thres=s.NULL_THRES, linearize_norm=s.LINEARIZE_NORM,
                        linearize_layerscale=s.LINEARIZE_LAYERSCALE, use_outlier=s.USE_OUTLIER, use_info=s.USE_INFO,
                        info=s.INFO.lower(), info_fraction=s.INFO_FRACTION, gram=s.GRAM.lower(),
-                       detach_target=s.DETACH_TARGET,
+                       scale=s.SCALE.lower(), info_patches=s.INFO_PATCHES.lower(),
+                       adapter_lr_scale=s.ADAPTER_LR_SCALE, detach_target=s.DETACH_TARGET,
                        feat_weight=s.LOSS.FEAT_WEIGHT, outlier_weight=s.LOSS.OUTLIER_WEIGHT,
                        info_weight=s.LOSS.INFO_WEIGHT, seed=cfg.EXPERIMENT.SEED, **common)
     else:  # pragma: no cover - validate_config rejects unknown types first

@@ -47,6 +47,10 @@ class Distiller(nn.Module):
     #: whether ``forward`` takes the batch's targets as a second argument (supervised baseline)
     needs_targets: bool = False
 
+    #: when True, ``forward`` keeps its weighted loss terms, with their graphs, in ``last_terms`` (per-term gradient
+    #: norms); the trainer switches it on only for the steps it logs them
+    keep_terms: bool = False
+
     def __init__(self, student: nn.Module, teacher: FrozenTeacher | None, plan: LayerPlan, *,
                  kd_reduction: str = "token", kd_cls: bool = False, layer_reduction: str = "sum") -> None:
         super().__init__()
@@ -88,6 +92,14 @@ class Distiller(nn.Module):
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """Named parameters the optimizer owns: every parameter of this module with ``requires_grad``."""
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    def optimizer_groups(self) -> list:
+        """What the optimizer gets: the trainable parameters (one rate), or group dicts with an ``lr_scale``."""
+        return self.trainable_parameters()
+
+    def gradient_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameter groups whose per-term gradient norms are logged (``LOG.GRAD_TERMS_EVERY_STEPS``)."""
+        return {"student": [p for _, p in self.trainable_parameters()]}
 
     def reduce_layers(self, terms: list[torch.Tensor]) -> torch.Tensor:
         """Aggregate per-layer terms over 𝒟: a sum (eq. 9-11) or a mean (released code)."""

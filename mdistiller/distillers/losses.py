@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["feature_kd_loss", "outlier_loss", "gram", "gram_mse"]
+__all__ = ["feature_kd_loss", "outlier_loss", "gram", "gram_mse", "inlier_mask", "masked_gram_mse"]
 
 
 def feature_kd_loss(student: torch.Tensor, teacher: torch.Tensor, reduction: str = "token") -> torch.Tensor:
@@ -55,3 +55,18 @@ def gram(tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
 def gram_mse(a: torch.Tensor, b: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """``MSE(G(a), G(b))`` over all Gram entries (eq. 11)."""
     return (gram(a, normalize) - gram(b, normalize)).pow(2).mean()
+
+
+def inlier_mask(patch_tokens: torch.Tensor, q: float) -> torch.Tensor:
+    """Patches at or below their image's ``q``-quantile of ``‖F_i‖`` (the complement of 𝒪 in eq. 10), ``[B, N]``."""
+    norms = patch_tokens.detach().float().norm(dim=-1)
+    return norms <= torch.quantile(norms, q, dim=1, keepdim=True)
+
+
+def masked_gram_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+    """``MSE(G(a), G(b))`` restricted to the patch pairs where ``mask [B, N]`` holds for both patches: the mean of
+    the squared Gram differences over those pairs (eq. 11 on the masked patches; raw Gram unless ``normalize``)."""
+    m = mask.float()
+    diff = (gram(a, normalize) - gram(b, normalize)).pow(2)
+    pairs = m[:, :, None] * m[:, None, :]
+    return (diff * pairs).sum() / pairs.sum().clamp_min(1)

@@ -11,7 +11,20 @@ from torch import nn
 from mdistiller.singer import SiNGERAdapter, linearize_ffn, null_basis, random_basis, threshold_basis
 
 from .base import Distiller
-from .losses import gram_mse, outlier_loss
+from .losses import gram_mse, inlier_mask, masked_gram_mse, outlier_loss
+
+SCALES = ("none", "median")
+INFO_PATCHES = ("all", "inliers")
+
+
+def _quantile_ratio(patches: torch.Tensor, q: float) -> torch.Tensor:
+    """``‖x_i‖ / q_α(‖x‖)`` per patch, the quantile taken per image (as in eq. 10)."""
+    norms = patches.float().norm(dim=-1)
+    return norms / torch.quantile(norms, q, dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def _inlier_cos(a: torch.Tensor, b: torch.Tensor, inlier: torch.Tensor) -> float:
+    return F.cosine_similarity(a.float(), b.float(), dim=-1)[inlier].mean().item()
 
 
 class SiNGER(Distiller):
@@ -32,20 +45,35 @@ class SiNGER(Distiller):
     * ``info_fraction < 1`` (opt-in, **not the paper**): the intermediate L_info re-runs block l+1 on the first
       ``ceil(f·B)`` images of the local batch only. Gram losses are per-image means, so over the shuffled sampler
       this is an unbiased estimate of eq. 11 at about ``f`` of its cost; ``1.0`` is eq. 11 exactly.
+    * ``scale="median"`` (scale-aware mode, **not the paper**): every term is expressed in units of a fixed per-layer
+      feature scale ``s`` — the median patch norm of the original features, measured once on the first training
+      batch (averaged over ranks) and kept in the buffer ``feature_scale`` (so checkpoints resume exactly):
+      ``L_KD,l / s_l²``, ``L_outlier,l / s_l²`` and ``L_info,l`` on ``F / s`` (``s`` of block l+1's output for
+      intermediate layers). Scaling the teacher's features by any ``c`` leaves every term unchanged, so λ mean the
+      same for every teacher and layer. ``scale="none"`` is eq. 9-12 in the teacher's raw units.
+    * ``info_patches="inliers"`` (not the paper): L_info's Gram is taken over the patches at or below the α-quantile
+      of the *original* features only (per image; pairs of such patches), so the information term preserves the
+      inlier structure and does not fight L_outlier over the outliers it is meant to change. ``"all"``: every patch.
     """
 
     def __init__(self, *args, rank: int = 16, q: float = 0.95, init: str = "nullspace", basis: str = "smallest",
                  null_thres: float = 0.05, linearize_norm: bool = False, linearize_layerscale: bool = False,
                  use_outlier: bool = True, use_info: bool = True, info: str = "paper", info_fraction: float = 1.0,
-                 gram: str = "cosine",
-                 detach_target: bool = False, feat_weight: float = 1.0, outlier_weight: float = 1.0,
-                 info_weight: float = 1.0, seed: int = 0, **kwargs) -> None:
+                 gram: str = "cosine", scale: str = "none", info_patches: str = "all",
+                 adapter_lr_scale: float = 1.0, detach_target: bool = False, feat_weight: float = 1.0,
+                 outlier_weight: float = 1.0, info_weight: float = 1.0, seed: int = 0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.q, self.info, self.gram_normalize = q, info, gram == "cosine"
         if not 0.0 < info_fraction <= 1.0:
             raise ValueError(f"SiNGER info_fraction is {info_fraction} but must lie in (0, 1]; "
                              "1.0 is the paper's L_info.")
         self.info_fraction = float(info_fraction)
+        if scale not in SCALES or info_patches not in INFO_PATCHES:
+            raise ValueError(f"SiNGER scale {scale!r} / info_patches {info_patches!r}: choose scale from {SCALES} and "
+                             f"info_patches from {INFO_PATCHES}.")
+        self.scale, self.info_patches = scale, info_patches
+        self.adapter_lr_scale = float(adapter_lr_scale)
+        self.last_terms: dict[str, torch.Tensor] = {}
         self.use_outlier, self.use_info, self.detach_target = use_outlier, use_info, detach_target
         self.weights = {"kd": feat_weight, "outlier": outlier_weight, "info": info_weight}
         self.final = self.plan.teacher[-1]
@@ -70,6 +98,27 @@ class SiNGER(Distiller):
                     basis_t = null_basis(w, rank)
             adapters[str(t)] = SiNGERAdapter(basis_t)
         self.adapters = nn.ModuleDict(adapters)
+        if scale != "none":
+            # [layer, (F_l, next-block output)] median patch norms; zeros until measured on the first batch
+            self.register_buffer("feature_scale", torch.zeros(len(self.plan.teacher), 2))
+            self._scale_known = False
+            self.register_load_state_dict_post_hook(lambda module, _keys: setattr(module, "_scale_known", False))
+
+    def _split_params(self) -> tuple[list, list]:
+        named = self.trainable_parameters()
+        adapters = [x for x in named if x[0].startswith("adapters.")]
+        return [x for x in named if not x[0].startswith("adapters.")], adapters
+
+    def optimizer_groups(self) -> list:
+        """One rate for everything (paper), or the adapters at ``adapter_lr_scale`` × the base rate."""
+        if self.adapter_lr_scale == 1.0:
+            return self.trainable_parameters()
+        rest, adapters = self._split_params()
+        return [{"params": rest}, {"params": adapters, "lr_scale": self.adapter_lr_scale}]
+
+    def gradient_groups(self) -> dict[str, list[nn.Parameter]]:
+        rest, adapters = self._split_params()
+        return {"student": [p for _, p in rest], "adapter": [p for _, p in adapters]}
 
     def teacher_request(self) -> list[int]:
         """Teacher blocks to read: 𝒟 plus l+1 of every intermediate l (its output is reused by L_info)."""
@@ -89,44 +138,80 @@ class SiNGER(Distiller):
         s_feats = self.student(images, self.plan.student)
         t_feats, tgrid = self.teacher(images, self.teacher_request(), student_grid=sgrid)
         refined = self.refine(t_feats, tgrid)
+        units = self.units(t_feats, tgrid)
         kd, out, info = [], [], []
         for t, s in self.plan.pairs():
             split, f_hat = refined[t]
+            unit2 = units[t][0] ** 2
             target = f_hat.detach() if self.detach_target else f_hat
             target = self.teacher.to_student_grid(target, tgrid, sgrid)
             proj, target = self.kd_tokens(self.student.split(s_feats[s], sgrid), target, split.cls, t)
-            kd.append(self.kd_loss(proj, target))  # eq. 9
+            kd.append(self.kd_loss(proj, target) / unit2)  # eq. 9
             if self.use_outlier:
-                out.append(outlier_loss(f_hat, self.q))  # eq. 10
+                out.append(outlier_loss(f_hat, self.q) / unit2)  # eq. 10
             if self.use_info:
-                info.append(self.info_term(t, split, f_hat, t_feats, tgrid, refined))  # eq. 11
+                info.append(self.info_term(t, split, f_hat, t_feats, tgrid, refined, units[t]))  # eq. 11
         terms = {"kd": self.reduce_layers(kd)}
         if out:
             terms["outlier"] = self.reduce_layers(out)
         if info:
             terms["info"] = self.reduce_layers(info)
-        total = sum(self.weights[k] * v for k, v in terms.items())
-        result = {"loss": total}
+        weighted = {k: self.weights[k] * v for k, v in terms.items()}
+        if self.keep_terms:
+            self.last_terms = weighted
+        result = {"loss": sum(weighted.values())}
         result.update({f"loss_{k}": v.detach() for k, v in terms.items()})
         return result
 
+    def units(self, t_feats: dict[int, torch.Tensor], tgrid: tuple[int, int]) -> dict[int, tuple]:
+        """Per layer ``(s_l, s_next)``: the feature scale of ``F_l`` and of block l+1's output (``F_l`` again for the
+        final layer) in which the terms are expressed — ``1.0`` in the paper's raw units (``scale="none"``)."""
+        if self.scale == "none":
+            return {t: (1.0, 1.0) for t in self.plan.teacher}
+        if not self._scale_known:
+            if not bool((self.feature_scale > 0).all()):  # first batch: measure once (one host sync, ever)
+                self.feature_scale.copy_(self.measure_scale(t_feats, tgrid))
+            self._scale_known = True
+        return {t: (self.feature_scale[i, 0], self.feature_scale[i, 1]) for i, t in enumerate(self.plan.teacher)}
+
+    @torch.no_grad()
+    def measure_scale(self, t_feats: dict[int, torch.Tensor], tgrid: tuple[int, int]) -> torch.Tensor:
+        """Median patch norm of every ``F_l`` and of block l+1's output on this batch, averaged over ranks."""
+        def median_norm(layer: int) -> torch.Tensor:
+            return self.teacher.net.split(t_feats[layer], tgrid).patches.float().norm(dim=-1).median()
+
+        rows = [torch.stack([median_norm(t), median_norm(t if t == self.final else t + 1)]) for t in self.plan.teacher]
+        scale = torch.stack(rows).to(self.feature_scale.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(scale)
+            scale /= torch.distributed.get_world_size()
+        return scale.clamp_min(1e-12)
+
     def info_term(self, t: int, split, f_hat: torch.Tensor, t_feats: dict[int, torch.Tensor],
-                  tgrid: tuple[int, int], refined: dict[int, tuple]) -> torch.Tensor:
-        """L_info for one layer (eq. 11, or the released variant)."""
+                  tgrid: tuple[int, int], refined: dict[int, tuple], units: tuple = (1.0, 1.0)) -> torch.Tensor:
+        """L_info for one layer (eq. 11, or the released variant), in the units of ``units = (s_l, s_next)``."""
         if t == self.final:
             if self.info == "official":
                 inter = refined[self.plan.teacher[-2]][1]
                 return gram_mse(f_hat, inter, normalize=True)
-            return gram_mse(f_hat, split.patches, normalize=self.gram_normalize)
+            return self.gram_term(f_hat, split.patches, units[0])
         block = self.teacher.blocks[t + 1]
         n = self.info_batch(f_hat.shape[0])
         y_hat = block(torch.cat([split.prefix[:n].to(f_hat.dtype), f_hat[:n]], dim=1))  # grad → adapter only
         y = t_feats[t + 1][:n]  # block l+1 on the original features, from the teacher pass
         if self.info == "official":
-            return F.mse_loss(y_hat.float(), y.float())
+            return F.mse_loss(y_hat.float(), y.float()) / units[1] ** 2
         p_hat = self.teacher.net.split(y_hat, tgrid).patches
         p = self.teacher.net.split(y, tgrid).patches
-        return gram_mse(p_hat, p, normalize=self.gram_normalize)
+        return self.gram_term(p_hat, p, units[1])
+
+    def gram_term(self, x_hat: torch.Tensor, x: torch.Tensor, unit) -> torch.Tensor:
+        """``MSE(G(x̂ / s), G(x / s))`` over all patches, or over the original features' inlier pairs."""
+        if self.scale != "none":
+            x_hat, x = x_hat.float() / unit, x.float() / unit
+        if self.info_patches == "inliers":
+            return masked_gram_mse(x_hat, x, inlier_mask(x, self.q), normalize=self.gram_normalize)
+        return gram_mse(x_hat, x, normalize=self.gram_normalize)
 
     def info_batch(self, batch: int) -> int:
         """Images of a local batch on which block l+1 is re-run for L_info (all of them unless ``info_fraction``)."""
@@ -138,4 +223,57 @@ class SiNGER(Distiller):
         out = {}
         for t, (split, f_hat) in self.refine(t_feats, tgrid).items():
             out[t] = tuple(self.teacher.to_student_grid(x, tgrid, sgrid) for x in (split.patches, f_hat))
+        return out
+
+    @torch.no_grad()
+    def agreement(self, images: torch.Tensor) -> dict[str, float]:
+        """The base agreement plus ``refine/L<l>/<stat>`` from :meth:`refinement_stats` (logged over training)."""
+        out = super().agreement(images)
+        for t, stats in self.refinement_stats(images).items():
+            out.update({f"refine/L{t}/{k}": v for k, v in stats.items()})
+        return out
+
+    @torch.no_grad()
+    def refinement_stats(self, images: torch.Tensor) -> dict[int, dict[str, float]]:
+        """Does the adapter refine rather than rewrite? Per distilled layer l, on ``images``:
+
+        * outliers = the emulated-artifact patches when the teacher carries an implant, else the patches of ``F_l``
+          above their image's α-quantile of ``‖F_l‖`` (𝒪_l of eq. 10 on the original features); the rest are inliers;
+        * ``ratio_before`` / ``ratio_after`` (mean) and ``ratio_after_max``: an outlier's norm over its image's
+          α-quantile of patch norms, in ``F_l`` and in ``F̂_l``;
+        * ``cos_inlier``: mean cos(F̂_l, F_l) over inliers; ``cos_next`` / ``cos_final`` (intermediate l): the same
+          after teacher block l+1, and after the blocks up to the final distilled one, run on ``F̂_l`` vs ``F_l``.
+        """
+        was_training = self.training
+        self.eval()
+        teacher, plan, q = self.teacher, self.plan, float(self.q)
+        final = plan.teacher[-1]
+        sgrid = self.student_grid(images)
+        layers = sorted(set(plan.teacher) | {t + 1 for t in plan.teacher if t != final})
+        t_feats, tgrid = teacher(images, layers, student_grid=sgrid)
+        implant = getattr(teacher, "implant", None)
+        known = implant.last_mask if implant is not None and implant.last_mask is not None else None
+        out: dict[int, dict[str, float]] = {}
+        for t, (split, f_hat) in self.refine(t_feats, tgrid).items():
+            f = split.patches
+            before = _quantile_ratio(f, q)
+            outlier = known.to(f.device) if known is not None else before > 1.0
+            inlier = ~outlier
+            after = _quantile_ratio(f_hat, q)
+            stats = {"outliers": float(outlier.sum().item()), "cos_inlier": _inlier_cos(f_hat, f, inlier)}
+            if outlier.any():
+                stats.update(ratio_before=before[outlier].mean().item(), ratio_after=after[outlier].mean().item(),
+                             ratio_after_max=after[outlier].max().item())
+            if t != final:
+                x_hat = torch.cat([split.prefix.to(f_hat.dtype), f_hat], dim=1)
+                x = t_feats[t]
+                for i in range(t + 1, final + 1):
+                    x_hat, x = teacher.blocks[i](x_hat), teacher.blocks[i](x)
+                    if i == t + 1:
+                        stats["cos_next"] = _inlier_cos(teacher.net.split(x_hat, tgrid).patches,
+                                                        teacher.net.split(x, tgrid).patches, inlier)
+                stats["cos_final"] = _inlier_cos(teacher.net.split(x_hat, tgrid).patches,
+                                                 teacher.net.split(x, tgrid).patches, inlier)
+            out[t] = stats
+        self.train(was_training)
         return out

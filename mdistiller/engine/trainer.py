@@ -99,7 +99,7 @@ class Trainer:
         self.total_steps = s.MAX_STEPS or s.EPOCHS * self.steps_per_epoch
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         self.optimizer = build_optimizer(
-            self.distiller.trainable_parameters(), type=s.TYPE, lr=s.LR, weight_decay=s.WEIGHT_DECAY,
+            self.distiller.optimizer_groups(), type=s.TYPE, lr=s.LR, weight_decay=s.WEIGHT_DECAY,
             betas=tuple(s.BETAS), eps=s.EPS, momentum=s.MOMENTUM, fused=True if s.FUSED else None)
         self.scheduler = IterationScheduler(
             self.optimizer, s.LR, self.total_steps,
@@ -120,6 +120,7 @@ class Trainer:
         self.saved_step: int | None = None  # step of the checkpoint last written or resumed from
         self.teacher_file = self._teacher_file_identity()
         self.bad_images = getattr(train_set, "skipped", None)  # DATASET.SKIP_BAD_IMAGES counter (shared by workers)
+        self.grad_terms: dict[str, float] = {}  # per-term gradient norms of the last step that measured them
 
     # ---------------------------------------------------------------------------------------------- pieces
     def _train_loader(self, train_set: Any, device_decode: bool) -> tuple[Any, ResumableDistributedSampler]:
@@ -246,6 +247,9 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------- loop
     def train_step(self, images: torch.Tensor, targets: Any = None) -> dict[str, float]:
         self.model.train()
+        every = self.cfg.LOG.GRAD_TERMS_EVERY_STEPS
+        measure_terms = bool(self.env.is_main and every and self.step % every == 0)
+        self.distiller.keep_terms = measure_terms
         with self._autocast():
             out = self.model(images, targets) if self.distiller.needs_targets else self.model(images)
         bad = {k: v for k, v in out.items() if not torch.isfinite(v.detach()).all()}
@@ -256,6 +260,7 @@ class Trainer:
             raise NonFiniteLossError(
                 f"non-finite loss at step {self.step + 1} (term(s): {', '.join(bad) or 'on another rank'}); "
                 f"{self._advice(self.step + 1)}.")
+        self.grad_terms = self.term_grad_norms() if measure_terms else {}
         self.scaler.scale(out["loss"]).backward()
         self.scaler.unscale_(self.optimizer)
         grad_norm = clip_grad([p for g in self.optimizer.param_groups for p in g["params"]], self.cfg.SOLVER.GRAD_CLIP)
@@ -282,6 +287,25 @@ class Trainer:
         raise NonFiniteLossError(
             f"non-finite update at step {self.step + 1} (parameter(s) {', '.join(bad[:3])} became NaN/inf although "
             f"the loss was finite); {self._advice(self.step + 1)}.")
+
+    def term_grad_norms(self) -> dict[str, float]:
+        """``grad/<term>/<group>``: ‖∇ λ·L_term‖ over each of the distiller's gradient groups (student, adapters) for
+        the forward just run (rank-local, unclipped, unscaled), read from the terms it kept. One extra backward per
+        term through the retained graph; nothing is accumulated into ``.grad``."""
+        terms, self.distiller.last_terms = self.distiller.last_terms, {}
+        self.distiller.keep_terms = False
+        groups = {g: ps for g, ps in self.distiller.gradient_groups().items() if ps}
+        params = [p for ps in groups.values() for p in ps]
+        out: dict[str, float] = {}
+        for name, term in terms.items():
+            if not term.requires_grad:
+                continue
+            grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+            sq = {id(p): g.detach().float().pow(2).sum() for p, g in zip(params, grads) if g is not None}
+            for group, ps in groups.items():
+                total = sum((sq[id(p)] for p in ps if id(p) in sq), torch.zeros((), device=params[0].device))
+                out[f"grad/{name}/{group}"] = float(total.sqrt())
+        return out
 
     def agreement(self) -> dict[str, float]:
         if self.heldout is None or self.heldout.numel() == 0:
@@ -342,6 +366,9 @@ class Trainer:
                         targets = _to_device(targets, env.device)
                     window.append(self.train_step(images, targets))
                     epoch_steps.append(window[-1])
+                    if self.grad_terms:
+                        log.log(self.grad_terms, step=self.step, epoch=epoch)
+                        last.update(self.grad_terms)
                     seen += images.shape[0] * env.world_size
                     done_epoch = self.step % self.steps_per_epoch == 0
                     if self.step % cfg.LOG.FREQ == 0 or done_epoch or self.step == self.total_steps:

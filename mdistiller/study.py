@@ -1,0 +1,250 @@
+"""A seeded comparison at CPU scale: FitNet, ViTKD and three SiNGER modes × clean / emulated-artifact teacher × seeds.
+
+Every run is the demo setting (DINOv2-S/14 → ViT-Ti on toy scenes, 𝒟 = {8, 11}) with the same budget; only the
+method, the teacher (clean, or with the persistent emulated artifacts of ``configs/demo/artifacts.yaml``) and the
+seed (initialisation, data order, probe split) change. The SiNGER modes take every ``SiNGER.*`` key and the L_KD
+reduction keys from their preset file, so the study measures exactly what those presets train:
+
+* ``singer_paper``: ``configs/imagenet/vit/singer.yaml`` (eq. 9-12, cosine Gram, raw units, λ = 1);
+* ``singer_released``: ``configs/imagenet/vit/singer_official.yaml`` (the released code's choices);
+* ``singer_scaled``: ``configs/imagenet/vit/singer_scaled.yaml`` (the scale-aware mode).
+
+Probes (cached protocol, frozen student): toy-scene classification / segmentation / depth and Fashion-MNIST
+classification. :func:`summarize` gives mean ± std over seeds and, for each SiNGER mode, the paired difference to
+FitNet (same seed, same teacher) with a two-sided 95 % Student-t interval. Everything is resumable: finished runs,
+probes and refinement measurements are skipped when their files exist.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["METHODS", "PROBES", "StudyRun", "figure", "mode_overrides", "paired_interval", "plan_runs", "probe_argv",
+           "probe_run", "refinement_run", "render_tables", "run_config", "summarize", "train_run"]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: method → (demo config, SiNGER preset whose mode keys are applied, extra KEY VALUE overrides)
+METHODS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
+    "fitnet": ("configs/demo/fitnet.yaml", None, ()),
+    "vitkd": ("configs/demo/vitkd.yaml", None, ()),
+    "singer_paper": ("configs/demo/singer.yaml", "configs/imagenet/vit/singer.yaml", ()),
+    "singer_paper_rawgram": ("configs/demo/singer.yaml", "configs/imagenet/vit/singer.yaml", ("SiNGER.GRAM", "raw")),
+    "singer_released": ("configs/demo/singer.yaml", "configs/imagenet/vit/singer_official.yaml", ()),
+    "singer_scaled": ("configs/demo/singer.yaml", "configs/imagenet/vit/singer_scaled.yaml", ()),
+}
+#: (label, eval command, dataset, result key, higher is better)
+PROBES: tuple[tuple[str, str, str, str, bool], ...] = (
+    ("toy cls top-1", "transfer", "toy_scenes", "top1", True),
+    ("toy seg mIoU", "ade20k", "toy_scenes", "miou", True),
+    ("toy depth RMSE", "nyud", "toy_scenes", "rmse", False),
+    ("F-MNIST top-1", "transfer", "fashion_mnist", "top1", True),
+)
+# Probe learning-rate grids for minutes-trained students on a few hundred scenes (the DINOv2 defaults are tuned for
+# long runs on well-trained features and leave such students at chance); selection stays on the validation split.
+CLS_LRS = "0.001,0.003,0.01,0.03,0.1,0.3,1,3,10"
+DENSE_LRS = "0.01,0.03,0.1,0.3"
+_MODE_KEYS = ("DISTILLER.KD_REDUCTION", "DISTILLER.KD_CLS", "DISTILLER.LAYER_REDUCTION")
+T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    method: str
+    artifacts: bool
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}{'_artifacts' if self.artifacts else ''}_s{self.seed}"
+
+
+def mode_overrides(preset: str | Path) -> list[str]:
+    """``KEY VALUE`` overrides setting every ``SiNGER.*`` key (but the layers) and the L_KD reduction keys to the
+    values ``preset`` resolves to, so a demo config trains exactly that preset's loss."""
+    from mdistiller.config import load_config
+
+    cfg = load_config([Path(preset)], validate=False)
+    pairs = [(f"SiNGER.{k}", v) for k, v in cfg.SiNGER.items() if k not in ("M_LAYERS", "LOSS")]
+    pairs += [(f"SiNGER.LOSS.{k}", v) for k, v in cfg.SiNGER.LOSS.items()]
+    pairs += [(k, cfg.DISTILLER[k.split(".")[1]]) for k in _MODE_KEYS]
+    return [str(x) for kv in pairs for x in kv]
+
+
+def plan_runs(methods: Sequence[str], seeds: Sequence[int], teachers: Sequence[bool] = (False, True)) -> list[StudyRun]:
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown study method(s) {unknown}; choose from {', '.join(METHODS)}.")
+    return [StudyRun(m, a, s) for s in seeds for a in teachers for m in methods]
+
+
+def run_config(run: StudyRun, budget: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """Config files and overrides of one study run (``budget``: shared ``KEY VALUE`` overrides)."""
+    demo, preset, extra = METHODS[run.method]
+    files = [ROOT / demo] + ([ROOT / "configs/demo/artifacts.yaml"] if run.artifacts else [])
+    opts = (mode_overrides(ROOT / preset) if preset else []) + list(extra)
+    return files, opts + ["EXPERIMENT.NAME", run.name, "EXPERIMENT.SEED", str(run.seed), *budget]
+
+
+def train_run(run_dir: Path, cfg_files: Sequence[Path], opts: Sequence[str], device: str = "cpu") -> Path:
+    """Train (or resume, or skip when ``student.safetensors`` exists) one run in this process."""
+    run_dir = Path(run_dir)
+    if (run_dir / "student.safetensors").exists():
+        return run_dir
+    from mdistiller.config import load_config
+    from mdistiller.engine.distributed import init_distributed
+    from mdistiller.engine.trainer import Trainer
+
+    cfg = load_config(list(cfg_files), list(opts))
+    trainer = Trainer(cfg, init_distributed(device), run_dir)
+    result = trainer.fit(trainer.ckpt_path if trainer.ckpt_path.exists() else None)
+    if "interrupted" in result:
+        raise KeyboardInterrupt(f"training {run_dir.name} interrupted; rerun to resume")
+    return run_dir
+
+
+def probe_run(target: str, command: str, dataset: str, out: Path, argv: Sequence[str]) -> dict[str, Any]:
+    """Run one cached linear probe (``mdistiller.eval.cli``) unless ``out`` exists; return its result JSON."""
+    out = Path(out)
+    if not out.exists():
+        from mdistiller.eval.cli import main as probe_main
+
+        code = probe_main(command, [target, "--dataset", dataset, "--out", str(out), *argv])
+        if code != 0:
+            raise RuntimeError(f"probe {command} on {dataset} for {target} failed with exit code {code}")
+    return json.loads(out.read_text())
+
+
+def probe_argv(command: str, input_size: int, num_train: int, num_test: int, cache_dir: Path, seed: int = 0,
+               cls_epochs: int = 100, dense_epochs: int = 10, loss_size: int = 16) -> list[str]:
+    """The cached-probe arguments shared by the demo and the study (classification: CLS ⊕ mean patch, batch 32)."""
+    argv = ["--input-size", str(input_size), "--protocol", "cached", "--num-train", str(num_train),
+            "--num-test", str(num_test), "--cache-dir", str(cache_dir), "--workers", "0", "--seed", str(seed)]
+    if command == "transfer":
+        return argv + ["--tokens", "cls+avg", "--batch-size", "32", "--epochs", str(cls_epochs), "--lrs", CLS_LRS]
+    return argv + ["--epochs", str(dense_epochs), "--loss-size", str(loss_size), "--lrs", DENSE_LRS]
+
+
+def refinement_run(run_dir: Path, images: Any, device: str = "cpu") -> dict[int, dict[str, float]]:
+    """``SiNGER.refinement_stats`` of a finished run on ``images`` (cached in ``RUN_DIR/refinement.json``)."""
+    path = Path(run_dir) / "refinement.json"
+    if path.exists():
+        return {int(k): v for k, v in json.loads(path.read_text()).items()}
+    from mdistiller.engine.trainer import load_run
+
+    _, distiller = load_run(run_dir, device=device)
+    stats = distiller.refinement_stats(images.to(device))
+    path.write_text(json.dumps(stats, indent=1))
+    return stats
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+def paired_interval(diffs: Sequence[float]) -> tuple[float, float, float]:
+    """Mean of paired differences and its two-sided 95 % Student-t interval ``(mean, low, high)``.
+
+    With one pair the interval is unbounded (``±inf``)."""
+    n = len(diffs)
+    if n == 0:
+        raise ValueError("paired_interval needs at least one difference.")
+    mean = statistics.fmean(diffs)
+    if n == 1:
+        return mean, -math.inf, math.inf
+    half = T_95.get(n - 1, 1.96) * statistics.stdev(diffs) / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def summarize(values: dict[tuple[str, bool, int], dict[str, float]], probes: Sequence[str],
+              baseline: str = "fitnet") -> dict[str, Any]:
+    """``values[(method, artifacts, seed)][probe] → number`` into per-cell mean/std and paired differences."""
+    cells: dict[tuple[str, bool], dict[str, list[float]]] = {}
+    for (method, art, _seed), vals in sorted(values.items()):
+        for p in probes:
+            if p in vals:
+                cells.setdefault((method, art), {}).setdefault(p, []).append(vals[p])
+    table = {k: {p: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
+                 for p, v in d.items()} for k, d in cells.items()}
+    paired: dict[tuple[str, bool], dict[str, tuple[float, float, float, int]]] = {}
+    for (method, art, seed), vals in values.items():
+        base = values.get((baseline, art, seed))
+        if method == baseline or base is None:
+            continue
+        for p in probes:
+            if p in vals and p in base:
+                paired.setdefault((method, art), {}).setdefault(p, []).append(vals[p] - base[p])  # type: ignore[arg-type]
+    intervals = {k: {p: (*paired_interval(d), len(d)) for p, d in v.items()} for k, v in paired.items()}
+    return {"cells": table, "paired": intervals}
+
+
+def format_cell(mean: float, std: float, digits: int = 2) -> str:
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def render_tables(summary: dict[str, Any], probes: Sequence[tuple[str, bool]], methods: Sequence[str],
+                  digits: Callable[[str], int] = lambda p: 4 if "RMSE" in p else 2) -> str:
+    """Markdown: mean ± std per method and teacher, then paired SiNGER − FitNet differences with 95 % intervals."""
+    head = "| method | teacher | " + " | ".join(f"{p} {'↑' if hi else '↓'}" for p, hi in probes) + " |"
+    sep = "|---|---|" + "---:|" * len(probes)
+    lines = ["### Mean ± std over seeds", "", head, sep]
+    for art in (False, True):
+        for m in methods:
+            cell = summary["cells"].get((m, art))
+            if not cell:
+                continue
+            vals = [format_cell(*cell[p][:2], digits(p)) if p in cell else "–" for p, _ in probes]
+            lines.append(f"| {m} | {'emulated artifacts' if art else 'clean'} | " + " | ".join(vals) + " |")
+    lines += ["", "### Paired difference to FitNet (same seed and teacher), mean [95 % t-interval]", "",
+              head.replace("| method |", "| method − fitnet |"), sep]
+    for art in (False, True):
+        for m in methods:
+            cell = summary["paired"].get((m, art))
+            if not cell:
+                continue
+            vals = []
+            for p, _ in probes:
+                if p not in cell:
+                    vals.append("–")
+                    continue
+                mean, lo, hi, _n = cell[p]
+                d = digits(p)
+                vals.append(f"{mean:+.{d}f} [{lo:+.{d}f}, {hi:+.{d}f}]")
+            lines.append(f"| {m} | {'emulated artifacts' if art else 'clean'} | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def figure(summary: dict[str, Any], probes: Sequence[tuple[str, bool]], methods: Sequence[str], path: Path,
+           title: str) -> Path:
+    """One panel per probe: mean ± std over seeds per method, clean vs emulated-artifact teacher."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(probes), figsize=(3.3 * len(probes), 3.4), squeeze=False)
+    width = 0.38
+    for ax, (p, higher) in zip(axes[0], probes):
+        for k, (art, color) in enumerate(((False, "#4c72b0"), (True, "#dd8452"))):
+            xs, ms, ss = [], [], []
+            for i, m in enumerate(methods):
+                cell = summary["cells"].get((m, art), {}).get(p)
+                if cell:
+                    xs.append(i + (k - 0.5) * width)
+                    ms.append(cell[0])
+                    ss.append(cell[1])
+            ax.bar(xs, ms, width, yerr=ss, color=color, capsize=2,
+                   label="emulated artifacts" if art else "clean teacher")
+        ax.set_xticks(range(len(methods)))
+        ax.set_xticklabels([m.replace("singer_", "S-") for m in methods], rotation=35, ha="right", fontsize=8)
+        ax.set_title(f"{p} {'↑' if higher else '↓'}", fontsize=9)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
