@@ -117,7 +117,9 @@ _C.SiNGER.INFO = "paper"  # paper: eq. 11 Gram losses | official: the released p
 # OPT-IN SPEED-UP, NOT THE PAPER: share of each local batch (its first ceil(f·B) images; the sampler shuffles) on
 # which the intermediate L_info re-runs teacher block l+1. 1.0 = eq. 11 exactly. See docs/benchmark.md.
 _C.SiNGER.INFO_FRACTION = 1.0
-_C.SiNGER.GRAM = "cosine"  # cosine: Gram of row-normalised patch tokens (released code) | raw: G(F) = F Fᵀ (paper §4.4)
+# G of L_info (eq. 11): cosine = Gram of row-normalised patch tokens (released code; this default) | raw = F Fᵀ, the
+# literal reading (paper §4.4) | none = no Gram, the tokens themselves (per-token squared error; the scaled preset)
+_C.SiNGER.GRAM = "cosine"
 _C.SiNGER.DETACH_TARGET = False  # stop L_KD gradients into the adapter (paper/released: not detached)
 # SCALE-AWARE MODE, NOT THE PAPER (docs/singer_modes.md): none = eq. 9-12 in the teacher's raw units | median = every
 # term in units of the fixed per-layer median patch norm, measured on the first batch (λ mean the same for any teacher)
@@ -299,7 +301,7 @@ _CHOICES = {
     "SiNGER.INIT": ("nullspace", "random"),
     "SiNGER.BASIS": ("smallest", "threshold"),
     "SiNGER.INFO": ("paper", "official"),
-    "SiNGER.GRAM": ("cosine", "raw"),
+    "SiNGER.GRAM": ("cosine", "raw", "none"),
     "SiNGER.SCALE": ("none", "median"),
     "SiNGER.INFO_PATCHES": ("all", "inliers"),
     "SOLVER.TYPE": ("adamw", "sgd"),

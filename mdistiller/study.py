@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["METHODS", "PROBES", "StudyRun", "figure", "mode_overrides", "paired_interval", "plan_runs", "probe_argv",
-           "probe_run", "refinement_run", "render_tables", "run_config", "summarize", "train_run"]
+__all__ = ["ACCEPTANCE_ONLY", "METHODS", "PROBES", "StudyRun", "figure", "mode_overrides", "paired_interval",
+           "plan_runs", "probe_argv", "probe_run", "refinement_run", "render_tables", "run_config", "summarize",
+           "train_run"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +39,15 @@ METHODS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
     "singer_paper_rawgram": ("configs/demo/singer.yaml", "configs/imagenet/vit/singer.yaml", ("SiNGER.GRAM", "raw")),
     "singer_released": ("configs/demo/singer.yaml", "configs/imagenet/vit/singer_official.yaml", ()),
     "singer_scaled": ("configs/demo/singer.yaml", "configs/imagenet/vit/singer_scaled.yaml", ()),
+    # ablations of the scale-aware preset (one design choice reverted each)
+    "scaled_gram_info": ("configs/demo/singer.yaml", "configs/imagenet/vit/singer_scaled.yaml", ("SiNGER.GRAM", "raw")),
+    "scaled_kd_moves_adapter": ("configs/demo/singer.yaml", "configs/imagenet/vit/singer_scaled.yaml",
+                                ("SiNGER.DETACH_TARGET", "False")),
+    "scaled_adapter_lr_1x": ("configs/demo/singer.yaml", "configs/imagenet/vit/singer_scaled.yaml",
+                             ("SiNGER.ADAPTER_LR_SCALE", "1.0")),
 }
+#: refinement-only runs (emulated-artifact teacher, first seed, no probes): the other Gram reading and the ablations
+ACCEPTANCE_ONLY = ("singer_paper_rawgram", "scaled_gram_info", "scaled_kd_moves_adapter", "scaled_adapter_lr_1x")
 #: (label, eval command, dataset, result key, higher is better)
 PROBES: tuple[tuple[str, str, str, str, bool], ...] = (
     ("toy cls top-1", "transfer", "toy_scenes", "top1", True),

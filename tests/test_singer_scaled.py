@@ -7,9 +7,9 @@ import torch
 
 from mdistiller.analysis.refinement import format_refinement, refinement_passes
 from mdistiller.distillers import build_distiller
-from mdistiller.distillers.losses import gram_mse, inlier_mask, masked_gram_mse
+from mdistiller.distillers.losses import gram_mse, inlier_mask, masked_gram_mse, token_mse
 
-SCALED = {"SiNGER.SCALE": "median", "SiNGER.GRAM": "raw", "SiNGER.INFO_PATCHES": "inliers"}
+SCALED = {"SiNGER.SCALE": "median", "SiNGER.GRAM": "none", "SiNGER.INFO_PATCHES": "inliers"}
 
 
 @torch.no_grad()
@@ -49,9 +49,10 @@ def losses_and_adapter_grads(d, images):
     return {k: float(v.detach()) for k, v in out.items() if k.startswith("loss")}, grads
 
 
-def test_scaled_mode_is_invariant_to_the_teacher_feature_scale(make_cfg):
+@pytest.mark.parametrize("gram", ["none", "raw", "cosine"])
+def test_scaled_mode_is_invariant_to_the_teacher_feature_scale(make_cfg, gram):
     images = torch.rand(4, 3, 32, 32)
-    a, b = twin_distillers(make_cfg, 4.0, **SCALED)
+    a, b = twin_distillers(make_cfg, 4.0, **(SCALED | {"SiNGER.GRAM": gram}))
     la, ga = losses_and_adapter_grads(a, images)
     lb, gb = losses_and_adapter_grads(b, images)
     assert set(la) == {"loss", "loss_kd", "loss_outlier", "loss_info"}
@@ -98,6 +99,13 @@ def test_masked_gram_equals_the_gram_of_the_inlier_patches():
     assert not mask[0, 3] and mask.sum() == 18  # 9 of 10 patches per image at or below the 0.9 quantile
     per_image = [gram_mse(a[i : i + 1, mask[i]], b[i : i + 1, mask[i]], normalize=False) for i in range(2)]
     assert masked_gram_mse(a, b, mask).item() == pytest.approx(torch.stack(per_image).mean().item(), rel=1e-5)
+
+
+def test_token_mse_is_the_mean_squared_distance_over_masked_patches():
+    a, b = torch.zeros(1, 3, 2), torch.tensor([[[3.0, 4.0], [1.0, 0.0], [0.0, 2.0]]])
+    mask = torch.tensor([[True, False, True]])
+    assert token_mse(a, b, mask).item() == pytest.approx((25 + 4) / 2)
+    assert token_mse(a, b).item() == pytest.approx((25 + 1 + 4) / 3)
 
 
 def test_adapter_lr_scale_makes_its_own_optimizer_group(make_cfg):

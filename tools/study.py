@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m for m in args.methods.split(",") if m]
     seeds = [int(s) for s in args.seeds.split(",") if s]
     runs = study.plan_runs(methods, seeds)
-    extra = [study.StudyRun("singer_paper_rawgram", True, seeds[0])] if "singer_paper_rawgram" not in methods else []
+    extra = [study.StudyRun(m, True, seeds[0]) for m in study.ACCEPTANCE_ONLY if m not in methods]
     budget = ["SOLVER.MAX_STEPS", str(args.steps), "SOLVER.BATCH_SIZE", str(args.batch), "DATASET.INPUT_SIZE",
               str(args.size), "SOLVER.AMP", amp, "LOG.CKPT_EVERY_STEPS", "0", "LOG.AGREEMENT_EVERY_STEPS",
               str(args.steps), "LOG.PROGRESS", "False", "EXPERIMENT.DEVICE", args.device]
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[train {i}/{len(all_runs)}] {run.name} ({time.perf_counter() - t0:.0f} s)", flush=True)
         files, opts = study.run_config(run, budget)
         run_dir = study.train_run(out / "runs" / run.name, files, opts, device=args.device)
-        if run.method.startswith("singer"):
+        if run.method.startswith(("singer", "scaled")):
             refine[run.name] = study.refinement_run(run_dir, images, device=args.device)
     values: dict[tuple[str, bool, int], dict[str, float]] = {}
     if not args.no_probes:

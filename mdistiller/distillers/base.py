@@ -50,6 +50,7 @@ class Distiller(nn.Module):
     #: when True, ``forward`` keeps its weighted loss terms, with their graphs, in ``last_terms`` (per-term gradient
     #: norms); the trainer switches it on only for the steps it logs them
     keep_terms: bool = False
+    last_terms: dict[str, torch.Tensor] = {}  # noqa: RUF012 - replaced (never mutated) per instance
 
     def __init__(self, student: nn.Module, teacher: FrozenTeacher | None, plan: LayerPlan, *,
                  kd_reduction: str = "token", kd_cls: bool = False, layer_reduction: str = "sum") -> None:
@@ -100,6 +101,24 @@ class Distiller(nn.Module):
     def gradient_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameter groups whose per-term gradient norms are logged (``LOG.GRAD_TERMS_EVERY_STEPS``)."""
         return {"student": [p for _, p in self.trainable_parameters()]}
+
+    def term_grad_norms(self) -> dict[str, float]:
+        """``grad/<term>/<group>``: ‖∇ λ·L_term‖ over each of :meth:`gradient_groups` for the forward just run with
+        ``keep_terms`` on (rank-local, unclipped, unscaled). One extra backward per term through the retained graph;
+        nothing is accumulated into ``.grad``. Clears ``last_terms`` and ``keep_terms``."""
+        terms, self.last_terms, self.keep_terms = self.last_terms, {}, False
+        groups = {g: ps for g, ps in self.gradient_groups().items() if ps}
+        params = [p for ps in groups.values() for p in ps]
+        out: dict[str, float] = {}
+        for name, term in terms.items():
+            if not term.requires_grad:
+                continue
+            grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+            sq = {id(p): g.detach().float().pow(2).sum() for p, g in zip(params, grads) if g is not None}
+            for group, ps in groups.items():
+                total = sum((sq[id(p)] for p in ps if id(p) in sq), torch.zeros((), device=params[0].device))
+                out[f"grad/{name}/{group}"] = float(total.sqrt())
+        return out
 
     def reduce_layers(self, terms: list[torch.Tensor]) -> torch.Tensor:
         """Aggregate per-layer terms over 𝒟: a sum (eq. 9-11) or a mean (released code)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["feature_kd_loss", "outlier_loss", "gram", "gram_mse", "inlier_mask", "masked_gram_mse"]
+__all__ = ["feature_kd_loss", "outlier_loss", "gram", "gram_mse", "inlier_mask", "masked_gram_mse", "token_mse"]
 
 
 def feature_kd_loss(student: torch.Tensor, teacher: torch.Tensor, reduction: str = "token") -> torch.Tensor:
@@ -70,3 +70,13 @@ def masked_gram_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, normal
     diff = (gram(a, normalize) - gram(b, normalize)).pow(2)
     pairs = m[:, :, None] * m[:, None, :]
     return (diff * pairs).sum() / pairs.sum().clamp_min(1)
+
+
+def token_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``(1/|M|) Σ_{i∈M} ‖a_i − b_i‖²``: squared L2 over channels, mean over the patches where ``mask [B, N]`` holds
+    (all patches without a mask) — L_info with no Gram, ``G(F) = F`` (the scale-aware mode's information term)."""
+    diff = (a.float() - b.float()).pow(2).sum(-1)
+    if mask is None:
+        return diff.mean()
+    m = mask.float()
+    return (diff * m).sum() / m.sum().clamp_min(1)

@@ -11,9 +11,10 @@ from torch import nn
 from mdistiller.singer import SiNGERAdapter, linearize_ffn, null_basis, random_basis, threshold_basis
 
 from .base import Distiller
-from .losses import gram_mse, inlier_mask, masked_gram_mse, outlier_loss
+from .losses import gram_mse, inlier_mask, masked_gram_mse, outlier_loss, token_mse
 
 SCALES = ("none", "median")
+GRAMS = ("cosine", "raw", "none")
 INFO_PATCHES = ("all", "inliers")
 
 
@@ -63,17 +64,16 @@ class SiNGER(Distiller):
                  adapter_lr_scale: float = 1.0, detach_target: bool = False, feat_weight: float = 1.0,
                  outlier_weight: float = 1.0, info_weight: float = 1.0, seed: int = 0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.q, self.info, self.gram_normalize = q, info, gram == "cosine"
+        self.q, self.info, self.gram, self.gram_normalize = q, info, gram, gram == "cosine"
         if not 0.0 < info_fraction <= 1.0:
             raise ValueError(f"SiNGER info_fraction is {info_fraction} but must lie in (0, 1]; "
                              "1.0 is the paper's L_info.")
         self.info_fraction = float(info_fraction)
-        if scale not in SCALES or info_patches not in INFO_PATCHES:
-            raise ValueError(f"SiNGER scale {scale!r} / info_patches {info_patches!r}: choose scale from {SCALES} and "
-                             f"info_patches from {INFO_PATCHES}.")
+        if scale not in SCALES or info_patches not in INFO_PATCHES or gram not in GRAMS:
+            raise ValueError(f"SiNGER scale {scale!r} / info_patches {info_patches!r} / gram {gram!r}: choose scale "
+                             f"from {SCALES}, info_patches from {INFO_PATCHES} and gram from {GRAMS}.")
         self.scale, self.info_patches = scale, info_patches
         self.adapter_lr_scale = float(adapter_lr_scale)
-        self.last_terms: dict[str, torch.Tensor] = {}
         self.use_outlier, self.use_info, self.detach_target = use_outlier, use_info, detach_target
         self.weights = {"kd": feat_weight, "outlier": outlier_weight, "info": info_weight}
         self.final = self.plan.teacher[-1]
@@ -206,9 +206,12 @@ class SiNGER(Distiller):
         return self.gram_term(p_hat, p, units[1])
 
     def gram_term(self, x_hat: torch.Tensor, x: torch.Tensor, unit) -> torch.Tensor:
-        """``MSE(G(x̂ / s), G(x / s))`` over all patches, or over the original features' inlier pairs."""
+        """``MSE(G(x̂ / s), G(x / s))`` over all patches, or over the original features' inlier pairs; with
+        ``gram="none"`` the tokens themselves (``G(F) = F``, per-token squared error)."""
         if self.scale != "none":
             x_hat, x = x_hat.float() / unit, x.float() / unit
+        if self.gram == "none":
+            return token_mse(x_hat, x, inlier_mask(x, self.q) if self.info_patches == "inliers" else None)
         if self.info_patches == "inliers":
             return masked_gram_mse(x_hat, x, inlier_mask(x, self.q), normalize=self.gram_normalize)
         return gram_mse(x_hat, x, normalize=self.gram_normalize)

@@ -260,7 +260,7 @@ class Trainer:
             raise NonFiniteLossError(
                 f"non-finite loss at step {self.step + 1} (term(s): {', '.join(bad) or 'on another rank'}); "
                 f"{self._advice(self.step + 1)}.")
-        self.grad_terms = self.term_grad_norms() if measure_terms else {}
+        self.grad_terms = self.distiller.term_grad_norms() if measure_terms else {}
         self.scaler.scale(out["loss"]).backward()
         self.scaler.unscale_(self.optimizer)
         grad_norm = clip_grad([p for g in self.optimizer.param_groups for p in g["params"]], self.cfg.SOLVER.GRAD_CLIP)
@@ -287,25 +287,6 @@ class Trainer:
         raise NonFiniteLossError(
             f"non-finite update at step {self.step + 1} (parameter(s) {', '.join(bad[:3])} became NaN/inf although "
             f"the loss was finite); {self._advice(self.step + 1)}.")
-
-    def term_grad_norms(self) -> dict[str, float]:
-        """``grad/<term>/<group>``: ‖∇ λ·L_term‖ over each of the distiller's gradient groups (student, adapters) for
-        the forward just run (rank-local, unclipped, unscaled), read from the terms it kept. One extra backward per
-        term through the retained graph; nothing is accumulated into ``.grad``."""
-        terms, self.distiller.last_terms = self.distiller.last_terms, {}
-        self.distiller.keep_terms = False
-        groups = {g: ps for g, ps in self.distiller.gradient_groups().items() if ps}
-        params = [p for ps in groups.values() for p in ps]
-        out: dict[str, float] = {}
-        for name, term in terms.items():
-            if not term.requires_grad:
-                continue
-            grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
-            sq = {id(p): g.detach().float().pow(2).sum() for p, g in zip(params, grads) if g is not None}
-            for group, ps in groups.items():
-                total = sum((sq[id(p)] for p in ps if id(p) in sq), torch.zeros((), device=params[0].device))
-                out[f"grad/{name}/{group}"] = float(total.sqrt())
-        return out
 
     def agreement(self) -> dict[str, float]:
         if self.heldout is None or self.heldout.numel() == 0:

@@ -1,0 +1,55 @@
+"""The study library: presets become overrides, runs are planned, statistics equal hand computations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from mdistiller import study
+from mdistiller.config import load_config
+
+
+def test_mode_overrides_reproduce_each_preset_on_the_demo_config():
+    for method in ("singer_paper", "singer_released", "singer_scaled"):
+        run = study.StudyRun(method, True, 1)
+        files, opts = study.run_config(run, ["SOLVER.MAX_STEPS", "5"])
+        cfg = load_config(files, opts, validate=False)
+        preset = load_config([study.ROOT / study.METHODS[method][1]], validate=False)
+        for key in ("RANK", "OUTLIER_Q", "BASIS", "INFO", "GRAM", "SCALE", "INFO_PATCHES", "DETACH_TARGET",
+                    "ADAPTER_LR_SCALE"):
+            assert cfg.SiNGER[key] == preset.SiNGER[key], (method, key)
+        assert cfg.SiNGER.LOSS == preset.SiNGER.LOSS
+        assert cfg.DISTILLER.KD_REDUCTION == preset.DISTILLER.KD_REDUCTION
+        # what stays the demo's: its layers, teacher and data, plus the budget and the seed
+        assert cfg.SiNGER.M_LAYERS == [8] and cfg.DISTILLER.TEACHER == "dinov2_small_imgfocus"
+        assert cfg.SOLVER.MAX_STEPS == 5 and cfg.EXPERIMENT.SEED == 1 and cfg.DISTILLER.ARTIFACTS.ENABLE
+        assert cfg.EXPERIMENT.NAME == f"{method}_artifacts_s1"
+
+
+def test_plan_runs_covers_every_cell_and_rejects_unknown_methods():
+    runs = study.plan_runs(["fitnet", "singer_scaled"], [0, 1])
+    assert len(runs) == 8 and len({r.name for r in runs}) == 8
+    with pytest.raises(ValueError, match="unknown study method"):
+        study.plan_runs(["fitnet", "singr"], [0])
+
+
+def test_paired_interval_is_the_student_t_interval():
+    mean, lo, hi = study.paired_interval([1.0, 2.0, 3.0])
+    half = 4.303 * 1.0 / math.sqrt(3)  # t_{0.975, 2} · sd / √n, sd of (1, 2, 3) = 1
+    assert mean == 2.0 and lo == pytest.approx(2.0 - half) and hi == pytest.approx(2.0 + half)
+    assert study.paired_interval([0.5])[1:] == (-math.inf, math.inf)
+
+
+def test_summarize_pairs_by_seed_and_teacher_and_renders():
+    values = {("fitnet", False, 0): {"p": 10.0}, ("fitnet", False, 1): {"p": 12.0},
+              ("singer_scaled", False, 0): {"p": 11.0}, ("singer_scaled", False, 1): {"p": 15.0},
+              ("singer_scaled", True, 0): {"p": 1.0}}  # no FitNet partner with artifacts: not paired
+    s = study.summarize(values, ["p"])
+    mean, std, n = s["cells"][("singer_scaled", False)]["p"]
+    assert (mean, n) == (13.0, 2) and std == pytest.approx(math.sqrt(8.0))
+    d_mean, lo, hi, n = s["paired"][("singer_scaled", False)]["p"]
+    assert d_mean == 2.0 and n == 2 and lo < 2.0 < hi  # differences 1 and 3
+    assert ("singer_scaled", True) not in s["paired"]
+    md = study.render_tables(s, [("p", True)], ["fitnet", "singer_scaled"])
+    assert "13.00 ± 2.83" in md and "+2.00 [" in md
