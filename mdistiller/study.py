@@ -169,8 +169,9 @@ def paired_interval(diffs: Sequence[float]) -> tuple[float, float, float]:
 
 
 def summarize(values: dict[tuple[str, bool, int], dict[str, float]], probes: Sequence[str],
-              baseline: str = "fitnet") -> dict[str, Any]:
-    """``values[(method, artifacts, seed)][probe] → number`` into per-cell mean/std and paired differences."""
+              baseline: str = "fitnet", paired_prefix: str = "singer") -> dict[str, Any]:
+    """``values[(method, artifacts, seed)][probe] → number`` into per-cell mean/std, and the paired differences
+    to ``baseline`` (same teacher and seed) of the methods whose name starts with ``paired_prefix``."""
     cells: dict[tuple[str, bool], dict[str, list[float]]] = {}
     for (method, art, _seed), vals in sorted(values.items()):
         for p in probes:
@@ -181,7 +182,7 @@ def summarize(values: dict[tuple[str, bool, int], dict[str, float]], probes: Seq
     paired: dict[tuple[str, bool], dict[str, tuple[float, float, float, int]]] = {}
     for (method, art, seed), vals in values.items():
         base = values.get((baseline, art, seed))
-        if method == baseline or base is None:
+        if not method.startswith(paired_prefix) or base is None:
             continue
         for p in probes:
             if p in vals and p in base:

@@ -44,12 +44,13 @@ def test_paired_interval_is_the_student_t_interval():
 def test_summarize_pairs_by_seed_and_teacher_and_renders():
     values = {("fitnet", False, 0): {"p": 10.0}, ("fitnet", False, 1): {"p": 12.0},
               ("singer_scaled", False, 0): {"p": 11.0}, ("singer_scaled", False, 1): {"p": 15.0},
-              ("singer_scaled", True, 0): {"p": 1.0}}  # no FitNet partner with artifacts: not paired
+              ("singer_scaled", True, 0): {"p": 1.0},  # no FitNet partner with artifacts: not paired
+              ("teacher", False, 0): {"p": 50.0}}  # a reference row: shown, never paired
     s = study.summarize(values, ["p"])
     mean, std, n = s["cells"][("singer_scaled", False)]["p"]
     assert (mean, n) == (13.0, 2) and std == pytest.approx(math.sqrt(8.0))
     d_mean, lo, hi, n = s["paired"][("singer_scaled", False)]["p"]
     assert d_mean == 2.0 and n == 2 and lo < 2.0 < hi  # differences 1 and 3
-    assert ("singer_scaled", True) not in s["paired"]
+    assert set(s["paired"]) == {("singer_scaled", False)}
     md = study.render_tables(s, [("p", True)], ["fitnet", "singer_scaled"])
     assert "13.00 ± 2.83" in md and "+2.00 [" in md
