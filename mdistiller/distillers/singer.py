@@ -52,9 +52,10 @@ class SiNGER(Distiller):
       ``L_KD,l / s_l²``, ``L_outlier,l / s_l²`` and ``L_info,l`` on ``F / s`` (``s`` of block l+1's output for
       intermediate layers). Scaling the teacher's features by any ``c`` leaves every term unchanged, so λ mean the
       same for every teacher and layer. ``scale="none"`` is eq. 9-12 in the teacher's raw units.
-    * ``info_patches="inliers"`` (not the paper): L_info's Gram is taken over the patches at or below the α-quantile
-      of the *original* features only (per image; pairs of such patches), so the information term preserves the
+    * ``info_patches="inliers"`` (not the paper): L_info compares only the patches at or below the α-quantile of the
+      *original* features (per image; pairs of such patches for a Gram), so the information term preserves the
       inlier structure and does not fight L_outlier over the outliers it is meant to change. ``"all"``: every patch.
+      ``gram="none"`` compares the tokens themselves (per-token squared error) instead of a Gram matrix.
     """
 
     def __init__(self, *args, rank: int = 16, q: float = 0.95, init: str = "nullspace", basis: str = "smallest",
@@ -180,7 +181,8 @@ class SiNGER(Distiller):
         def median_norm(layer: int) -> torch.Tensor:
             return self.teacher.net.split(t_feats[layer], tgrid).patches.float().norm(dim=-1).median()
 
-        rows = [torch.stack([median_norm(t), median_norm(t if t == self.final else t + 1)]) for t in self.plan.teacher]
+        rows = [torch.stack([median_norm(t), median_norm(t + 1 if t + 1 in t_feats and t != self.final else t)])
+                for t in self.plan.teacher]
         scale = torch.stack(rows).to(self.feature_scale.device)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(scale)
