@@ -72,7 +72,8 @@ def acceptance_table(refine: dict[str, dict[int, dict[str, float]]], runs) -> st
     from mdistiller.analysis.refinement import ACCEPT_MAX_RATIO, ACCEPT_MIN_COS, refinement_passes
 
     lines = [f"Acceptance: every emulated-artifact patch ends ≤ {ACCEPT_MAX_RATIO}× its image's α-quantile of ‖F̂‖ "
-             f"(worst patch), and inlier cos(F̂, F) ≥ {ACCEPT_MIN_COS} at l and after block l+1.", "",
+             f"(worst patch; α = 0.95 for every mode), and inlier cos(F̂, F) ≥ {ACCEPT_MIN_COS} at l and after "
+             "block l+1.", "",
              "| run | layer | outlier ‖F‖/q before | ‖F̂‖/q after mean / max | cos inliers @l | @l+1 | @final | pass |",
              "|---|---|---:|---:|---:|---:|---:|:---:|"]
     for run in runs:

@@ -239,8 +239,10 @@ class SiNGER(Distiller):
         return out
 
     @torch.no_grad()
-    def refinement_stats(self, images: torch.Tensor) -> dict[int, dict[str, float]]:
+    def refinement_stats(self, images: torch.Tensor, q: float | None = None) -> dict[int, dict[str, float]]:
         """Does the adapter refine rather than rewrite? Per distilled layer l, on ``images``:
+
+        The quantile is ``q`` (default: this distiller's α), the same yardstick for every mode when given.
 
         * outliers = the emulated-artifact patches when the teacher carries an implant, else the patches of ``F_l``
           above their image's α-quantile of ``‖F_l‖`` (𝒪_l of eq. 10 on the original features); the rest are inliers;
@@ -251,7 +253,7 @@ class SiNGER(Distiller):
         """
         was_training = self.training
         self.eval()
-        teacher, plan, q = self.teacher, self.plan, float(self.q)
+        teacher, plan, q = self.teacher, self.plan, float(self.q if q is None else q)
         final = plan.teacher[-1]
         sgrid = self.student_grid(images)
         layers = sorted(set(plan.teacher) | {t + 1 for t in plan.teacher if t != final})
