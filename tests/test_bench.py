@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mdistiller.bench_flops import (
+from mdistiller.bench.flops import (
     ViTShape,
     block_flops,
     forward_flops,

@@ -149,10 +149,10 @@ def artifact_table(size: int) -> tuple[str, list[dict]]:
     import torch
 
     from mdistiller.analysis.artifacts import extract_patch_tokens, layer_artifact_table, recommend_layers
-    from mdistiller.analysis.emulated import implant_artifacts
     from mdistiller.config import load_config
     from mdistiller.dataset import build_dataset
     from mdistiller.models import build_model
+    from mdistiller.models.emulated import implant_artifacts
 
     a = load_config([ROOT / "configs/demo/singer.yaml", ROOT / "configs/demo/artifacts.yaml"]).DISTILLER.ARTIFACTS
     model = build_model("dinov2_small_imgfocus", True, dynamic_img_size=True).eval()

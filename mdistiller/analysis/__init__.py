@@ -15,7 +15,6 @@ from .artifacts import (
     patch_norms,
     recommend_layers,
 )
-from .emulated import ArtifactImplant, artifact_direction, implant_artifacts, patch_pixel_std
 from .similarity import gram, gram_distance, linear_cka, linear_cka_per_image, patch_cosine, summary
 from .sublayer import instrument_block, sublayer_changes, sublayer_profile
 from .subspace import adapter_alignment, alignment, norm_energy_correlation, pearson, subspace_energy
@@ -23,14 +22,11 @@ from .subspace import adapter_alignment, alignment, norm_energy_correlation, pea
 __all__ = [
     "LAYER_RULE",
     "NO_ARTIFACTS_MESSAGE",
-    "ArtifactImplant",
     "adapter_alignment",
     "alignment",
-    "artifact_direction",
     "extract_patch_tokens",
     "gram",
     "gram_distance",
-    "implant_artifacts",
     "instrument_block",
     "layer_artifact_table",
     "linear_cka",
@@ -39,7 +35,6 @@ __all__ = [
     "patch_cosine",
     "patch_norm_stats",
     "patch_norms",
-    "patch_pixel_std",
     "pearson",
     "recommend_layers",
     "sublayer_changes",

@@ -14,7 +14,7 @@ Reports and the paper parts they reproduce:
   teacher–student Gram distance and CKA (§4.3, Table 2) of several runs; :func:`figures_report` — per-image maps
   (Figure 2, 9, 11, 12).
 
-Everything computed with emulated artifacts (:func:`mdistiller.analysis.emulated.implant_artifacts`) carries
+Everything computed with emulated artifacts (:func:`mdistiller.models.emulated.implant_artifacts`) carries
 ``"emulated_artifacts": true`` and ``"label": "emulated artifacts"``, and its text header says so (issue item 8).
 """
 
@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mdistiller.distillers import weights_arg
+from mdistiller.models.emulated import ArtifactImplant, implant_artifacts
+from mdistiller.models.indices import normalize_layers
 from mdistiller.singer.nullspace import (
     jacobian_null_basis,
     k_energy,
@@ -45,7 +47,6 @@ from mdistiller.singer.nullspace import (
 )
 
 from .artifacts import LAYER_RULE, layer_artifact_table, patch_norms, recommend_layers
-from .emulated import ArtifactImplant, implant_artifacts
 from .similarity import gram_distance, linear_cka, patch_cosine, summary
 from .sublayer import instrument_block, sublayer_profile
 from .subspace import adapter_alignment, pearson, subspace_energy
@@ -268,16 +269,6 @@ def representative_layers(depth: int) -> list[int]:
 def _default_layer(depth: int) -> int:
     """The paper's intermediate layer position (17 of 23 → ``floor(3/4 · (L − 1))``), kept below the last block."""
     return max(0, min(depth - 2, math.floor(0.75 * (depth - 1))))
-
-
-def _check_layers(layers: Iterable[int], depth: int, what: str = "layer") -> list[int]:
-    out = []
-    for layer in layers:
-        idx = int(layer) + depth if int(layer) < 0 else int(layer)
-        if not 0 <= idx < depth:
-            raise ValueError(f"{what} {layer} is out of range for a model with {depth} blocks; use 0..{depth - 1}.")
-        out.append(idx)
-    return sorted(set(out))
 
 
 def _mean_of(e: torch.Tensor, m: torch.Tensor) -> float | None:
@@ -524,7 +515,7 @@ def null_vs_reality_report(
     ``lin_response`` always uses the paper's ``W̃`` (no LayerNorm, no LayerScale).
     """
     depth = am.depth
-    layer = _default_layer(depth) if layer is None else _check_layers([layer], depth)[0]
+    layer = _default_layer(depth) if layer is None else normalize_layers(layer, depth, "model")[0]
     if layer + 1 >= depth:
         raise ValueError(f"--layer {layer} has no next block in a {depth}-block model; pick a layer below {depth - 1}.")
     if mode not in ("random", "projection"):
@@ -636,7 +627,7 @@ def subspace_report(
         layers = [_default_layer(depth), depth - 1]
         if am.implant is not None:
             layers = [int(am.implant.config["layer"]), *layers]
-    layers = _check_layers(layers, depth)
+    layers = normalize_layers(layers, depth, "model")
     grid = am.net.grid(tuple(images.shape[-2:]))
     feats, _ = block_tokens(am, images, layers, batch_size)
     rows, data = [], {}

@@ -18,6 +18,10 @@ class FitNet(Distiller):
         super().__init__(*args, **kwargs)
         self.feat_weight = feat_weight
 
+    @classmethod
+    def from_config(cls, cfg, student, teacher, plan) -> FitNet:
+        return cls(student, teacher, plan, feat_weight=cfg.FITNET.LOSS.FEAT_WEIGHT, **cls.common_kwargs(cfg))
+
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         sgrid = self.student_grid(images)
         s_feats = self.student(images, self.plan.student)

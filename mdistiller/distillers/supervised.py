@@ -16,6 +16,7 @@ class Supervised(Distiller):
 
     uses_student_final_norm = True
     needs_targets = True
+    needs_teacher = False
 
     def __init__(self, student: nn.Module, num_classes: int) -> None:
         depth = len(student.blocks)
@@ -25,6 +26,13 @@ class Supervised(Distiller):
                 f"the supervised baseline needs at least 2 classes, got {num_classes}; set DATASET.NUM_CLASSES."
             )
         self.classifier = nn.Linear(self.student.width, num_classes)
+
+    @classmethod
+    def from_config(cls, cfg, student, teacher=None, plan=None) -> Supervised:
+        return cls(student, num_classes=dataset_num_classes(cfg))
+
+    def teacher_request(self) -> list[int]:
+        return []  # no teacher
 
     def forward(self, images: torch.Tensor, targets) -> dict[str, torch.Tensor]:  # type: ignore[override]
         labels = targets["label"] if isinstance(targets, dict) else targets
@@ -36,3 +44,17 @@ class Supervised(Distiller):
 
     def agreement(self, images: torch.Tensor) -> dict[str, float]:
         return {}  # no teacher to agree with
+
+
+def dataset_num_classes(cfg) -> int:
+    """``DATASET.NUM_CLASSES``, or the dataset class's ``num_classes`` attribute when it is 0."""
+    if cfg.DATASET.NUM_CLASSES:
+        return int(cfg.DATASET.NUM_CLASSES)
+    from mdistiller.dataset import DATASETS
+
+    n = getattr(DATASETS.get(cfg.DATASET.TYPE), "num_classes", None)
+    if not n:
+        raise ValueError(
+            f"dataset '{cfg.DATASET.TYPE}' does not declare its number of classes; set DATASET.NUM_CLASSES."
+        )
+    return int(n)
