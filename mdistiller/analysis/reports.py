@@ -15,7 +15,7 @@ Reports and the paper parts they reproduce:
   (Figure 2, 9, 11, 12).
 
 Everything computed with emulated artifacts (:func:`mdistiller.models.emulated.implant_artifacts`) carries
-``"emulated_artifacts": true`` and ``"label": "emulated artifacts"``, and its text header says so (issue item 8).
+``"emulated_artifacts": true`` and ``"label": "emulated artifacts"``, and its text header says so.
 """
 
 from __future__ import annotations
@@ -231,7 +231,7 @@ def load_analysis_model(
 
 
 def _stamp(am_or_flag: AnalysisModel | bool, implant_cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The emulated-artifact fields every report carries (issue item 8)."""
+    """The emulated-artifact fields every report carries."""
     emulated = am_or_flag.emulated if isinstance(am_or_flag, AnalysisModel) else bool(am_or_flag)
     if isinstance(am_or_flag, AnalysisModel) and am_or_flag.implant is not None:
         implant_cfg = am_or_flag.implant.config

@@ -2,7 +2,7 @@
 :mod:`mdistiller.analysis.reports`, plus the map helpers they share (patch-norm maps, 3-component PCA maps,
 similarity to a marked patch).
 
-Every figure made from emulated artifacts says "emulated artifacts" in its title (issue item 8). Figures are written
+Every figure made from emulated artifacts says "emulated artifacts" in its title. Figures are written
 at a modest resolution (PNG, ``dpi=90``) so each stays small enough to commit.
 """
 

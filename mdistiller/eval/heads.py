@@ -1,7 +1,7 @@
 """Linear probe heads: classification (one head or a grid of learning rates), segmentation and depth.
 
 All heads are linear in the frozen features (up to an optional BatchNorm, which is a per-channel
-affine map at evaluation time), following DINOv2's linear protocols (anchors.md §1.4):
+affine map at evaluation time), following DINOv2's linear protocols (see docs/lineval.md):
 
 * :class:`LinearClsHead` — ``Linear(D, C)``, weight ~ N(0, 0.01²), bias 0.
 * :class:`LinearHeadGrid` — K such heads trained *at once* on the same features, one per learning
@@ -62,7 +62,7 @@ def select_best(metrics: Mapping[str, float], higher_is_better: bool = True) -> 
     """Name of the best head given ``{name: validation metric}``; NaNs are skipped, ties go to the first.
 
     Select on a held-out *validation* split, never on the test set (the released code selected its
-    ``best.pt`` on test, released-code.md §5).
+    ``best.pt`` on test; docs/released-code.md).
     """
     best_name, best_val = None, None
     for name, val in metrics.items():
@@ -382,8 +382,8 @@ class DepthHead(nn.Module):
     ``mode="bins"`` (default): ``n_bins`` uniform bin centres ``c_i = linspace(min_depth, max_depth,
     n_bins)`` (AdaBins/DINOv2 "UD"); depth = soft-argmax ``Σ_i softmax(logits / T)_i · c_i`` with the
     temperature ``T = temperature`` (default 1.0, the distribution the cross-entropy trains, so the
-    decoded depth is its mean; the released code trained with 0.03 and was run at 0.6 or 0.03 at test,
-    released-code.md §5.3). Loss ``bins_loss``:
+    decoded depth is its mean; the released code trained with 0.03 and was run at 0.6 or 0.03 at test).
+    Loss ``bins_loss``:
 
     * ``"ce"`` (default): cross-entropy against the nearest bin ``round((g − min)/(max − min)·(n − 1))``
       (the released SiNGER probe's loss; the classic depth-as-classification target);
