@@ -17,7 +17,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "heads": ("DepthHead", "LinearClsHead", "LinearHeadGrid", "MultiHead", "SegHead", "select_best",
+    "heads": ("DepthHead", "LinearHeadGrid", "SegHead", "select_best",
               "sliding_window_logits", "tokens_to_grid"),
     "metrics": ("ConfusionMatrix", "DepthMetrics", "accuracy", "all_reduce_", "eigen_crop_box", "eigen_crop_mask",
                 "topk_correct"),
