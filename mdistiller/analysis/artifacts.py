@@ -202,3 +202,31 @@ def extract_patch_tokens(
             patch, prefix = item, item[:, :0]
         patches[layer], prefixes[layer] = patch, prefix
     return (patches, prefixes) if return_prefix else patches
+
+
+def clean_vs_emulated_tables(model: nn.Module, images: torch.Tensor,
+                             **implant: object) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+    """Per-layer artifact tables of ``model`` on (normalised) ``images``: clean, then with emulated artifacts
+    implanted by :func:`mdistiller.models.emulated.implant_artifacts` with ``implant`` (removed again after)."""
+    from mdistiller.models.emulated import implant_artifacts
+
+    layers = list(range(len(model.blocks)))
+    clean = layer_artifact_table(extract_patch_tokens(model, images, layers))
+    with implant_artifacts(model, **implant):  # type: ignore[arg-type]
+        emulated = layer_artifact_table(extract_patch_tokens(model, images, layers))
+    return clean, emulated
+
+
+def clean_vs_emulated_markdown(clean: Sequence[Mapping[str, float]], emulated: Sequence[Mapping[str, float]]) -> str:
+    """A Markdown table of :func:`clean_vs_emulated_tables` (max/median and share above 4× the median per layer)
+    and the layer recommendation of each."""
+    lines = ["| layer | clean max/median | clean share > 4× median | emulated artifacts max/median "
+             "| emulated share > 4× median |", "|---|---|---|---|---|"]
+    for c, e in zip(clean, emulated):
+        lines.append(f"| {c['layer']} | {c['max_median_ratio']:.2f} | {100 * c['share_above_4x']:.1f} % | "
+                     f"{e['max_median_ratio']:.2f} | {100 * e['share_above_4x']:.1f} % |")
+    rec_clean, rec_emul = recommend_layers(clean), recommend_layers(emulated)
+    lines.append("")
+    lines.append(f"Recommended distillation layers: clean teacher {rec_clean['layers']} ({rec_clean['reason']}); "
+                 f"with emulated artifacts {rec_emul['layers']} ({rec_emul['reason']}).")
+    return "\n".join(lines)

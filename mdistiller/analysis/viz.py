@@ -29,6 +29,7 @@ __all__ = [
     "finish_figure",
     "minor_log_label",
     "norm_map",
+    "norm_similarity_figure",
     "pca_map",
     "save_figure",
     "show_image",
@@ -158,3 +159,22 @@ def show_image(ax: plt.Axes, image: torch.Tensor, title: str, mark: Sequence[int
         h, w = arr.shape[:2]
         ax.plot([(mark[1] + 0.5) * w / grid[1]], [(mark[0] + 0.5) * h / grid[0]], marker="x", color="red",
                 markersize=9, markeredgewidth=2.5)
+
+
+def norm_similarity_figure(image: torch.Tensor, panels: Sequence[tuple[str, torch.Tensor]], grid: Sequence[int],
+                           mark: int, title: str, path: str | Path) -> Path:
+    """Input image, then per panel ``(title, patch tokens [P, d])`` its patch-norm map (top) and the cosine
+    similarity of every patch to patch ``mark`` (bottom, marked ×) on the ``grid``."""
+    h, w = grid
+    fig, axes = plt.subplots(2, len(panels) + 1, figsize=(3.1 * (len(panels) + 1), 6.2), squeeze=False)
+    for ax in axes[:, 0]:
+        ax.imshow(image.permute(1, 2, 0).numpy())
+        ax.axis("off")
+    axes[0, 0].set_title("input (toy scene)")
+    rc = (mark // w, mark % w)
+    for j, (name, tokens) in enumerate(panels, 1):
+        show_map(axes[0, j], norm_map(tokens, grid), f"{name}\npatch norm", cmap="inferno")
+        show_map(axes[1, j], similarity_map(tokens, mark, grid), "cosine to × patch", vmin=-1, vmax=1, mark=rc)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, Path(path))
