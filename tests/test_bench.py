@@ -12,15 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from mdistiller.bench.flops import (
-    ViTShape,
-    block_flops,
-    forward_flops,
-    gram_flops,
-    linear_flops,
-    method_flops,
-    vit_shape,
-)
+from mdistiller.bench.flops import method_flops
+from mdistiller.models.flops import ViTShape, block_flops, forward_flops, gram_flops, linear_flops, vit_shape
 from tests.helpers import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,33 +1,16 @@
 """The FLOP bound of one training step per image: teacher forward + student step + the method's own extras.
 
-The ViT bricks (blocks, patch embedding, Grams) are in :mod:`mdistiller.models.flops`, re-exported here; each
-distiller counts its own extras (``Distiller.extra_flops``).
+The ViT bricks (blocks, patch embedding, Grams) are in :mod:`mdistiller.models.flops`; each distiller counts its
+own extras (``Distiller.extra_flops``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mdistiller.models.flops import (
-    ViTShape,
-    block_flops,
-    forward_flops,
-    gram_flops,
-    linear_flops,
-    patch_embed_flops,
-    vit_shape,
-)
+from mdistiller.models.flops import ViTShape, forward_flops
 
-__all__ = [
-    "ViTShape",
-    "block_flops",
-    "forward_flops",
-    "gram_flops",
-    "linear_flops",
-    "method_flops",
-    "patch_embed_flops",
-    "vit_shape",
-]
+__all__ = ["method_flops"]
 
 
 def method_flops(

@@ -130,9 +130,10 @@ def build_items(args: argparse.Namespace, methods: list[str], components: list[s
     """Build every distiller / student / component item on ``device`` and the shared fixed batch."""
     import torch
 
-    from mdistiller.bench.flops import method_flops, vit_shape
+    from mdistiller.bench.flops import method_flops
     from mdistiller.distillers import build_distiller
     from mdistiller.models import ViTFeatures, build_model
+    from mdistiller.models.flops import vit_shape
 
     t_kwargs = json_dict(args.teacher_kwargs, "--teacher-kwargs")
     with torch.device("meta"):

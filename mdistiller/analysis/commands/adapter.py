@@ -19,27 +19,13 @@ import matplotlib.ticker
 import numpy as np
 import torch
 
+from mdistiller.analysis import runs as run_io
 from mdistiller.analysis.artifacts import patch_norms
-from mdistiller.analysis.inputs import (
-    load_toy_images,
-    stamp,
-)
+from mdistiller.analysis.inputs import load_toy_images, stamp
 from mdistiller.analysis.render import format_table, header
-from mdistiller.analysis.runs import (
-    implanted_ratio,
-    load_run_seeded,
-    norm_stats,
-    run_features,
-    run_name,
-    teacher_emulation,
-)
 from mdistiller.analysis.similarity import gram_distance, patch_cosine, summary
 from mdistiller.analysis.subspace import adapter_alignment
-from mdistiller.analysis.viz import (
-    figure_title,
-    finish_figure,
-    save_figure,
-)
+from mdistiller.analysis.viz import figure_title, finish_figure, save_figure
 
 from .base import Command
 
@@ -53,11 +39,11 @@ def adapter_report(run_dir: str | Path, num_images: int = 64, batch_size: int = 
     (Figure 6); Gram distances ``D_G(F, F̂)`` and ``D_G(F, F^S)`` per image (Table 5b), raw (the paper's
     ``‖G(F_i) − G(F_j)‖_F``) and on cosine Grams divided by the number of patches (``gd_cos``, scale-free).
     """
-    cfg, distiller = load_run_seeded(run_dir)
+    cfg, distiller = run_io.load_run_seeded(run_dir)
     if not distiller.refines_teacher:
         raise ValueError(f"'{run_dir}' is a {cfg.DISTILLER.TYPE} run; the adapter analysis needs a SiNGER run.")
     images, _ = load_toy_images(int(cfg.DATASET.INPUT_SIZE), num_images)
-    got = run_features(distiller, images, batch_size)
+    got = run_io.run_features(distiller, images, batch_size)
     feats, mask = got["feats"], got["mask"]
     final = distiller.plan.teacher[-1]
     align_rows, cos_rows, norm_rows, gd_rows = [], [], [], []
@@ -82,9 +68,9 @@ def adapter_report(run_dir: str | Path, num_images: int = 64, batch_size: int = 
             na, nb = patch_norms(fa), patch_norms(fb)
             norms[a_name], norms[b_name] = na.float(), nb.float()
             for name, n in ((a_name, na), (b_name, nb)):
-                row = {"layer": t, "features": name, **norm_stats(n)}
+                row = {"layer": t, "features": name, **run_io.norm_stats(n)}
                 if mask is not None and mask.shape == n.shape:
-                    row["implanted_over_median"] = implanted_ratio(fa if name == a_name else fb, mask)
+                    row["implanted_over_median"] = run_io.implanted_ratio(fa if name == a_name else fb, mask)
                 norm_rows.append(row)
         for pair, fa, fb in ((f"F_{t} vs F̂_{t}", f, fh), (f"F_{t} vs F^S", f, feats[t]["s"])):
             raw = gram_distance(fa, fb)
@@ -95,9 +81,9 @@ def adapter_report(run_dir: str | Path, num_images: int = 64, batch_size: int = 
     return {
         "command": "adapter",
         "run": str(run_dir),
-        "run_name": run_name(cfg, run_dir),
+        "run_name": run_io.run_name(cfg, run_dir),
         "model": f"{cfg.DISTILLER.TEACHER} → {cfg.DISTILLER.STUDENT}",
-        **stamp(teacher_emulation(distiller) is not None, teacher_emulation(distiller)),
+        **stamp(run_io.teacher_emulation(distiller) is not None, run_io.teacher_emulation(distiller)),
         "num_images": num_images,
         "image_size": int(images.shape[-1]),
         "layers": list(distiller.plan.teacher),
@@ -111,8 +97,12 @@ def adapter_report(run_dir: str | Path, num_images: int = 64, batch_size: int = 
     }
 
 
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="run directory of a SiNGER run")
+    p.add_argument("--num-images", type=int, default=64, help="held-out toy scenes (64)")
+
+
 def format_text(report: Mapping[str, Any]) -> str:
-    """The text tables of this report (what ``tools/analyze.py`` prints)."""
     lines: list[str] = []
     lines.append(header(report, f"SiNGER adapters of run {report['run_name']} ({report['num_images']} held-out "
                                  f"toy scenes at {report['image_size']} px)"))
@@ -196,24 +186,7 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     return paths
 
 
-# ---------------------------------------------------------------------------------------------------- similarity
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", help="run directory of a SiNGER run")
-    p.add_argument("--num-images", type=int, default=64, help="held-out toy scenes (64)")
-
-
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Run this command from parsed ``tools/analyze.py`` options."""
-    return adapter_report(args.run_dir, num_images=args.num_images, batch_size=args.batch_size)
-
-
-COMMAND = Command(
-    name="adapter",
-    help="trained SiNGER adapters (Table 3, 5a, 5b, Fig. 6)",
-    add_arguments=add_arguments,
-    run=run,
-    format=format_text,
-    plot=plot,
-)
+COMMAND = Command("adapter", "trained SiNGER adapters (Table 3, 5a, 5b, Fig. 6)",
+                  add_arguments,
+                  lambda args: adapter_report(args.run_dir, num_images=args.num_images, batch_size=args.batch_size),
+                  format_text, plot)

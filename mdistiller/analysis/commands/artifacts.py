@@ -18,19 +18,9 @@ import numpy as np
 import torch
 
 from mdistiller.analysis.artifacts import LAYER_RULE, layer_artifact_table, patch_norms, recommend_layers
-from mdistiller.analysis.inputs import (
-    EMULATED_LABEL,
-    AnalysisModel,
-    block_tokens,
-    representative_layers,
-    stamp,
-)
+from mdistiller.analysis.inputs import EMULATED_LABEL, AnalysisModel, block_tokens, representative_layers, stamp
 from mdistiller.analysis.render import format_table, header
-from mdistiller.analysis.viz import (
-    finish_figure,
-    show_image,
-    show_map,
-)
+from mdistiller.analysis.viz import finish_figure, show_image, show_map
 
 from .base import Command, add_model_arguments, model_inputs
 
@@ -109,11 +99,21 @@ def artifacts_report(
     }
 
 
-# ---------------------------------------------------------------------------------------------------- nullspace
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p)
+    p.add_argument("--k", type=float, nargs="+", default=[2, 4, 10], help="share-above-k x median thresholds")
+    p.add_argument("--ratio-threshold", type=float, default=4.0, help="max/median ratio of an artifact-prone layer")
+    p.add_argument("--share-threshold", type=float, default=0.01, help="share above share-k x median (0.01)")
+    p.add_argument("--share-k", type=float, default=4.0, help="k of the share rule (4)")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    am, images, names = model_inputs(args)
+    return artifacts_report(am, images, names, args.images, k=args.k, ratio_threshold=args.ratio_threshold,
+                            share_threshold=args.share_threshold, share_k=args.share_k, batch_size=args.batch_size)
 
 
 def format_text(report: Mapping[str, Any]) -> str:
-    """The text tables of this report (what ``tools/analyze.py`` prints)."""
     lines: list[str] = []
     lines.append(header(report, "Patch-norm artifacts per layer (§3.1.1, §4.5)"))
     lines.append(f"{report['num_images']} {report['images']} images at {report['image_size']} px, grid "
@@ -226,29 +226,5 @@ def plot(report: Mapping[str, Any], out_dir: str | Path, max_images: int = 4) ->
     return paths
 
 
-# ---------------------------------------------------------------------------------------------------- nullspace
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_arguments(p)
-    p.add_argument("--k", type=float, nargs="+", default=[2, 4, 10], help="share-above-k x median thresholds")
-    p.add_argument("--ratio-threshold", type=float, default=4.0, help="max/median ratio of an artifact-prone layer")
-    p.add_argument("--share-threshold", type=float, default=0.01, help="share above share-k x median (0.01)")
-    p.add_argument("--share-k", type=float, default=4.0, help="k of the share rule (4)")
-
-
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Run this command from parsed ``tools/analyze.py`` options."""
-    am, images, names = model_inputs(args)
-    return artifacts_report(am, images, names, args.images, k=args.k, ratio_threshold=args.ratio_threshold,
-                            share_threshold=args.share_threshold, share_k=args.share_k, batch_size=args.batch_size)
-
-
-COMMAND = Command(
-    name="artifacts",
-    help="per-layer patch-norm artifacts and the layer recommendation",
-    add_arguments=add_arguments,
-    run=run,
-    format=format_text,
-    plot=plot,
-)
+COMMAND = Command("artifacts", "per-layer patch-norm artifacts and the layer recommendation",
+                  add_arguments, run, format_text, plot)

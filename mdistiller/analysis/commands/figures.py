@@ -16,26 +16,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from mdistiller.analysis.inputs import (
-    load_toy_images,
-    stamp,
-)
+from mdistiller.analysis import viz
+from mdistiller.analysis.inputs import load_toy_images, stamp
 from mdistiller.analysis.render import header
-from mdistiller.analysis.runs import (
-    load_run_seeded,
-    run_features,
-    run_name,
-    teacher_emulation,
-)
-from mdistiller.analysis.viz import (
-    finish_figure,
-    norm_map,
-    pca_map,
-    show_image,
-    show_map,
-    signed_norm_map,
-    similarity_map,
-)
+from mdistiller.analysis.runs import load_run_seeded, run_features, run_name, teacher_emulation
 
 from .base import Command
 
@@ -91,8 +75,20 @@ def figures_report(
     return {"command": "figures", **stamp(any_emulated, None), "image_indices": idx, "runs": runs}
 
 
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dirs", nargs="+", help="run directories")
+    p.add_argument("--image-index", type=int, nargs="+", default=[0], help="held-out toy scene indices (0)")
+    p.add_argument("--patch", default=None, metavar="ROW,COL", help="marked patch (default: the object centre)")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    patch = tuple(int(v) for v in args.patch.split(",")) if args.patch else None
+    if patch is not None and len(patch) != 2:
+        raise ValueError(f"--patch expects ROW,COL, got '{args.patch}'.")
+    return figures_report(args.run_dirs, args.image_index, patch)
+
+
 def format_text(report: Mapping[str, Any]) -> str:
-    """The text tables of this report (what ``tools/analyze.py`` prints)."""
     lines: list[str] = []
     lines.append(header(report, "Feature-map figures (Figure 2, 9, 11, 12)"))
     for run in report["runs"]:
@@ -121,7 +117,7 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
             for r_i, (key, label) in enumerate(rows):
                 ax0 = axes[r_i][0]
                 if r_i == 0:
-                    show_image(ax0, run["_images"][j], f"input (toy val {img_idx})")
+                    viz.show_image(ax0, run["_images"][j], f"input (toy val {img_idx})")
                 else:
                     ax0.axis("off")
                     ax0.text(0.5, 0.5, label, ha="center", va="center", fontsize=10)
@@ -130,15 +126,16 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
                     name = f"S{s}" if key == "s" else f"T{t}"
                     if key == "delta":
                         x = f["t_hat"][j] - f["t"][j]
-                        m = signed_norm_map(x, f["t"][j], grid)
+                        m = viz.signed_norm_map(x, f["t"][j], grid)
                         v = float(np.abs(m).max()) or 1.0
-                        show_map(axes[r_i][1 + 2 * c_i], m, f"{name} " + r"$\pm\|\Delta F\|$ (sign of cos)",
+                        viz.show_map(axes[r_i][1 + 2 * c_i], m, f"{name} " + r"$\pm\|\Delta F\|$ (sign of cos)",
                               cmap="RdBu_r", vmin=-v, vmax=v)
                     else:
                         x = f[key][j]
-                        show_map(axes[r_i][1 + 2 * c_i], norm_map(x, grid), f"{name} {label} norm", cmap="inferno")
-                    show_map(axes[r_i][2 + 2 * c_i], pca_map(x, grid), f"{name} PCA", colorbar=False)
-            paths.append(finish_figure(fig, f"{run['name']} ({run['distiller']}): feature maps (Figure 9 style)",
+                        viz.show_map(axes[r_i][1 + 2 * c_i], viz.norm_map(x, grid), f"{name} {label} norm",
+                                     cmap="inferno")
+                    viz.show_map(axes[r_i][2 + 2 * c_i], viz.pca_map(x, grid), f"{name} PCA", colorbar=False)
+            paths.append(viz.finish_figure(fig, f"{run['name']} ({run['distiller']}): feature maps (Figure 9 style)",
                                  run["emulated_artifacts"], out_dir / f"maps_{run['name']}_img{img_idx}.png"))
 
             if singer and any("t_next" in feats[t] for t in run["layers"]):
@@ -147,13 +144,13 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
                 idx = mark[0] * grid[1] + mark[1]
                 for r_i, t in enumerate(inter):
                     a, b = feats[t]["t_next"][j], feats[t]["t_next_hat"][j]
-                    show_image(axes[r_i][0], run["_images"][j], "input", mark=mark, grid=grid)
-                    show_map(axes[r_i][1], similarity_map(a, idx, grid, other=b),
+                    viz.show_image(axes[r_i][0], run["_images"][j], "input", mark=mark, grid=grid)
+                    viz.show_map(axes[r_i][1], viz.similarity_map(a, idx, grid, other=b),
                           f"$F_{{{t + 1}}}$ × → $\\hat{{F}}_{{{t + 1}}}$", cmap="RdBu_r", vmin=-1, vmax=1, mark=mark)
-                    show_map(axes[r_i][2], similarity_map(b, idx, grid, other=a),
+                    viz.show_map(axes[r_i][2], viz.similarity_map(b, idx, grid, other=a),
                           f"$\\hat{{F}}_{{{t + 1}}}$ × → $F_{{{t + 1}}}$", cmap="RdBu_r", vmin=-1, vmax=1, mark=mark)
                 title = f"{run['name']}: cross-similarity after the next block (Figure 11 style)"
-                paths.append(finish_figure(fig, title, run["emulated_artifacts"],
+                paths.append(viz.finish_figure(fig, title, run["emulated_artifacts"],
                                            out_dir / f"crosssim_{run['name']}_img{img_idx}.png"))
 
         # Figure 2 / 12: for each run and distilled layer, norm + similarity of teacher, refined teacher, student
@@ -171,7 +168,7 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
             grid, mark = run["grid"], run["marked"][j]
             idx = mark[0] * grid[1] + mark[1]
             f = run["_feats"][t]
-            show_image(axes[r_i][0], run["_images"][j], f"{run['name']} T{t}/S{s}", mark=mark, grid=grid)
+            viz.show_image(axes[r_i][0], run["_images"][j], f"{run['name']} T{t}/S{s}", mark=mark, grid=grid)
             for g_i, (key, label) in enumerate(groups):
                 a1, a2 = axes[r_i][1 + 2 * g_i], axes[r_i][2 + 2 * g_i]
                 if key not in f:
@@ -180,33 +177,13 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
                         ax.text(0.5, 0.5, "n/a", ha="center", va="center", fontsize=9)
                     continue
                 x = f[key][j]
-                show_map(a1, norm_map(x, grid), f"{label} norm", cmap="inferno", mark=mark)
-                show_map(a2, similarity_map(x, idx, grid), f"{label} sim to ×", cmap="RdBu_r", vmin=-1, vmax=1,
+                viz.show_map(a1, viz.norm_map(x, grid), f"{label} norm", cmap="inferno", mark=mark)
+                viz.show_map(a2, viz.similarity_map(x, idx, grid), f"{label} sim to ×", cmap="RdBu_r", vmin=-1, vmax=1,
                       mark=mark)
-        paths.append(finish_figure(fig, f"norm maps and similarity to the ×-marked patch, toy val image {img_idx} "
+        paths.append(viz.finish_figure(fig, f"norm maps and similarity to the ×-marked patch, toy val image {img_idx} "
                                   "(Figure 2 / 12 style)", emu, out_dir / f"similarity_img{img_idx}.png"))
     return paths
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dirs", nargs="+", help="run directories")
-    p.add_argument("--image-index", type=int, nargs="+", default=[0], help="held-out toy scene indices (0)")
-    p.add_argument("--patch", default=None, metavar="ROW,COL", help="marked patch (default: the object centre)")
-
-
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Run this command from parsed ``tools/analyze.py`` options."""
-    patch = tuple(int(v) for v in args.patch.split(",")) if args.patch else None
-    if patch is not None and len(patch) != 2:
-        raise ValueError(f"--patch expects ROW,COL, got '{args.patch}'.")
-    return figures_report(args.run_dirs, args.image_index, patch)
-
-
-COMMAND = Command(
-    name="figures",
-    help="norm / PCA / similarity maps per image (Fig. 2, 9, 11, 12)",
-    add_arguments=add_arguments,
-    run=run,
-    format=format_text,
-    plot=plot,
-)
+COMMAND = Command("figures", "norm / PCA / similarity maps per image (Fig. 2, 9, 11, 12)",
+                  add_arguments, run, format_text, plot)

@@ -18,28 +18,13 @@ import matplotlib.ticker
 import torch
 from torch import nn
 
-from mdistiller.analysis.inputs import (
-    AnalysisModel,
-    block_tokens,
-    default_layer,
-    stamp,
-)
+from mdistiller.analysis.inputs import AnalysisModel, block_tokens, default_layer, stamp
 from mdistiller.analysis.render import format_table, header
 from mdistiller.analysis.similarity import linear_cka, patch_cosine, summary
 from mdistiller.analysis.sublayer import instrument_block
-from mdistiller.analysis.viz import (
-    BASIS_STYLE,
-    finish_figure,
-    minor_log_label,
-)
+from mdistiller.analysis.viz import BASIS_STYLE, finish_figure, minor_log_label
 from mdistiller.models.indices import normalize_layers
-from mdistiller.singer.nullspace import (
-    jacobian_null_basis,
-    linearize_ffn,
-    null_basis,
-    principal_basis,
-    random_basis,
-)
+from mdistiller.singer.nullspace import jacobian_null_basis, linearize_ffn, null_basis, principal_basis, random_basis
 
 from .base import Command, add_model_arguments, model_inputs
 
@@ -224,11 +209,26 @@ def null_vs_reality_report(
     }
 
 
-# ---------------------------------------------------------------------------------------------------- App. I
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p, num=8)
+    p.add_argument("--layer", type=int, default=None, help="perturbed layer l (default floor(3/4 (L-1)))")
+    p.add_argument("--rank", type=int, default=16, help="basis rank r (16)")
+    p.add_argument("--scales", type=float, nargs="+", default=[0.05, 0.1, 0.2], help="‖ΔF_i‖/‖F_i‖ per token")
+    p.add_argument("--mode", default="random", choices=("random", "projection"),
+                   help="ΔF = random combination in span(U) or the projection F U Uᵀ")
+    p.add_argument("--jacobian-samples", type=int, default=16, help="tokens for the Jacobian basis (16)")
+    p.add_argument("--no-principal", action="store_true", help="leave out the principal-basis reference row")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    am, images, _ = model_inputs(args)
+    return null_vs_reality_report(am, images, layer=args.layer, rank=args.rank, scales=args.scales, mode=args.mode,
+                                  jacobian_samples=args.jacobian_samples, seed=args.seed,
+                                  include_principal=not args.no_principal, batch_size=args.batch_size)
 
 
 def format_text(report: Mapping[str, Any]) -> str:
-    """The text tables of this report (what ``tools/analyze.py`` prints)."""
     lines: list[str] = []
     lines.append(header(report, f"Null directions vs the real block {report['next_block']} (§5, Table 8 "
                                  "extended)"))
@@ -294,34 +294,5 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
                     out_dir / "null_vs_reality.png")]
 
 
-# ---------------------------------------------------------------------------------------------------- App. I
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_arguments(p, num=8)
-    p.add_argument("--layer", type=int, default=None, help="perturbed layer l (default floor(3/4 (L-1)))")
-    p.add_argument("--rank", type=int, default=16, help="basis rank r (16)")
-    p.add_argument("--scales", type=float, nargs="+", default=[0.05, 0.1, 0.2], help="‖ΔF_i‖/‖F_i‖ per token")
-    p.add_argument("--mode", default="random", choices=("random", "projection"),
-                   help="ΔF = random combination in span(U) or the projection F U Uᵀ")
-    p.add_argument("--jacobian-samples", type=int, default=16, help="tokens for the Jacobian basis (16)")
-    p.add_argument("--no-principal", action="store_true", help="leave out the principal-basis reference row")
-    p.add_argument("--seed", type=int, default=0)
-
-
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Run this command from parsed ``tools/analyze.py`` options."""
-    am, images, _ = model_inputs(args)
-    return null_vs_reality_report(am, images, layer=args.layer, rank=args.rank, scales=args.scales, mode=args.mode,
-                                  jacobian_samples=args.jacobian_samples, seed=args.seed,
-                                  include_principal=not args.no_principal, batch_size=args.batch_size)
-
-
-COMMAND = Command(
-    name="null-vs-reality",
-    help="SiNGER / Jacobian / random bases on the real next block",
-    add_arguments=add_arguments,
-    run=run,
-    format=format_text,
-    plot=plot,
-)
+COMMAND = Command("null-vs-reality", "SiNGER / Jacobian / random bases on the real next block",
+                  add_arguments, run, format_text, plot)

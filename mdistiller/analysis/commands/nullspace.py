@@ -16,23 +16,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from mdistiller.analysis.inputs import (
-    AnalysisModel,
-    representative_layers,
-    stamp,
-)
+from mdistiller.analysis.inputs import AnalysisModel, representative_layers, stamp
 from mdistiller.analysis.render import format_table, header
 from mdistiller.analysis.similarity import summary
 from mdistiller.analysis.sublayer import sublayer_profile
-from mdistiller.analysis.viz import (
-    finish_figure,
-)
-from mdistiller.singer.nullspace import (
-    k_energy,
-    k_eps,
-    linearize_ffn,
-    singular_spectrum,
-)
+from mdistiller.analysis.viz import finish_figure
+from mdistiller.singer.nullspace import k_energy, k_eps, linearize_ffn, singular_spectrum
 
 from .base import Command, add_model_arguments, model_inputs
 
@@ -43,8 +32,7 @@ def nullspace_report(
     eps: float = 0.05,
     rho: float = 0.999,
     rank: int = 16,
-    include_norm: bool = False,
-    include_layerscale: bool = False,
+    include_norm: bool = False, include_layerscale: bool = False,
     batch_size: int = 8,
 ) -> dict[str, Any]:
     """Singular spectrum of every block's ``W̃_l`` (eq. 14–15) with ``k_energy(ρ)`` (eq. 18), ``k_ε`` and
@@ -105,11 +93,22 @@ def nullspace_report(
     }
 
 
-# ---------------------------------------------------------------------------------------------------- Table 8
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p)
+    p.add_argument("--eps", type=float, default=0.05, help="absolute tolerance ε of k_ε and r_ε (0.05)")
+    p.add_argument("--rho", type=float, default=0.999, help="energy level of k_energy (0.999)")
+    p.add_argument("--rank", type=int, default=16, help="rank r for σ_{d-r+1} (16)")
+    p.add_argument("--include-norm", action="store_true", help="fold the pre-FFN LayerNorm scale into W̃")
+    p.add_argument("--include-layerscale", action="store_true", help="fold LayerScale into W̃")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    am, images, _ = model_inputs(args)
+    return nullspace_report(am, images, eps=args.eps, rho=args.rho, rank=args.rank, include_norm=args.include_norm,
+                            include_layerscale=args.include_layerscale, batch_size=args.batch_size)
 
 
 def format_text(report: Mapping[str, Any]) -> str:
-    """The text tables of this report (what ``tools/analyze.py`` prints)."""
     lines: list[str] = []
     lines.append(header(report, "Singular spectra of the linearised FFN W̃_l (App. A.2, Figure 8)"))
     lines.append(f"eps = {report['eps']:g} (absolute), rho = {report['rho']:g}, rank r = {report['rank']}")
@@ -208,30 +207,5 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     return paths
 
 
-# ---------------------------------------------------------------------------------------------------- Table 8
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_arguments(p)
-    p.add_argument("--eps", type=float, default=0.05, help="absolute tolerance ε of k_ε and r_ε (0.05)")
-    p.add_argument("--rho", type=float, default=0.999, help="energy level of k_energy (0.999)")
-    p.add_argument("--rank", type=int, default=16, help="rank r for σ_{d-r+1} (16)")
-    p.add_argument("--include-norm", action="store_true", help="fold the pre-FFN LayerNorm scale into W̃")
-    p.add_argument("--include-layerscale", action="store_true", help="fold LayerScale into W̃")
-
-
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Run this command from parsed ``tools/analyze.py`` options."""
-    am, images, _ = model_inputs(args)
-    return nullspace_report(am, images, eps=args.eps, rho=args.rho, rank=args.rank, include_norm=args.include_norm,
-                            include_layerscale=args.include_layerscale, batch_size=args.batch_size)
-
-
-COMMAND = Command(
-    name="nullspace",
-    help="singular spectra of W̃_l and sub-layer changes",
-    add_arguments=add_arguments,
-    run=run,
-    format=format_text,
-    plot=plot,
-)
+COMMAND = Command("nullspace", "singular spectra of W̃_l and sub-layer changes",
+                  add_arguments, run, format_text, plot)

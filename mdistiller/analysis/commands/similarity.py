@@ -15,26 +15,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from mdistiller.analysis import runs as run_io
 from mdistiller.analysis.artifacts import patch_norms
-from mdistiller.analysis.inputs import (
-    load_toy_images,
-    stamp,
-)
+from mdistiller.analysis.inputs import load_toy_images, stamp
 from mdistiller.analysis.render import format_table, header
-from mdistiller.analysis.runs import (
-    implanted_ratio,
-    load_run_seeded,
-    norm_stats,
-    run_features,
-    run_name,
-    teacher_emulation,
-)
 from mdistiller.analysis.similarity import gram_distance, linear_cka, patch_cosine, summary
-from mdistiller.analysis.viz import (
-    finish_figure,
-    show_image,
-    show_map,
-)
+from mdistiller.analysis.viz import finish_figure, show_image, show_map
 
 from .base import Command
 
@@ -53,12 +39,12 @@ def similarity_report(run_dirs: Sequence[str | Path], num_images: int = 64, batc
     rows, runs, grams = [], [], {}
     any_emulated = False
     for run_dir in run_dirs:
-        cfg, distiller = load_run_seeded(run_dir)
-        name = run_name(cfg, run_dir)
-        emulation = teacher_emulation(distiller)
+        cfg, distiller = run_io.load_run_seeded(run_dir)
+        name = run_io.run_name(cfg, run_dir)
+        emulation = run_io.teacher_emulation(distiller)
         any_emulated |= emulation is not None
         images, _ = load_toy_images(int(cfg.DATASET.INPUT_SIZE), num_images)
-        got = run_features(distiller, images, batch_size, want_next=False)
+        got = run_io.run_features(distiller, images, batch_size, want_next=False)
         runs.append({"run": str(run_dir), "name": name, "distiller": cfg.DISTILLER.TYPE,
                      "teacher": cfg.DISTILLER.TEACHER, "student": cfg.DISTILLER.STUDENT,
                      "emulated_artifacts": emulation is not None, "image_size": int(images.shape[-1])})
@@ -74,13 +60,13 @@ def similarity_report(run_dirs: Sequence[str | Path], num_images: int = 64, batc
                    "emulated_artifacts": emulation is not None}
             if "t_hat" in f:
                 row["cos_target"] = summary(patch_cosine(f["s_proj"], f["t_hat"]))["mean"]
-            row["teacher_max_median"] = norm_stats(patch_norms(f["t"]))["max_median_ratio"]
-            row["student_max_median"] = norm_stats(patch_norms(f["s"]))["max_median_ratio"]
+            row["teacher_max_median"] = run_io.norm_stats(patch_norms(f["t"]))["max_median_ratio"]
+            row["student_max_median"] = run_io.norm_stats(patch_norms(f["s"]))["max_median_ratio"]
             mask = got["mask"]
             if mask is not None and mask.shape == f["t"].shape[:2]:
-                row["teacher_implanted_over_median"] = implanted_ratio(f["t"], mask)
-                row["student_implanted_over_median"] = implanted_ratio(f["s"], mask)
-                row["projected_implanted_over_median"] = implanted_ratio(f["s_proj"], mask)
+                row["teacher_implanted_over_median"] = run_io.implanted_ratio(f["t"], mask)
+                row["student_implanted_over_median"] = run_io.implanted_ratio(f["s"], mask)
+                row["projected_implanted_over_median"] = run_io.implanted_ratio(f["s_proj"], mask)
             rows.append(row)
             grams[(name, t)] = {"t": f["t"][0], "s": f["s"][0], "image": images[0]}
     return {
@@ -93,8 +79,12 @@ def similarity_report(run_dirs: Sequence[str | Path], num_images: int = 64, batc
     }
 
 
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dirs", nargs="+", help="run directories, shown side by side")
+    p.add_argument("--num-images", type=int, default=64, help="held-out toy scenes (64)")
+
+
 def format_text(report: Mapping[str, Any]) -> str:
-    """The text tables of this report (what ``tools/analyze.py`` prints)."""
     lines: list[str] = []
     lines.append(header(report, f"Teacher–student similarity on {report['num_images']} held-out toy scenes "
                                  "(§4.3, Table 2)"))
@@ -156,24 +146,7 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     return paths
 
 
-# ---------------------------------------------------------------------------------------------------- figures
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dirs", nargs="+", help="run directories, shown side by side")
-    p.add_argument("--num-images", type=int, default=64, help="held-out toy scenes (64)")
-
-
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Run this command from parsed ``tools/analyze.py`` options."""
-    return similarity_report(args.run_dirs, num_images=args.num_images, batch_size=args.batch_size)
-
-
-COMMAND = Command(
-    name="similarity",
-    help="teacher-student Gram distance and CKA (Table 2)",
-    add_arguments=add_arguments,
-    run=run,
-    format=format_text,
-    plot=plot,
-)
+COMMAND = Command("similarity", "teacher-student Gram distance and CKA (Table 2)",
+                  add_arguments,
+                  lambda args: similarity_report(args.run_dirs, num_images=args.num_images, batch_size=args.batch_size),
+                  format_text, plot)

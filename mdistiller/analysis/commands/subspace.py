@@ -17,23 +17,12 @@ import matplotlib.ticker
 import torch
 
 from mdistiller.analysis.artifacts import patch_norms
-from mdistiller.analysis.inputs import (
-    AnalysisModel,
-    block_tokens,
-    default_layer,
-    mean_of,
-    stamp,
-)
+from mdistiller.analysis.inputs import AnalysisModel, block_tokens, default_layer, mean_of, stamp
 from mdistiller.analysis.render import format_table, header
 from mdistiller.analysis.subspace import pearson, subspace_energy
-from mdistiller.analysis.viz import (
-    finish_figure,
-)
+from mdistiller.analysis.viz import finish_figure
 from mdistiller.models.indices import normalize_layers
-from mdistiller.singer.nullspace import (
-    linearize_ffn,
-    singular_spectrum,
-)
+from mdistiller.singer.nullspace import linearize_ffn, singular_spectrum
 
 from .base import Command, add_model_arguments, model_inputs
 
@@ -107,8 +96,22 @@ def subspace_report(
     }
 
 
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p)
+    p.add_argument("--layers", type=int, nargs="+", default=None, help="layers (default: 3/4 depth and last)")
+    p.add_argument("--ranks", type=int, nargs="+", default=[4, 8, 16, 32, 64], help="ranks r")
+    p.add_argument("--basis-block", default="next", choices=("next", "same"),
+                   help="W̃ of block l+1 (the adapter's, default) or of block l (App. I as written)")
+    p.add_argument("--outlier-k", type=float, default=4.0, help="outlier = norm above k x image median (4)")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    am, images, _ = model_inputs(args)
+    return subspace_report(am, images, layers=args.layers, ranks=args.ranks, basis_block=args.basis_block,
+                           outlier_k=args.outlier_k, batch_size=args.batch_size)
+
+
 def format_text(report: Mapping[str, Any]) -> str:
-    """The text tables of this report (what ``tools/analyze.py`` prints)."""
     lines: list[str] = []
     lines.append(header(report, "Subspace energy vs patch norm (App. I, Figure 13)"))
     lines.append(f"W̃ of block {'l+1' if report['basis_block'] == 'next' else 'l'}; outliers = patches above "
@@ -173,30 +176,5 @@ def plot(report: Mapping[str, Any], out_dir: str | Path, max_points: int = 2000)
                     out_dir / "subspace.png")]
 
 
-# ---------------------------------------------------------------------------------------------------- adapter
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_arguments(p)
-    p.add_argument("--layers", type=int, nargs="+", default=None, help="layers (default: 3/4 depth and last)")
-    p.add_argument("--ranks", type=int, nargs="+", default=[4, 8, 16, 32, 64], help="ranks r")
-    p.add_argument("--basis-block", default="next", choices=("next", "same"),
-                   help="W̃ of block l+1 (the adapter's, default) or of block l (App. I as written)")
-    p.add_argument("--outlier-k", type=float, default=4.0, help="outlier = norm above k x image median (4)")
-
-
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Run this command from parsed ``tools/analyze.py`` options."""
-    am, images, _ = model_inputs(args)
-    return subspace_report(am, images, layers=args.layers, ranks=args.ranks, basis_block=args.basis_block,
-                           outlier_k=args.outlier_k, batch_size=args.batch_size)
-
-
-COMMAND = Command(
-    name="subspace",
-    help="subspace energy of patches vs their norm (App. I)",
-    add_arguments=add_arguments,
-    run=run,
-    format=format_text,
-    plot=plot,
-)
+COMMAND = Command("subspace", "subspace energy of patches vs their norm (App. I)",
+                  add_arguments, run, format_text, plot)
