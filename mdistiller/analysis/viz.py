@@ -136,7 +136,7 @@ def minor_log_label(value: float, _pos: int) -> str:
 
 
 def show_map(ax: plt.Axes, img: np.ndarray, title: str, cmap: str = "viridis", vmin: float | None = None,
-          vmax: float | None = None, colorbar: bool = True, mark: Sequence[int] | None = None) -> None:
+             vmax: float | None = None, colorbar: bool = True, mark: Sequence[int] | None = None) -> None:
     im = ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     ax.set_title(title, fontsize=8)
     ax.set_xticks([])
@@ -149,7 +149,7 @@ def show_map(ax: plt.Axes, img: np.ndarray, title: str, cmap: str = "viridis", v
 
 
 def show_image(ax: plt.Axes, image: torch.Tensor, title: str, mark: Sequence[int] | None = None,
-                grid: Sequence[int] | None = None) -> None:
+               grid: Sequence[int] | None = None) -> None:
     arr = image.detach().permute(1, 2, 0).clamp(0, 1).cpu().numpy()
     ax.imshow(arr)
     ax.set_title(title, fontsize=8)

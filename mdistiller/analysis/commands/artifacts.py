@@ -222,7 +222,7 @@ def plot(report: Mapping[str, Any], out_dir: str | Path, max_images: int = 4) ->
             m = norms[layer][i].reshape(grid[0], grid[1]).numpy()
             show_map(axes[row][col], m, f"‖F_{layer}‖ max/med {m.max() / np.median(m):.1f}", cmap="inferno")
     paths.append(finish_figure(fig, f"{report['model']}: patch-norm maps (images with the strongest outliers at block "
-                              f"{probe})", emu, out_dir / "artifacts_normmaps.png"))
+                               f"{probe})", emu, out_dir / "artifacts_normmaps.png"))
     return paths
 
 

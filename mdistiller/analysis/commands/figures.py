@@ -129,7 +129,7 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
                         m = viz.signed_norm_map(x, f["t"][j], grid)
                         v = float(np.abs(m).max()) or 1.0
                         viz.show_map(axes[r_i][1 + 2 * c_i], m, f"{name} " + r"$\pm\|\Delta F\|$ (sign of cos)",
-                              cmap="RdBu_r", vmin=-v, vmax=v)
+                                     cmap="RdBu_r", vmin=-v, vmax=v)
                     else:
                         x = f[key][j]
                         viz.show_map(axes[r_i][1 + 2 * c_i], viz.norm_map(x, grid), f"{name} {label} norm",
@@ -146,12 +146,14 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
                     a, b = feats[t]["t_next"][j], feats[t]["t_next_hat"][j]
                     viz.show_image(axes[r_i][0], run["_images"][j], "input", mark=mark, grid=grid)
                     viz.show_map(axes[r_i][1], viz.similarity_map(a, idx, grid, other=b),
-                          f"$F_{{{t + 1}}}$ × → $\\hat{{F}}_{{{t + 1}}}$", cmap="RdBu_r", vmin=-1, vmax=1, mark=mark)
+                                 f"$F_{{{t + 1}}}$ × → $\\hat{{F}}_{{{t + 1}}}$", cmap="RdBu_r", vmin=-1, vmax=1,
+                                 mark=mark)
                     viz.show_map(axes[r_i][2], viz.similarity_map(b, idx, grid, other=a),
-                          f"$\\hat{{F}}_{{{t + 1}}}$ × → $F_{{{t + 1}}}$", cmap="RdBu_r", vmin=-1, vmax=1, mark=mark)
+                                 f"$\\hat{{F}}_{{{t + 1}}}$ × → $F_{{{t + 1}}}$", cmap="RdBu_r", vmin=-1, vmax=1,
+                                 mark=mark)
                 title = f"{run['name']}: cross-similarity after the next block (Figure 11 style)"
                 paths.append(viz.finish_figure(fig, title, run["emulated_artifacts"],
-                                           out_dir / f"crosssim_{run['name']}_img{img_idx}.png"))
+                                               out_dir / f"crosssim_{run['name']}_img{img_idx}.png"))
 
         # Figure 2 / 12: for each run and distilled layer, norm + similarity of teacher, refined teacher, student
         entries = []
@@ -179,9 +181,9 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
                 x = f[key][j]
                 viz.show_map(a1, viz.norm_map(x, grid), f"{label} norm", cmap="inferno", mark=mark)
                 viz.show_map(a2, viz.similarity_map(x, idx, grid), f"{label} sim to ×", cmap="RdBu_r", vmin=-1, vmax=1,
-                      mark=mark)
+                             mark=mark)
         paths.append(viz.finish_figure(fig, f"norm maps and similarity to the ×-marked patch, toy val image {img_idx} "
-                                  "(Figure 2 / 12 style)", emu, out_dir / f"similarity_img{img_idx}.png"))
+                                       "(Figure 2 / 12 style)", emu, out_dir / f"similarity_img{img_idx}.png"))
     return paths
 
 

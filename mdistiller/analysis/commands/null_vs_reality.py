@@ -290,8 +290,8 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     h2, l2 = axes[2].get_legend_handles_labels()
     axes[-1].legend(handles + h2[-1:], labels + l2[-1:], loc="center", fontsize=9, title="perturbation basis")
     return [finish_figure(fig, f"{report['model']}: perturbing F_{report['layer']} along rank-{report['rank']} bases, "
-                     f"effect on block {report['next_block']} ({report['num_images']} images)", emu,
-                    out_dir / "null_vs_reality.png")]
+                          f"effect on block {report['next_block']} ({report['num_images']} images)", emu,
+                          out_dir / "null_vs_reality.png")]
 
 
 COMMAND = Command("null-vs-reality", "SiNGER / Jacobian / random bases on the real next block",

@@ -186,7 +186,7 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     paths.append(finish_figure(fig, f"{report['model']}: singular spectra of the linearised FFN W̃ = W_FFN1 W_FFN2", emu,
-                         out_dir / "nullspace_spectra.png"))
+                               out_dir / "nullspace_spectra.png"))
 
     sub: dict[int, dict[str, torch.Tensor]] = report["_sublayer"]
     if sub:
@@ -203,7 +203,7 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
             ax.grid(alpha=0.3)
         axes[0].set_ylabel("per-image mean over patches", fontsize=8)
         paths.append(finish_figure(fig, f"{report['model']}: sub-layer changes on {report['num_images']} images", emu,
-                             out_dir / "nullspace_sublayer.png"))
+                                   out_dir / "nullspace_sublayer.png"))
     return paths
 
 

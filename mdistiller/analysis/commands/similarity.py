@@ -122,7 +122,7 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
         ax.grid(alpha=0.3, axis="y")
     axes[1].legend(fontsize=7)
     paths.append(finish_figure(fig, f"teacher–student similarity on {report['num_images']} held-out toy scenes", emu,
-                         out_dir / "similarity.png"))
+                               out_dir / "similarity.png"))
 
     grams = report["_grams"]
     last = {}
@@ -142,7 +142,7 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     for ax, (run, (_t, g)) in zip(axes[2:], last.items()):
         show_map(ax, cg(g["s"]), f"{run} student", cmap="RdBu_r", vmin=-1, vmax=1)
     paths.append(finish_figure(fig, "cosine Gram matrices of the patches (Figure 5 style), first held-out image", emu,
-                         out_dir / "similarity_gram.png"))
+                               out_dir / "similarity_gram.png"))
     return paths
 
 

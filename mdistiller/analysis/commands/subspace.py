@@ -173,7 +173,7 @@ def plot(report: Mapping[str, Any], out_dir: str | Path, max_points: int = 2000)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
     return [finish_figure(fig, f"{report['model']}: subspace energy vs patch norm ({report['num_images']} images)", emu,
-                    out_dir / "subspace.png")]
+                          out_dir / "subspace.png")]
 
 
 COMMAND = Command("subspace", "subspace energy of patches vs their norm (App. I)",
