@@ -4,73 +4,46 @@ Pure functions over tensors (plus hooks for timm ViTs) backing ``tools/analyze.p
 Gram distance / CKA (§4.3, Table 2, Table 5b), patch cosine (Table 3), adapter alignment (eq. 13, Table 5a),
 subspace energy (App. I), artifact statistics and the distillation-layer rule (§4.5, Table 7, App. C),
 sub-layer changes (App. A.1). Emulated artifacts live with the teacher in :mod:`mdistiller.models.emulated`.
+
+Names are imported lazily, so ``import mdistiller.analysis.commands`` (the registry and options behind
+``tools/analyze.py --help``) stays light.
 """
 
-from .artifacts import (
-    LAYER_RULE,
-    NO_ARTIFACTS_MESSAGE,
-    extract_patch_tokens,
-    layer_artifact_table,
-    patch_norm_stats,
-    patch_norms,
-    recommend_layers,
-)
-from .similarity import gram, gram_distance, linear_cka, linear_cka_per_image, patch_cosine, summary
-from .sublayer import instrument_block, sublayer_changes, sublayer_profile
-from .subspace import adapter_alignment, alignment, norm_energy_correlation, pearson, subspace_energy
+from __future__ import annotations
 
-__all__ = [
-    "LAYER_RULE",
-    "NO_ARTIFACTS_MESSAGE",
-    "adapter_alignment",
-    "alignment",
-    "extract_patch_tokens",
-    "gram",
-    "gram_distance",
-    "instrument_block",
-    "layer_artifact_table",
-    "linear_cka",
-    "linear_cka_per_image",
-    "norm_energy_correlation",
-    "patch_cosine",
-    "patch_norm_stats",
-    "patch_norms",
-    "pearson",
-    "recommend_layers",
-    "sublayer_changes",
-    "sublayer_profile",
-    "subspace_energy",
-    "summary",
-]
+import importlib
+from typing import Any
 
-# Reports behind tools/analyze.py: shared inputs and rendering, one module per command (commands/).
-from .commands import COMMANDS, format_report, save_report, write_figures  # noqa: E402
-from .commands.adapter import adapter_report  # noqa: E402
-from .commands.artifacts import artifacts_report  # noqa: E402
-from .commands.figures import figures_report  # noqa: E402
-from .commands.null_vs_reality import null_vs_reality_report  # noqa: E402
-from .commands.nullspace import nullspace_report  # noqa: E402
-from .commands.similarity import similarity_report  # noqa: E402
-from .commands.subspace import subspace_report  # noqa: E402
-from .inputs import EMULATED_LABEL, SKIMAGE_PHOTOS, AnalysisModel, load_analysis_model, load_images  # noqa: E402
-from .render import to_jsonable  # noqa: E402
+_EXPORTS = {
+    "artifacts": ("LAYER_RULE", "NO_ARTIFACTS_MESSAGE", "extract_patch_tokens", "layer_artifact_table",
+                  "patch_norm_stats", "patch_norms", "recommend_layers"),
+    "similarity": ("gram", "gram_distance", "linear_cka", "linear_cka_per_image", "patch_cosine", "summary"),
+    "sublayer": ("instrument_block", "sublayer_changes", "sublayer_profile"),
+    "subspace": ("adapter_alignment", "alignment", "norm_energy_correlation", "pearson", "subspace_energy"),
+    "commands": ("COMMANDS", "format_report", "save_report", "write_figures"),
+    "commands.adapter": ("adapter_report",),
+    "commands.artifacts": ("artifacts_report",),
+    "commands.figures": ("figures_report",),
+    "commands.null_vs_reality": ("null_vs_reality_report",),
+    "commands.nullspace": ("nullspace_report",),
+    "commands.similarity": ("similarity_report",),
+    "commands.subspace": ("subspace_report",),
+    "inputs": ("EMULATED_LABEL", "SKIMAGE_PHOTOS", "AnalysisModel", "load_analysis_model", "load_images"),
+    "render": ("to_jsonable",),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
-__all__ += [
-    "COMMANDS",
-    "EMULATED_LABEL",
-    "SKIMAGE_PHOTOS",
-    "AnalysisModel",
-    "adapter_report",
-    "artifacts_report",
-    "figures_report",
-    "format_report",
-    "load_analysis_model",
-    "load_images",
-    "null_vs_reality_report",
-    "nullspace_report",
-    "save_report",
-    "similarity_report",
-    "subspace_report",
-    "to_jsonable",
-    "write_figures",
-]
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mdistiller.analysis' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f"mdistiller.analysis.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

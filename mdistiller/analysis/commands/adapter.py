@@ -1,8 +1,8 @@
 """``adapter``: How the trained SiNGER adapters act: alignment (eq. 13, Table 5a), cosines (Table 3), norms (Figure 6),
 Gram distances (Table 5b).
 
-Compute (:func:`adapter_report`), text (:func:`format_text`), figures (:func:`plot`) and options of this
-``tools/analyze.py`` command, registered as :data:`COMMAND`.
+Compute (:func:`adapter_report`), text (:func:`format_text`), figures (:func:`plot`) of this ``tools/analyze.py``
+command; its options are in :mod:`.options`, its entry in :data:`mdistiller.analysis.commands.COMMANDS`.
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ from mdistiller.analysis.render import format_table, header
 from mdistiller.analysis.similarity import gram_distance, patch_cosine, summary
 from mdistiller.analysis.subspace import adapter_alignment
 from mdistiller.analysis.viz import figure_title, finish_figure, save_figure
-
-from .base import Command
 
 
 def adapter_report(run_dir: str | Path, num_images: int = 64, batch_size: int = 16) -> dict[str, Any]:
@@ -95,11 +93,6 @@ def adapter_report(run_dir: str | Path, num_images: int = 64, batch_size: int = 
         "_cos": cosines,
         "_mask": mask,
     }
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", help="run directory of a SiNGER run")
-    p.add_argument("--num-images", type=int, default=64, help="held-out toy scenes (64)")
 
 
 def format_text(report: Mapping[str, Any]) -> str:
@@ -186,7 +179,5 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     return paths
 
 
-COMMAND = Command("adapter", "trained SiNGER adapters (Table 3, 5a, 5b, Fig. 6)",
-                  add_arguments,
-                  lambda args: adapter_report(args.run_dir, num_images=args.num_images, batch_size=args.batch_size),
-                  format_text, plot)
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    return adapter_report(args.run_dir, num_images=args.num_images, batch_size=args.batch_size)

@@ -1,7 +1,7 @@
 """``artifacts``: Per-layer patch-norm artifacts and the distillation-layer rule (§3.1.1, §4.5, Table 7, App. C).
 
-Compute (:func:`artifacts_report`), text (:func:`format_text`), figures (:func:`plot`) and options of this
-``tools/analyze.py`` command, registered as :data:`COMMAND`.
+Compute (:func:`artifacts_report`), text (:func:`format_text`), figures (:func:`plot`) of this ``tools/analyze.py``
+command; its options are in :mod:`.options`, its entry in :data:`mdistiller.analysis.commands.COMMANDS`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from mdistiller.analysis.inputs import EMULATED_LABEL, AnalysisModel, block_toke
 from mdistiller.analysis.render import format_table, header
 from mdistiller.analysis.viz import finish_figure, show_image, show_map
 
-from .base import Command, add_model_arguments, model_inputs
+from .base import model_inputs
 
 
 def artifacts_report(
@@ -97,14 +97,6 @@ def artifacts_report(
         "_images": images,
         "_mask": mask,
     }
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_arguments(p)
-    p.add_argument("--k", type=float, nargs="+", default=[2, 4, 10], help="share-above-k x median thresholds")
-    p.add_argument("--ratio-threshold", type=float, default=4.0, help="max/median ratio of an artifact-prone layer")
-    p.add_argument("--share-threshold", type=float, default=0.01, help="share above share-k x median (0.01)")
-    p.add_argument("--share-k", type=float, default=4.0, help="k of the share rule (4)")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -224,7 +216,3 @@ def plot(report: Mapping[str, Any], out_dir: str | Path, max_images: int = 4) ->
     paths.append(finish_figure(fig, f"{report['model']}: patch-norm maps (images with the strongest outliers at block "
                                f"{probe})", emu, out_dir / "artifacts_normmaps.png"))
     return paths
-
-
-COMMAND = Command("artifacts", "per-layer patch-norm artifacts and the layer recommendation",
-                  add_arguments, run, format_text, plot)

@@ -1,8 +1,8 @@
 """``figures``: Per-image feature maps of one or more runs: norm, PCA and similarity to a marked patch (Figure 2, 9,
 11, 12).
 
-Compute (:func:`figures_report`), text (:func:`format_text`), figures (:func:`plot`) and options of this
-``tools/analyze.py`` command, registered as :data:`COMMAND`.
+Compute (:func:`figures_report`), text (:func:`format_text`), figures (:func:`plot`) of this ``tools/analyze.py``
+command; its options are in :mod:`.options`, its entry in :data:`mdistiller.analysis.commands.COMMANDS`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from mdistiller.analysis import viz
 from mdistiller.analysis.inputs import load_toy_images, stamp
 from mdistiller.analysis.render import header
 from mdistiller.analysis.runs import load_run_seeded, run_features, run_name, teacher_emulation
-
-from .base import Command
 
 
 def _marked_patch(mask: torch.Tensor | None, grid: tuple[int, int], patch: tuple[int, int] | None) -> tuple[int, int]:
@@ -73,12 +71,6 @@ def figures_report(
             "_feats": got["feats"], "_images": images, "_mask": got["mask"],
         })
     return {"command": "figures", **stamp(any_emulated, None), "image_indices": idx, "runs": runs}
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dirs", nargs="+", help="run directories")
-    p.add_argument("--image-index", type=int, nargs="+", default=[0], help="held-out toy scene indices (0)")
-    p.add_argument("--patch", default=None, metavar="ROW,COL", help="marked patch (default: the object centre)")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -185,7 +177,3 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
         paths.append(viz.finish_figure(fig, f"norm maps and similarity to the ×-marked patch, toy val image {img_idx} "
                                        "(Figure 2 / 12 style)", emu, out_dir / f"similarity_img{img_idx}.png"))
     return paths
-
-
-COMMAND = Command("figures", "norm / PCA / similarity maps per image (Fig. 2, 9, 11, 12)",
-                  add_arguments, run, format_text, plot)

@@ -1,8 +1,9 @@
 """``null-vs-reality``: Null directions against the real next block: the approximation gap of §5 (Table 8), with a
 random control.
 
-Compute (:func:`null_vs_reality_report`), text (:func:`format_text`), figures (:func:`plot`) and options of this
-``tools/analyze.py`` command, registered as :data:`COMMAND`.
+Compute (:func:`null_vs_reality_report`), text (:func:`format_text`), figures (:func:`plot`) of this
+``tools/analyze.py`` command; its options are in :mod:`.options`, its entry in
+:data:`mdistiller.analysis.commands.COMMANDS`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from mdistiller.analysis.viz import BASIS_STYLE, finish_figure, minor_log_label
 from mdistiller.models.indices import normalize_layers
 from mdistiller.singer.nullspace import jacobian_null_basis, linearize_ffn, null_basis, principal_basis, random_basis
 
-from .base import Command, add_model_arguments, model_inputs
+from .base import model_inputs
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -209,18 +210,6 @@ def null_vs_reality_report(
     }
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_arguments(p, num=8)
-    p.add_argument("--layer", type=int, default=None, help="perturbed layer l (default floor(3/4 (L-1)))")
-    p.add_argument("--rank", type=int, default=16, help="basis rank r (16)")
-    p.add_argument("--scales", type=float, nargs="+", default=[0.05, 0.1, 0.2], help="‖ΔF_i‖/‖F_i‖ per token")
-    p.add_argument("--mode", default="random", choices=("random", "projection"),
-                   help="ΔF = random combination in span(U) or the projection F U Uᵀ")
-    p.add_argument("--jacobian-samples", type=int, default=16, help="tokens for the Jacobian basis (16)")
-    p.add_argument("--no-principal", action="store_true", help="leave out the principal-basis reference row")
-    p.add_argument("--seed", type=int, default=0)
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     am, images, _ = model_inputs(args)
     return null_vs_reality_report(am, images, layer=args.layer, rank=args.rank, scales=args.scales, mode=args.mode,
@@ -292,7 +281,3 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     return [finish_figure(fig, f"{report['model']}: perturbing F_{report['layer']} along rank-{report['rank']} bases, "
                           f"effect on block {report['next_block']} ({report['num_images']} images)", emu,
                           out_dir / "null_vs_reality.png")]
-
-
-COMMAND = Command("null-vs-reality", "SiNGER / Jacobian / random bases on the real next block",
-                  add_arguments, run, format_text, plot)

@@ -1,8 +1,8 @@
 """``nullspace``: Singular spectra of the linearised FFN W̃_l (App. A.2, eq. 18-19, Figure 8) and sub-layer changes
 (App. A.1, Figure 7).
 
-Compute (:func:`nullspace_report`), text (:func:`format_text`), figures (:func:`plot`) and options of this
-``tools/analyze.py`` command, registered as :data:`COMMAND`.
+Compute (:func:`nullspace_report`), text (:func:`format_text`), figures (:func:`plot`) of this ``tools/analyze.py``
+command; its options are in :mod:`.options`, its entry in :data:`mdistiller.analysis.commands.COMMANDS`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from mdistiller.analysis.sublayer import sublayer_profile
 from mdistiller.analysis.viz import finish_figure
 from mdistiller.singer.nullspace import k_energy, k_eps, linearize_ffn, singular_spectrum
 
-from .base import Command, add_model_arguments, model_inputs
+from .base import model_inputs
 
 
 def nullspace_report(
@@ -91,15 +91,6 @@ def nullspace_report(
         "_spectra": spectra,
         "_sublayer": sub,
     }
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_arguments(p)
-    p.add_argument("--eps", type=float, default=0.05, help="absolute tolerance ε of k_ε and r_ε (0.05)")
-    p.add_argument("--rho", type=float, default=0.999, help="energy level of k_energy (0.999)")
-    p.add_argument("--rank", type=int, default=16, help="rank r for σ_{d-r+1} (16)")
-    p.add_argument("--include-norm", action="store_true", help="fold the pre-FFN LayerNorm scale into W̃")
-    p.add_argument("--include-layerscale", action="store_true", help="fold LayerScale into W̃")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -205,7 +196,3 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
         paths.append(finish_figure(fig, f"{report['model']}: sub-layer changes on {report['num_images']} images", emu,
                                    out_dir / "nullspace_sublayer.png"))
     return paths
-
-
-COMMAND = Command("nullspace", "singular spectra of W̃_l and sub-layer changes",
-                  add_arguments, run, format_text, plot)

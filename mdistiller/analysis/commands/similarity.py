@@ -1,7 +1,7 @@
 """``similarity``: Teacher-student Gram distance and CKA of several runs (§4.3, Table 2).
 
-Compute (:func:`similarity_report`), text (:func:`format_text`), figures (:func:`plot`) and options of this
-``tools/analyze.py`` command, registered as :data:`COMMAND`.
+Compute (:func:`similarity_report`), text (:func:`format_text`), figures (:func:`plot`) of this ``tools/analyze.py``
+command; its options are in :mod:`.options`, its entry in :data:`mdistiller.analysis.commands.COMMANDS`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ from mdistiller.analysis.inputs import load_toy_images, stamp
 from mdistiller.analysis.render import format_table, header
 from mdistiller.analysis.similarity import gram_distance, linear_cka, patch_cosine, summary
 from mdistiller.analysis.viz import finish_figure, show_image, show_map
-
-from .base import Command
 
 
 def similarity_report(run_dirs: Sequence[str | Path], num_images: int = 64, batch_size: int = 16) -> dict[str, Any]:
@@ -77,11 +75,6 @@ def similarity_report(run_dirs: Sequence[str | Path], num_images: int = 64, batc
         "table": rows,
         "_grams": grams,
     }
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dirs", nargs="+", help="run directories, shown side by side")
-    p.add_argument("--num-images", type=int, default=64, help="held-out toy scenes (64)")
 
 
 def format_text(report: Mapping[str, Any]) -> str:
@@ -146,7 +139,5 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     return paths
 
 
-COMMAND = Command("similarity", "teacher-student Gram distance and CKA (Table 2)",
-                  add_arguments,
-                  lambda args: similarity_report(args.run_dirs, num_images=args.num_images, batch_size=args.batch_size),
-                  format_text, plot)
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    return similarity_report(args.run_dirs, num_images=args.num_images, batch_size=args.batch_size)

@@ -1,7 +1,7 @@
 """``subspace``: Subspace energy of patch tokens against their norm (App. I, Figure 13).
 
-Compute (:func:`subspace_report`), text (:func:`format_text`), figures (:func:`plot`) and options of this
-``tools/analyze.py`` command, registered as :data:`COMMAND`.
+Compute (:func:`subspace_report`), text (:func:`format_text`), figures (:func:`plot`) of this ``tools/analyze.py``
+command; its options are in :mod:`.options`, its entry in :data:`mdistiller.analysis.commands.COMMANDS`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from mdistiller.analysis.viz import finish_figure
 from mdistiller.models.indices import normalize_layers
 from mdistiller.singer.nullspace import linearize_ffn, singular_spectrum
 
-from .base import Command, add_model_arguments, model_inputs
+from .base import model_inputs
 
 
 def subspace_report(
@@ -96,15 +96,6 @@ def subspace_report(
     }
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_arguments(p)
-    p.add_argument("--layers", type=int, nargs="+", default=None, help="layers (default: 3/4 depth and last)")
-    p.add_argument("--ranks", type=int, nargs="+", default=[4, 8, 16, 32, 64], help="ranks r")
-    p.add_argument("--basis-block", default="next", choices=("next", "same"),
-                   help="W̃ of block l+1 (the adapter's, default) or of block l (App. I as written)")
-    p.add_argument("--outlier-k", type=float, default=4.0, help="outlier = norm above k x image median (4)")
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     am, images, _ = model_inputs(args)
     return subspace_report(am, images, layers=args.layers, ranks=args.ranks, basis_block=args.basis_block,
@@ -174,7 +165,3 @@ def plot(report: Mapping[str, Any], out_dir: str | Path, max_points: int = 2000)
         ax.tick_params(labelsize=7)
     return [finish_figure(fig, f"{report['model']}: subspace energy vs patch norm ({report['num_images']} images)", emu,
                           out_dir / "subspace.png")]
-
-
-COMMAND = Command("subspace", "subspace energy of patches vs their norm (App. I)",
-                  add_arguments, run, format_text, plot)
