@@ -11,8 +11,7 @@ Names are imported lazily, so ``import mdistiller.analysis.commands`` (the regis
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from mdistiller.lazy import lazy_exports
 
 _EXPORTS = {
     "artifacts": ("LAYER_RULE", "NO_ARTIFACTS_MESSAGE", "extract_patch_tokens", "layer_artifact_table",
@@ -31,19 +30,4 @@ _EXPORTS = {
     "inputs": ("EMULATED_LABEL", "SKIMAGE_PHOTOS", "AnalysisModel", "load_analysis_model", "load_images"),
     "render": ("to_jsonable",),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mdistiller.analysis' has no attribute '{name}'")
-    value = getattr(importlib.import_module(f"mdistiller.analysis.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

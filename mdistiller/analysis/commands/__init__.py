@@ -15,28 +15,23 @@ from typing import Any
 from . import options as _o
 from .base import Command
 
-__all__ = ["COMMANDS", "Command", "format_report", "save_report", "write_figures"]
+__all__ = ["COMMANDS", "NAMES", "Command", "format_report", "save_report", "write_figures"]
 
-#: command name → :class:`Command`, in the order ``tools/analyze.py`` lists them
-COMMANDS: dict[str, Command] = {c.name: c for c in (
-    Command("artifacts", "per-layer patch-norm artifacts and the layer recommendation",
-            _o.artifacts_options, "artifacts"),
-    Command("nullspace", "singular spectra of W̃_l and sub-layer changes",
-            _o.nullspace_options, "nullspace"),
-    Command("null-vs-reality", "SiNGER / Jacobian / random bases on the real next block",
-            _o.null_vs_reality_options, "null_vs_reality"),
-    Command("subspace", "subspace energy of patches vs their norm (App. I)",
-            _o.subspace_options, "subspace"),
-    Command("adapter", "trained SiNGER adapters (Table 3, 5a, 5b, Fig. 6)",
-            _o.adapter_options, "adapter"),
-    Command("similarity", "teacher-student Gram distance and CKA (Table 2)",
-            _o.similarity_options, "similarity"),
-    Command("figures", "norm / PCA / similarity maps per image (Fig. 2, 9, 11, 12)",
-            _o.figures_options, "figures"),
-)}
+#: the commands in the order ``tools/analyze.py`` lists them; each one's module is its name with ``_`` for ``-``
+NAMES = ("artifacts", "nullspace", "null-vs-reality", "subspace", "adapter", "similarity", "figures")
 
 
-def _command(report: Mapping[str, Any]) -> Command:
+def _command(name: str) -> Command:
+    module = name.replace("-", "_")
+    options = getattr(_o, f"{module}_options")
+    return Command(name, options.__doc__.strip(), options, getattr(_o, f"{module}_run"), module)
+
+
+#: command name → :class:`Command`
+COMMANDS: dict[str, Command] = {name: _command(name) for name in NAMES}
+
+
+def _of(report: Mapping[str, Any]) -> Command:
     cmd = report["command"]
     if cmd not in COMMANDS:
         raise ValueError(f"unknown report '{cmd}'; expected one of {', '.join(COMMANDS)}.")
@@ -45,7 +40,7 @@ def _command(report: Mapping[str, Any]) -> Command:
 
 def format_report(report: Mapping[str, Any]) -> str:
     """Human-readable tables of a report (the text ``tools/analyze.py`` prints), figures listed last."""
-    text = _command(report).format(report)
+    text = _of(report).format(report)
     if report.get("figures"):
         text += "\nfigures: " + ", ".join(report["figures"])
     return text
@@ -53,7 +48,7 @@ def format_report(report: Mapping[str, Any]) -> str:
 
 def write_figures(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     """Write every figure of ``report`` (by its ``command``) into ``out_dir``; returns the PNG paths."""
-    return _command(report).plot(report, Path(out_dir))
+    return _of(report).plot(report, Path(out_dir))
 
 
 def save_report(report: dict[str, Any], out_dir: str | Path, figures: Sequence[str | Path] = ()) -> dict[str, Path]:

@@ -7,7 +7,6 @@ command; its options are in :mod:`.options`, its entry in :data:`mdistiller.anal
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -95,30 +94,6 @@ def adapter_report(run_dir: str | Path, num_images: int = 64, batch_size: int = 
     }
 
 
-def format_text(report: Mapping[str, Any]) -> str:
-    lines: list[str] = []
-    lines.append(header(report, f"SiNGER adapters of run {report['run_name']} ({report['num_images']} held-out "
-                                 f"toy scenes at {report['image_size']} px)"))
-    lines.append("Alignment (eq. 13, Table 5a):")
-    lines.append(format_table(report["alignment_table"], [
-        ("layer", "layer", "d"), ("matrix", "matrix", "s"), ("basis_block", "W̃ of", "d"),
-        ("E_prob", "E_prob", ".4f"), ("E_safe", "E_safe", ".4f"), ("random_reference", "random≈", ".4f")]))
-    lines.append("Patch cosine per image (Table 3):")
-    lines.append(format_table(report["cosine_table"], [
-        ("pair", "pair", "s"), ("mean", "μ", ".4f"), ("std", "σ", ".4f"), ("median", "median", ".4f")]))
-    lines.append("Patch norms before/after (Figure 6):")
-    cols = [("features", "features", "s"), ("median", "median‖F‖", ".2f"), ("max_median_ratio", "max/med", ".2f"),
-            ("share_above_4x", ">4x med", ".4f")]
-    if any("implanted_over_median" in r for r in report["norm_table"]):
-        cols.append(("implanted_over_median", "implanted/med", ".2f"))
-    lines.append(format_table(report["norm_table"], cols))
-    lines.append("Gram distance per image (Table 5b): raw D_G and cosine-Gram RMS (gd_cos):")
-    lines.append(format_table(report["gram_table"], [
-        ("pair", "pair", "s"), ("gd", "D_G mean", ".4g"), ("gd_std", "std", ".3g"), ("gd_median", "median", ".4g"),
-        ("gd_cos", "gd_cos", ".4f"), ("gd_cos_std", "std", ".4f")]))
-    return "\n".join(lines)
-
-
 def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     """``adapter_norms.png`` (Figure 6: patch-norm box plots before/after, outliers coloured with inferno) and
     ``adapter_alignment.png`` (eq. 13 bars with the random reference, Table 3 per-image cosines)."""
@@ -179,5 +154,25 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     return paths
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    return adapter_report(args.run_dir, num_images=args.num_images, batch_size=args.batch_size)
+def format_text(report: Mapping[str, Any]) -> str:
+    lines: list[str] = []
+    lines.append(header(report, f"SiNGER adapters of run {report['run_name']} ({report['num_images']} held-out "
+                                 f"toy scenes at {report['image_size']} px)"))
+    lines.append("Alignment (eq. 13, Table 5a):")
+    lines.append(format_table(report["alignment_table"], [
+        ("layer", "layer", "d"), ("matrix", "matrix", "s"), ("basis_block", "W̃ of", "d"),
+        ("E_prob", "E_prob", ".4f"), ("E_safe", "E_safe", ".4f"), ("random_reference", "random≈", ".4f")]))
+    lines.append("Patch cosine per image (Table 3):")
+    lines.append(format_table(report["cosine_table"], [
+        ("pair", "pair", "s"), ("mean", "μ", ".4f"), ("std", "σ", ".4f"), ("median", "median", ".4f")]))
+    lines.append("Patch norms before/after (Figure 6):")
+    cols = [("features", "features", "s"), ("median", "median‖F‖", ".2f"), ("max_median_ratio", "max/med", ".2f"),
+            ("share_above_4x", ">4x med", ".4f")]
+    if any("implanted_over_median" in r for r in report["norm_table"]):
+        cols.append(("implanted_over_median", "implanted/med", ".2f"))
+    lines.append(format_table(report["norm_table"], cols))
+    lines.append("Gram distance per image (Table 5b): raw D_G and cosine-Gram RMS (gd_cos):")
+    lines.append(format_table(report["gram_table"], [
+        ("pair", "pair", "s"), ("gd", "D_G mean", ".4g"), ("gd_std", "std", ".3g"), ("gd_median", "median", ".4g"),
+        ("gd_cos", "gd_cos", ".4f"), ("gd_cos_std", "std", ".4f")]))
+    return "\n".join(lines)

@@ -6,7 +6,6 @@ command; its options are in :mod:`.options`, its entry in :data:`mdistiller.anal
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,6 @@ from mdistiller.analysis.artifacts import LAYER_RULE, layer_artifact_table, patc
 from mdistiller.analysis.inputs import EMULATED_LABEL, AnalysisModel, block_tokens, representative_layers, stamp
 from mdistiller.analysis.render import format_table, header
 from mdistiller.analysis.viz import finish_figure, show_image, show_map
-
-from .base import model_inputs
 
 
 def artifacts_report(
@@ -97,36 +94,6 @@ def artifacts_report(
         "_images": images,
         "_mask": mask,
     }
-
-
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    am, images, names = model_inputs(args)
-    return artifacts_report(am, images, names, args.images, k=args.k, ratio_threshold=args.ratio_threshold,
-                            share_threshold=args.share_threshold, share_k=args.share_k, batch_size=args.batch_size)
-
-
-def format_text(report: Mapping[str, Any]) -> str:
-    lines: list[str] = []
-    lines.append(header(report, "Patch-norm artifacts per layer (§3.1.1, §4.5)"))
-    lines.append(f"{report['num_images']} {report['images']} images at {report['image_size']} px, grid "
-                 f"{report['grid'][0]}x{report['grid'][1]}, prefix tokens {report['num_prefix_tokens']} "
-                 f"(registers {report['num_registers']}, excluded from patch statistics)")
-    cols = [("layer", "layer", "d"), ("median", "median‖F‖", ".2f"), ("max_median_ratio", "max/med", ".2f")]
-    cols += [(f"share_above_{k:g}x", f">{k:g}x med", ".4f") for k in report["k"]]
-    cols += [("cls_over_median", "CLS/med", ".2f")]
-    if report["num_registers"]:
-        cols += [("registers_over_median", "reg/med", ".2f")]
-    lines.append(format_table(report["table"], cols))
-    rec = report["recommendation"]
-    lines.append(f"recommended layers: {rec['layers']} — {rec['reason']}")
-    lines.append(f"rule: {LAYER_RULE}")
-    if report.get("implant"):
-        im = report["implant"]
-        lines.append(f"{EMULATED_LABEL} at layer {im['layer']}: {im['found_by_rule']}/{im['implanted_patches']} "
-                     f"implanted patches exceed {rec['thresholds']['share_k']:g}x the median "
-                     f"(recall {im['recall']:.2f}, precision {im['precision']:.2f}); onset found at the implanted "
-                     f"layer: {'yes' if im['onset_matches_implant'] else 'no'}")
-    return "\n".join(lines)
 
 
 def plot(report: Mapping[str, Any], out_dir: str | Path, max_images: int = 4) -> list[Path]:
@@ -216,3 +183,27 @@ def plot(report: Mapping[str, Any], out_dir: str | Path, max_images: int = 4) ->
     paths.append(finish_figure(fig, f"{report['model']}: patch-norm maps (images with the strongest outliers at block "
                                f"{probe})", emu, out_dir / "artifacts_normmaps.png"))
     return paths
+
+
+def format_text(report: Mapping[str, Any]) -> str:
+    lines: list[str] = []
+    lines.append(header(report, "Patch-norm artifacts per layer (§3.1.1, §4.5)"))
+    lines.append(f"{report['num_images']} {report['images']} images at {report['image_size']} px, grid "
+                 f"{report['grid'][0]}x{report['grid'][1]}, prefix tokens {report['num_prefix_tokens']} "
+                 f"(registers {report['num_registers']}, excluded from patch statistics)")
+    cols = [("layer", "layer", "d"), ("median", "median‖F‖", ".2f"), ("max_median_ratio", "max/med", ".2f")]
+    cols += [(f"share_above_{k:g}x", f">{k:g}x med", ".4f") for k in report["k"]]
+    cols += [("cls_over_median", "CLS/med", ".2f")]
+    if report["num_registers"]:
+        cols += [("registers_over_median", "reg/med", ".2f")]
+    lines.append(format_table(report["table"], cols))
+    rec = report["recommendation"]
+    lines.append(f"recommended layers: {rec['layers']} — {rec['reason']}")
+    lines.append(f"rule: {LAYER_RULE}")
+    if report.get("implant"):
+        im = report["implant"]
+        lines.append(f"{EMULATED_LABEL} at layer {im['layer']}: {im['found_by_rule']}/{im['implanted_patches']} "
+                     f"implanted patches exceed {rec['thresholds']['share_k']:g}x the median "
+                     f"(recall {im['recall']:.2f}, precision {im['precision']:.2f}); onset found at the implanted "
+                     f"layer: {'yes' if im['onset_matches_implant'] else 'no'}")
+    return "\n".join(lines)

@@ -15,21 +15,19 @@ __all__ = ["Command", "model_inputs"]
 
 @dataclass(frozen=True)
 class Command:
-    """One analysis: its name and help line, its options (``add_arguments``, light: argparse only) and the module
-    holding its computation (``run(args)`` → a report dict), its text tables (``format_text``) and its figures
+    """One analysis: its name and help line, its options (``add_arguments``, argparse only), ``run(args)`` → a
+    report dict, and the module holding its computation, text tables (``format_text``) and figures
     (``plot(report, out_dir)`` → paths). The module is imported on first use, so ``--help`` stays fast."""
 
     name: str
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], dict[str, Any]]
     module: str
 
     @property
     def impl(self) -> Any:
         return importlib.import_module(f"mdistiller.analysis.commands.{self.module}")
-
-    def run(self, args: argparse.Namespace) -> dict[str, Any]:
-        return self.impl.run(args)
 
     def format(self, report: Mapping[str, Any]) -> str:
         return self.impl.format_text(report)

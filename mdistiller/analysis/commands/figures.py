@@ -7,7 +7,6 @@ command; its options are in :mod:`.options`, its entry in :data:`mdistiller.anal
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -71,22 +70,6 @@ def figures_report(
             "_feats": got["feats"], "_images": images, "_mask": got["mask"],
         })
     return {"command": "figures", **stamp(any_emulated, None), "image_indices": idx, "runs": runs}
-
-
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    patch = tuple(int(v) for v in args.patch.split(",")) if args.patch else None
-    if patch is not None and len(patch) != 2:
-        raise ValueError(f"--patch expects ROW,COL, got '{args.patch}'.")
-    return figures_report(args.run_dirs, args.image_index, patch)
-
-
-def format_text(report: Mapping[str, Any]) -> str:
-    lines: list[str] = []
-    lines.append(header(report, "Feature-map figures (Figure 2, 9, 11, 12)"))
-    for run in report["runs"]:
-        lines.append(f"{run['name']} ({run['distiller']}): layers {run['layers']}, grid "
-                     f"{run['grid'][0]}x{run['grid'][1]}, marked patches {run['marked']}")
-    return "\n".join(lines)
 
 
 def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
@@ -177,3 +160,12 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
         paths.append(viz.finish_figure(fig, f"norm maps and similarity to the ×-marked patch, toy val image {img_idx} "
                                        "(Figure 2 / 12 style)", emu, out_dir / f"similarity_img{img_idx}.png"))
     return paths
+
+
+def format_text(report: Mapping[str, Any]) -> str:
+    lines: list[str] = []
+    lines.append(header(report, "Feature-map figures (Figure 2, 9, 11, 12)"))
+    for run in report["runs"]:
+        lines.append(f"{run['name']} ({run['distiller']}): layers {run['layers']}, grid "
+                     f"{run['grid'][0]}x{run['grid'][1]}, marked patches {run['marked']}")
+    return "\n".join(lines)

@@ -8,7 +8,6 @@ Compute (:func:`null_vs_reality_report`), text (:func:`format_text`), figures (:
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,6 @@ from mdistiller.analysis.sublayer import instrument_block
 from mdistiller.analysis.viz import BASIS_STYLE, finish_figure, minor_log_label
 from mdistiller.models.indices import normalize_layers
 from mdistiller.singer.nullspace import jacobian_null_basis, linearize_ffn, null_basis, principal_basis, random_basis
-
-from .base import model_inputs
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -210,33 +207,6 @@ def null_vs_reality_report(
     }
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    am, images, _ = model_inputs(args)
-    return null_vs_reality_report(am, images, layer=args.layer, rank=args.rank, scales=args.scales, mode=args.mode,
-                                  jacobian_samples=args.jacobian_samples, seed=args.seed,
-                                  include_principal=not args.no_principal, batch_size=args.batch_size)
-
-
-def format_text(report: Mapping[str, Any]) -> str:
-    lines: list[str] = []
-    lines.append(header(report, f"Null directions vs the real block {report['next_block']} (§5, Table 8 "
-                                 "extended)"))
-    lines.append(f"perturbing F_{report['layer']} (patch tokens) along rank-{report['rank']} bases, mode "
-                 f"'{report['mode']}', ‖ΔF_i‖ = scale·‖F_i‖; {report['num_images']} images at "
-                 f"{report['image_size']} px; Jacobian basis from {report['jacobian_samples']} tokens")
-    lines.append(format_table(report["table"], [
-        ("scale", "scale", "g"), ("basis", "basis", "s"), ("lin_response", "‖ΔFW̃‖/‖FW̃‖", ".4f"),
-        ("act_response", "with GELU'", ".4f"),
-        ("output_l2", "out L2", ".4f"), ("output_cos", "out cos", ".4f"), ("output_cka", "out CKA", ".4f"),
-        ("residual_l2", "upd L2", ".4f"), ("residual_cos", "upd cos", ".4f"),
-        ("residual_cka", "upd CKA", ".4f"), ("attn_l2", "attn L2", ".4f"), ("ffn_l2", "FFN L2", ".4f"),
-        ("skip_floor", "‖ΔF‖/‖Y‖", ".4f")]))
-    lines.append("out = block output Y; upd = the block's update Y − X (the skip connection passes ΔF unchanged); "
-                 "attn / FFN = the attention and FFN parts of the update.")
-    lines += report["verdict"]
-    return "\n".join(lines)
-
-
 def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     """``null_vs_reality.png``: per basis, linearised response and real-block deviations vs perturbation size."""
     out_dir = Path(out_dir)
@@ -281,3 +251,23 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     return [finish_figure(fig, f"{report['model']}: perturbing F_{report['layer']} along rank-{report['rank']} bases, "
                           f"effect on block {report['next_block']} ({report['num_images']} images)", emu,
                           out_dir / "null_vs_reality.png")]
+
+
+def format_text(report: Mapping[str, Any]) -> str:
+    lines: list[str] = []
+    lines.append(header(report, f"Null directions vs the real block {report['next_block']} (§5, Table 8 "
+                                 "extended)"))
+    lines.append(f"perturbing F_{report['layer']} (patch tokens) along rank-{report['rank']} bases, mode "
+                 f"'{report['mode']}', ‖ΔF_i‖ = scale·‖F_i‖; {report['num_images']} images at "
+                 f"{report['image_size']} px; Jacobian basis from {report['jacobian_samples']} tokens")
+    lines.append(format_table(report["table"], [
+        ("scale", "scale", "g"), ("basis", "basis", "s"), ("lin_response", "‖ΔFW̃‖/‖FW̃‖", ".4f"),
+        ("act_response", "with GELU'", ".4f"),
+        ("output_l2", "out L2", ".4f"), ("output_cos", "out cos", ".4f"), ("output_cka", "out CKA", ".4f"),
+        ("residual_l2", "upd L2", ".4f"), ("residual_cos", "upd cos", ".4f"),
+        ("residual_cka", "upd CKA", ".4f"), ("attn_l2", "attn L2", ".4f"), ("ffn_l2", "FFN L2", ".4f"),
+        ("skip_floor", "‖ΔF‖/‖Y‖", ".4f")]))
+    lines.append("out = block output Y; upd = the block's update Y − X (the skip connection passes ΔF unchanged); "
+                 "attn / FFN = the attention and FFN parts of the update.")
+    lines += report["verdict"]
+    return "\n".join(lines)

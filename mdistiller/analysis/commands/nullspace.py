@@ -7,7 +7,6 @@ command; its options are in :mod:`.options`, its entry in :data:`mdistiller.anal
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,6 @@ from mdistiller.analysis.similarity import summary
 from mdistiller.analysis.sublayer import sublayer_profile
 from mdistiller.analysis.viz import finish_figure
 from mdistiller.singer.nullspace import k_energy, k_eps, linearize_ffn, singular_spectrum
-
-from .base import model_inputs
 
 
 def nullspace_report(
@@ -91,33 +88,6 @@ def nullspace_report(
         "_spectra": spectra,
         "_sublayer": sub,
     }
-
-
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    am, images, _ = model_inputs(args)
-    return nullspace_report(am, images, eps=args.eps, rho=args.rho, rank=args.rank, include_norm=args.include_norm,
-                            include_layerscale=args.include_layerscale, batch_size=args.batch_size)
-
-
-def format_text(report: Mapping[str, Any]) -> str:
-    lines: list[str] = []
-    lines.append(header(report, "Singular spectra of the linearised FFN W̃_l (App. A.2, Figure 8)"))
-    lines.append(f"eps = {report['eps']:g} (absolute), rho = {report['rho']:g}, rank r = {report['rank']}")
-    lines.append(format_table(report["spectrum_table"], [
-        ("layer", "layer", "d"), ("d", "d", "d"), ("sigma_max", "σ_1", ".3g"), ("sigma_min", "σ_d", ".3g"),
-        ("k_energy", "k_energy", "d"), ("tail_energy_dim", "d-k_energy", "d"), ("k_eps", "k_ε", "d"),
-        ("r_eps", "r_ε", "d"), ("sigma_rank", "σ_{d-r+1}", ".3g"), ("rel_sigma_rank", "σ_{d-r+1}/σ_1", ".2e")]))
-    if report["sublayer_table"]:
-        lines.append("")
-        lines.append(header(report, f"Sub-layer changes, mean (std) over {report['num_images']} images "
-                                     "(App. A.1, Figure 7)"))
-        rows = [{"layer": r["layer"], **{k: f"{r[k]:.3f} ({r[k + '_std']:.3f})"
-                                          for k in ("delta_sa", "delta_ffn", "g_ffn1", "g_ffn2")}}
-                for r in report["sublayer_table"]]
-        lines.append(format_table(rows, [("layer", "layer", "d"), ("delta_sa", "Δ_SA", "s"),
-                                         ("delta_ffn", "Δ_FFN", "s"), ("g_ffn1", "G_FFN1", "s"),
-                                         ("g_ffn2", "G_FFN2", "s")]))
-    return "\n".join(lines)
 
 
 def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
@@ -196,3 +166,24 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
         paths.append(finish_figure(fig, f"{report['model']}: sub-layer changes on {report['num_images']} images", emu,
                                    out_dir / "nullspace_sublayer.png"))
     return paths
+
+
+def format_text(report: Mapping[str, Any]) -> str:
+    lines: list[str] = []
+    lines.append(header(report, "Singular spectra of the linearised FFN W̃_l (App. A.2, Figure 8)"))
+    lines.append(f"eps = {report['eps']:g} (absolute), rho = {report['rho']:g}, rank r = {report['rank']}")
+    lines.append(format_table(report["spectrum_table"], [
+        ("layer", "layer", "d"), ("d", "d", "d"), ("sigma_max", "σ_1", ".3g"), ("sigma_min", "σ_d", ".3g"),
+        ("k_energy", "k_energy", "d"), ("tail_energy_dim", "d-k_energy", "d"), ("k_eps", "k_ε", "d"),
+        ("r_eps", "r_ε", "d"), ("sigma_rank", "σ_{d-r+1}", ".3g"), ("rel_sigma_rank", "σ_{d-r+1}/σ_1", ".2e")]))
+    if report["sublayer_table"]:
+        lines.append("")
+        lines.append(header(report, f"Sub-layer changes, mean (std) over {report['num_images']} images "
+                                     "(App. A.1, Figure 7)"))
+        rows = [{"layer": r["layer"], **{k: f"{r[k]:.3f} ({r[k + '_std']:.3f})"
+                                          for k in ("delta_sa", "delta_ffn", "g_ffn1", "g_ffn2")}}
+                for r in report["sublayer_table"]]
+        lines.append(format_table(rows, [("layer", "layer", "d"), ("delta_sa", "Δ_SA", "s"),
+                                         ("delta_ffn", "Δ_FFN", "s"), ("g_ffn1", "G_FFN1", "s"),
+                                         ("g_ffn2", "G_FFN2", "s")]))
+    return "\n".join(lines)

@@ -6,7 +6,6 @@ command; its options are in :mod:`.options`, its entry in :data:`mdistiller.anal
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -77,21 +76,6 @@ def similarity_report(run_dirs: Sequence[str | Path], num_images: int = 64, batc
     }
 
 
-def format_text(report: Mapping[str, Any]) -> str:
-    lines: list[str] = []
-    lines.append(header(report, f"Teacher–student similarity on {report['num_images']} held-out toy scenes "
-                                 "(§4.3, Table 2)"))
-    lines.append(format_table(report["table"], [
-        ("run", "run", "s"), ("distiller", "method", "s"), ("teacher_layer", "T", "d"),
-        ("student_layer", "S", "d"), ("gd", "GD(cos)", ".4f"), ("gd_raw", "D_G raw", ".4g"),
-        ("cka", "CKA", ".4f"), ("cos_teacher", "cos P(S),T", ".4f"), ("cos_target", "cos P(S),F̂", ".4f"),
-        ("teacher_max_median", "T max/med", ".2f"), ("student_max_median", "S max/med", ".2f"),
-        ("teacher_implanted_over_median", "T impl/med", ".2f"),
-        ("student_implanted_over_median", "S impl/med", ".2f"),
-        ("projected_implanted_over_median", "P(S) impl/med", ".2f")]))
-    return "\n".join(lines)
-
-
 def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     """``similarity.png`` (Table 2 as bars: GD and CKA per distilled pair and run) and ``similarity_gram.png``
     (Figure 5: cosine Gram matrices of one image at the last layer)."""
@@ -139,5 +123,16 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     return paths
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    return similarity_report(args.run_dirs, num_images=args.num_images, batch_size=args.batch_size)
+def format_text(report: Mapping[str, Any]) -> str:
+    lines: list[str] = []
+    lines.append(header(report, f"Teacher–student similarity on {report['num_images']} held-out toy scenes "
+                                 "(§4.3, Table 2)"))
+    lines.append(format_table(report["table"], [
+        ("run", "run", "s"), ("distiller", "method", "s"), ("teacher_layer", "T", "d"),
+        ("student_layer", "S", "d"), ("gd", "GD(cos)", ".4f"), ("gd_raw", "D_G raw", ".4g"),
+        ("cka", "CKA", ".4f"), ("cos_teacher", "cos P(S),T", ".4f"), ("cos_target", "cos P(S),F̂", ".4f"),
+        ("teacher_max_median", "T max/med", ".2f"), ("student_max_median", "S max/med", ".2f"),
+        ("teacher_implanted_over_median", "T impl/med", ".2f"),
+        ("student_implanted_over_median", "S impl/med", ".2f"),
+        ("projected_implanted_over_median", "P(S) impl/med", ".2f")]))
+    return "\n".join(lines)

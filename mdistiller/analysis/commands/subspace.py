@@ -6,7 +6,6 @@ command; its options are in :mod:`.options`, its entry in :data:`mdistiller.anal
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,6 @@ from mdistiller.analysis.subspace import pearson, subspace_energy
 from mdistiller.analysis.viz import finish_figure
 from mdistiller.models.indices import normalize_layers
 from mdistiller.singer.nullspace import linearize_ffn, singular_spectrum
-
-from .base import model_inputs
 
 
 def subspace_report(
@@ -96,26 +93,6 @@ def subspace_report(
     }
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    am, images, _ = model_inputs(args)
-    return subspace_report(am, images, layers=args.layers, ranks=args.ranks, basis_block=args.basis_block,
-                           outlier_k=args.outlier_k, batch_size=args.batch_size)
-
-
-def format_text(report: Mapping[str, Any]) -> str:
-    lines: list[str] = []
-    lines.append(header(report, "Subspace energy vs patch norm (App. I, Figure 13)"))
-    lines.append(f"W̃ of block {'l+1' if report['basis_block'] == 'next' else 'l'}; outliers = patches above "
-                 f"{report['outlier_k']:g}x the image median; random reference E = r/d")
-    lines.append(format_table(report["table"], [
-        ("layer", "layer", "d"), ("basis_block", "W̃ of", "d"), ("r", "r", "d"),
-        ("corr_null", "corr(‖F‖,E_null)", "+.3f"), ("corr_prin", "corr(‖F‖,E_prin)", "+.3f"),
-        ("E_null_outliers", "E_null out", ".4f"), ("E_null_rest", "E_null rest", ".4f"),
-        ("E_prin_outliers", "E_prin out", ".4f"), ("E_prin_rest", "E_prin rest", ".4f"),
-        ("random_reference", "r/d", ".4f"), ("num_outliers", "#out", "d")]))
-    return "\n".join(lines)
-
-
 def plot(report: Mapping[str, Any], out_dir: str | Path, max_points: int = 2000) -> list[Path]:
     """``subspace.png`` (Figure 13): ``E_null`` and ``E_prin`` of every patch vs its norm for each ``r``, and the
     correlations ``corr(‖F‖, E_U)`` vs ``r``."""
@@ -165,3 +142,17 @@ def plot(report: Mapping[str, Any], out_dir: str | Path, max_points: int = 2000)
         ax.tick_params(labelsize=7)
     return [finish_figure(fig, f"{report['model']}: subspace energy vs patch norm ({report['num_images']} images)", emu,
                           out_dir / "subspace.png")]
+
+
+def format_text(report: Mapping[str, Any]) -> str:
+    lines: list[str] = []
+    lines.append(header(report, "Subspace energy vs patch norm (App. I, Figure 13)"))
+    lines.append(f"W̃ of block {'l+1' if report['basis_block'] == 'next' else 'l'}; outliers = patches above "
+                 f"{report['outlier_k']:g}x the image median; random reference E = r/d")
+    lines.append(format_table(report["table"], [
+        ("layer", "layer", "d"), ("basis_block", "W̃ of", "d"), ("r", "r", "d"),
+        ("corr_null", "corr(‖F‖,E_null)", "+.3f"), ("corr_prin", "corr(‖F‖,E_prin)", "+.3f"),
+        ("E_null_outliers", "E_null out", ".4f"), ("E_null_rest", "E_null rest", ".4f"),
+        ("E_prin_outliers", "E_prin out", ".4f"), ("E_prin_rest", "E_prin rest", ".4f"),
+        ("random_reference", "r/d", ".4f"), ("num_outliers", "#out", "d")]))
+    return "\n".join(lines)
