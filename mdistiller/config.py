@@ -5,18 +5,23 @@ Every key is defined here, once, with a comment (this file is the reference of a
 they exist (``DISTILLER.{TYPE,TEACHER,STUDENT}``, ``SiNGER.*``, ``SOLVER.*``, ``DATASET.*``, ``EXPERIMENT.*``,
 ``LOG.*``).
 Where the released code differs from the paper, the paper is the default and the released behaviour is a
-named option (see ``configs/imagenet/vit/singer_official.yaml``).
+named option (see ``configs/imagenet/vit/singer_official.yaml`` and ``docs/released-code.md``).
+
+This module imports no other layer of the package: checks that need the classes a config names (distillers,
+models, datasets) are registered as ``"module:function"`` names with :func:`register_check` (the package root
+does so) and run by :func:`validate_config` after the scalar checks.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
 from collections.abc import Sequence
 from pathlib import Path
 
 from yacs.config import CfgNode as CN
 
-__all__ = ["CN", "ConfigError", "get_default_config", "load_config", "validate_against_models", "validate_config"]
+__all__ = ["CN", "ConfigError", "get_default_config", "load_config", "register_check", "validate_config"]
 
 
 class ConfigError(ValueError):
@@ -79,7 +84,7 @@ _C.DISTILLER.KD_REDUCTION = "token"  # token: eq. 1, Σ over channels, mean over
 _C.DISTILLER.KD_CLS = False  # include the CLS token in L_KD (released: True); patches only by default (eq. 1)
 _C.DISTILLER.LAYER_REDUCTION = "sum"  # sum over 𝒟 (eq. 9-11) | mean (released: every term divided by |𝒟|)
 _C.DISTILLER.TEACHER_DTYPE = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16
-# Emulated artifacts (analysis issue): implant high-norm tokens into the teacher's residual stream.
+# Emulated artifacts (mdistiller.models.emulated): implant high-norm tokens into the teacher's residual stream.
 _C.DISTILLER.ARTIFACTS = CN()
 _C.DISTILLER.ARTIFACTS.ENABLE = False
 _C.DISTILLER.ARTIFACTS.LAYER = 4  # teacher block after which tokens are implanted
@@ -229,7 +234,6 @@ def load_config(cfg_files: Sequence[str | Path] = (), opts: Sequence[str] = (), 
             raise ConfigError(f"override {key}={raw!r} is invalid: {e}".rstrip(".") + ".") from None
     if validate:
         validate_config(cfg)
-        validate_against_models(cfg)
     cfg.freeze()
     return cfg
 
@@ -312,41 +316,32 @@ _CHOICES = {
 }
 
 
-def validate_config(cfg: CN) -> None:
-    """Checks that need no model: choices and numeric ranges. Model-dependent checks (layer indices against
-    the chosen teacher/student depth, RANK against the teacher width) run in :func:`validate_against_models`.
-    """
-    from mdistiller.distillers import DISTILLERS
+#: ``"module:function"`` checks run by :func:`validate_config` after the scalar checks (see :func:`register_check`)
+_CHECKS: list[str] = []
 
-    if cfg.DISTILLER.TYPE not in DISTILLERS:
-        raise ConfigError(
-            f"unknown DISTILLER.TYPE '{cfg.DISTILLER.TYPE}'; valid distillers: {', '.join(DISTILLERS.names())}."
-        )
+
+def register_check(path: str) -> None:
+    """Add a config check ``"package.module:function"`` (called with the config; raises :class:`ConfigError`).
+
+    The layers above this module register theirs (``mdistiller/__init__.py``), so the checks live beside the code
+    they protect while ``load_config`` still runs all of them; the module is imported only when a check runs.
+    """
+    if path not in _CHECKS:
+        _CHECKS.append(path)
+
+
+def validate_config(cfg: CN) -> None:
+    """Choices and numeric ranges, then every registered check (``DISTILLER.TYPE`` and model names, layer indices
+    and the method's bounds against the chosen architectures, ``DATASET.DECODE device`` against the dataset)."""
     flat = _flatten(cfg)
     for key, choices in _CHOICES.items():
         value = str(flat[key]).lower()
         if value not in choices:
             raise ConfigError(f"{key} is '{flat[key]}' but must be one of: {', '.join(choices)}.")
-    if str(cfg.DATASET.DECODE).lower() == "device":
-        from mdistiller.dataset.device_decode import check_device_decode
-
-        try:
-            check_device_decode(cfg.DATASET.TYPE)
-        except ValueError as e:
-            raise ConfigError(e.args[0]) from None
-        except KeyError:
-            pass  # an unknown DATASET.TYPE is reported by build_dataset with the list of valid names
-    from mdistiller.dataset import DATASETS
-
-    if cfg.DATASET.TYPE not in DATASETS:
-        import difflib
-
-        close = difflib.get_close_matches(str(cfg.DATASET.TYPE), DATASETS.names(), n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"valid datasets: {', '.join(DATASETS.names())}."
-        raise ConfigError(f"unknown DATASET.TYPE '{cfg.DATASET.TYPE}'; {hint}")
     for key in ("SOLVER.WEIGHT_DECAY", "SOLVER.GRAD_CLIP", "SOLVER.MOMENTUM", "SOLVER.EPS", "SOLVER.FINAL_LR",
                 "SOLVER.WARMUP_EPOCHS", "SOLVER.MAX_STEPS", "LOG.CKPT_EVERY_STEPS", "LOG.AGREEMENT_EVERY_STEPS",
-                "DATASET.NUM_WORKERS", "DATASET.TRAIN_SIZE", "DATASET.VAL_SIZE", "DATASET.NUM_CLASSES"):
+                "LOG.GRAD_TERMS_EVERY_STEPS", "DATASET.NUM_WORKERS", "DATASET.TRAIN_SIZE", "DATASET.VAL_SIZE",
+                "DATASET.NUM_CLASSES"):
         if flat[key] < 0:
             raise ConfigError(f"{key} is {flat[key]} but must not be negative (0 turns it off or picks the default).")
     for key in ("LOG.FREQ", "DATASET.PREFETCH_FACTOR"):
@@ -367,10 +362,6 @@ def validate_config(cfg: CN) -> None:
     if not cfg.SiNGER.ADAPTER_LR_SCALE > 0:
         raise ConfigError(f"SiNGER.ADAPTER_LR_SCALE is {cfg.SiNGER.ADAPTER_LR_SCALE} but must be positive; 1.0 = the "
                           "paper's single learning rate.")
-    if cfg.LOG.GRAD_TERMS_EVERY_STEPS < 0:
-        raise ConfigError(f"LOG.GRAD_TERMS_EVERY_STEPS is {cfg.LOG.GRAD_TERMS_EVERY_STEPS} but must be >= 0 (0 = off).")
-    if cfg.SiNGER.RANK < 1:
-        raise ConfigError(f"SiNGER.RANK is {cfg.SiNGER.RANK} but must be a positive integer, e.g. 16.")
     if not 0.0 < cfg.VITKD.MASK_RATIO < 1.0:
         raise ConfigError(f"VITKD.MASK_RATIO is {cfg.VITKD.MASK_RATIO} but must lie inside (0, 1), e.g. 0.5.")
     for key in ("SOLVER.LR", "SOLVER.BATCH_SIZE", "DATASET.INPUT_SIZE"):
@@ -383,62 +374,11 @@ def validate_config(cfg: CN) -> None:
             "DISTILLER.STUDENT_LAYERS must list one student block per DISTILLER.TEACHER_LAYERS entry "
             f"(got {len(cfg.DISTILLER.STUDENT_LAYERS)} vs {len(cfg.DISTILLER.TEACHER_LAYERS)}); or leave it empty."
         )
-    for key in ("DISTILLER.TEACHER", "DISTILLER.STUDENT"):
-        from mdistiller.models import check_model_name
-
-        try:
-            check_model_name(str(flat[key]))
-        except KeyError as e:
-            raise ConfigError(f"{key}: {e.args[0]}") from None
-    for key in ("DISTILLER.TEACHER", "DISTILLER.STUDENT"):
-        if key == "DISTILLER.TEACHER" and cfg.DISTILLER.TYPE.lower() == "supervised":
-            continue  # no teacher is built
-        from mdistiller.models import check_model_kwargs
-
-        try:
-            check_model_kwargs(str(flat[key]), dict(cfg.DISTILLER[key.split(".")[1] + "_KWARGS"]))
-        except (KeyError, TypeError) as e:
-            raise ConfigError(f"{key}_KWARGS: {e.args[0]}") from None
-
-
-def validate_against_models(cfg: CN) -> None:
-    """Checks against the chosen architectures, before any weights are loaded: layer indices in range for the
-    teacher/student depth, ``SiNGER.RANK`` ≤ teacher width, the artifact layer in range. The models are built on
-    the ``meta`` device (no memory, no download), so this costs well under a second.
-    """
-    import torch
-
-    from mdistiller.distillers import plan_layers
-    from mdistiller.models import build_model
-
-    d = cfg.DISTILLER
-    with torch.device("meta"):
-        teacher = build_model(d.TEACHER, False, dynamic_img_size=True, **dict(d.TEACHER_KWARGS))
-        student = build_model(d.STUDENT, False, img_size=int(cfg.DATASET.INPUT_SIZE), **dict(d.STUDENT_KWARGS))
-    t_depth, s_depth, width = len(teacher.blocks), len(student.blocks), int(teacher.embed_dim)
-    try:
-        plan_layers(cfg, t_depth, s_depth)
-    except (IndexError, ValueError) as e:
-        key = "VITKD.MIMIC_LAYERS" if d.TYPE.lower() == "vitkd" else "DISTILLER.TEACHER_LAYERS / SiNGER.M_LAYERS"
-        raise ConfigError(f"{key}: {e.args[0]}") from None
-    inter_key = "DISTILLER.TEACHER_LAYERS" if d.TEACHER_LAYERS else "SiNGER.M_LAYERS"
-    inter = list(d.TEACHER_LAYERS) or list(cfg.SiNGER.M_LAYERS)
-    if d.TYPE.lower() in ("fitnet", "singer") and inter and all(int(i) % t_depth == t_depth - 1 for i in inter):
-        raise ConfigError(
-            f"{inter_key} {inter} names only the teacher's last block ({t_depth - 1}), which is always distilled; list "
-            f"intermediate blocks only (0…{t_depth - 2}), or leave it empty for the last block alone."
-        )
-    if d.TYPE.lower() == "singer" and cfg.SiNGER.RANK > width:
-        raise ConfigError(
-            f"SiNGER.RANK {cfg.SiNGER.RANK} exceeds the width {width} of teacher '{d.TEACHER}'; use a rank ≤ {width}."
-        )
-    if d.ARTIFACTS.ENABLE and not 0 <= d.ARTIFACTS.LAYER < t_depth - 1:
-        raise ConfigError(
-            f"DISTILLER.ARTIFACTS.LAYER {d.ARTIFACTS.LAYER} must lie in [0, {t_depth - 2}] for the "
-            f"{t_depth}-block teacher '{d.TEACHER}' (later blocks must exist to carry the artifacts)."
-        )
-    if not 0.0 < d.ARTIFACTS.SHARE < 1.0:
-        raise ConfigError(f"DISTILLER.ARTIFACTS.SHARE is {d.ARTIFACTS.SHARE} but must lie inside (0, 1).")
+    if not 0.0 < cfg.DISTILLER.ARTIFACTS.SHARE < 1.0:
+        raise ConfigError(f"DISTILLER.ARTIFACTS.SHARE is {cfg.DISTILLER.ARTIFACTS.SHARE} but must lie inside (0, 1).")
+    for path in _CHECKS:
+        module, func = path.split(":")
+        getattr(importlib.import_module(module), func)(cfg)
 
 
 def parse_override_value(value: str) -> object:

@@ -12,11 +12,9 @@ from mdistiller.analysis import (
     NO_ARTIFACTS_MESSAGE,
     adapter_alignment,
     alignment,
-    artifact_direction,
     extract_patch_tokens,
     gram,
     gram_distance,
-    implant_artifacts,
     instrument_block,
     layer_artifact_table,
     linear_cka,
@@ -24,13 +22,13 @@ from mdistiller.analysis import (
     norm_energy_correlation,
     patch_cosine,
     patch_norm_stats,
-    patch_pixel_std,
     recommend_layers,
     sublayer_changes,
     sublayer_profile,
     subspace_energy,
     summary,
 )
+from mdistiller.models.emulated import artifact_direction, implant_artifacts, patch_pixel_std
 from mdistiller.singer import SiNGERAdapter, linearize_ffn, null_basis, principal_basis, singular_spectrum
 
 IMG, PATCH = 64, 8  # 8 x 8 = 64 patches
@@ -311,7 +309,7 @@ def test_persistent_artifacts_reach_every_later_layer():
     import timm
 
     from mdistiller.analysis.artifacts import extract_patch_tokens, layer_artifact_table
-    from mdistiller.analysis.emulated import implant_artifacts
+    from mdistiller.models.emulated import implant_artifacts
 
     torch.manual_seed(0)
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=4).eval()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mdistiller.analysis.reports import EMULATED_LABEL, to_jsonable
+from mdistiller.analysis.render import EMULATED_LABEL, to_jsonable
 from mdistiller.engine.distributed import DistEnv
 from mdistiller.engine.trainer import Trainer
 from tests.conftest import TINY_TEACHER, tiny_config

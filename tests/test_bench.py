@@ -12,15 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from mdistiller.bench_flops import (
-    ViTShape,
-    block_flops,
-    forward_flops,
-    gram_flops,
-    linear_flops,
-    method_flops,
-    vit_shape,
-)
+from mdistiller.bench.flops import method_flops
+from mdistiller.models.flops import ViTShape, block_flops, forward_flops, gram_flops, linear_flops, vit_shape
 from tests.helpers import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,3 +106,30 @@ def test_bad_method_is_one_sentence(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "unknown method 'bogus'" in err and err.count("\n") == 1
+
+
+def test_each_distiller_counts_its_own_extra_flops(make_cfg):
+    """The bound of a built distiller (its flops_options) equals the hand-configured method_flops call."""
+    from mdistiller.distillers import build_distiller
+    from mdistiller.models.flops import vit_shape
+
+    for kind in ("FitNet", "ViTKD", "SiNGER"):
+        d = build_distiller(make_cfg(kind))
+        t, s = vit_shape(d.teacher.net.model), vit_shape(d.student.model)
+        kw = dict(teacher_patches=4, student_patches=4, teacher_blocks=max(d.teacher_request()) + 1,
+                  student_blocks=max(d.plan.student) + 1, teacher_layers=d.plan.teacher)
+        got = method_flops(kind, t, s, **kw, **d.flops_options())
+        assert got["extras"] == type(d).extra_flops(t, s, teacher_patches=4, student_patches=4,
+                                                    layers=d.plan.teacher, **d.flops_options()) > 0
+    sing = build_distiller(make_cfg("SiNGER"))
+    assert sing.flops_options()["rank"] == 8 and sing.teacher_request() == [1, 2, 3]
+
+
+def test_bench_library_names_and_errors():
+    from mdistiller.bench.items import METHODS, parse_names
+    from mdistiller.bench.timing import BenchError
+
+    assert parse_names("singer, FITNET,singer", METHODS, "method") == ["SiNGER", "FitNet"]
+    assert parse_names("none", METHODS, "method") == []
+    with pytest.raises(BenchError, match="unknown method 'kd'"):
+        parse_names("kd", METHODS, "method")

@@ -107,3 +107,24 @@ def test_small_real_build_and_normalisation():
 def test_override_under_open_kwargs_node():
     cfg = load_config([], ["DISTILLER.TEACHER_KWARGS.depth", "4", "SiNGER.M_LAYERS", "[1]", "SiNGER.RANK", "8"])
     assert cfg.DISTILLER.TEACHER_KWARGS.depth == 4
+
+
+@pytest.mark.parametrize("name, plan", [
+    ("singer.yaml", ([17, 23], [8, 11])),
+    ("singer_vit_large_vit_small.yaml", ([17, 23], [8, 11])),
+    ("singer_deit3_large_deit3_base.yaml", ([17, 23], [8, 11])),
+    ("singer_deit3_small_deit3_tiny.yaml", ([8, 11], [8, 11])),
+])
+def test_table1_pair_configs_load_with_their_layers(name, plan):
+    """Every paper Table 1 pair has a config; its layers 𝒟 and student blocks check out against the architectures."""
+    from pathlib import Path
+
+    from mdistiller.distillers import plan_layers
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "imagenet" / "vit"
+    cfg = load_config([root / name])
+    with torch.device("meta"):
+        t = build_model(cfg.DISTILLER.TEACHER, False, dynamic_img_size=True)
+        s = build_model(cfg.DISTILLER.STUDENT, False)
+    got = plan_layers(cfg, len(t.blocks), len(s.blocks))
+    assert (got.teacher, got.student) == plan

@@ -13,9 +13,7 @@ from mdistiller.eval import (
     ConfusionMatrix,
     DepthHead,
     DepthMetrics,
-    LinearClsHead,
     LinearHeadGrid,
-    MultiHead,
     SegHead,
     accuracy,
     eigen_crop_box,
@@ -254,12 +252,12 @@ def test_depth_merge_and_errors():
 # ------------------------------------------------------------------------------------------------
 
 
-def test_linear_cls_head_init_and_shape():
+def test_linear_head_init_and_shape():
     torch.manual_seed(0)
-    head = LinearClsHead(256, 100)
-    assert head(torch.randn(3, 256)).shape == (3, 100)
-    assert torch.count_nonzero(head.linear.bias) == 0
-    assert float(head.linear.weight.detach().std()) == pytest.approx(0.01, rel=0.05)
+    grid = LinearHeadGrid(256, 100, [0.1])
+    assert grid(torch.randn(3, 256))["lr_0.1"].shape == (3, 100)
+    assert torch.count_nonzero(grid.biases[0]) == 0
+    assert float(grid.weights[0].detach().std()) == pytest.approx(0.01, rel=0.05)
 
 
 def test_linear_head_grid_matches_separate_heads_and_groups():
@@ -276,7 +274,6 @@ def test_linear_head_grid_matches_separate_heads_and_groups():
             lin.weight.copy_(grid.weights[k])
             lin.bias.copy_(grid.biases[k])
         assert torch.allclose(out[name], lin(x), atol=1e-6)
-        assert torch.allclose(grid.extract(name)(x), lin(x), atol=1e-6)
     groups = grid.param_groups(lr_scale=2.0, weight_decay=0.0)
     assert [g["lr"] for g in groups] == pytest.approx([2 * lr for lr in lrs])
     assert [g["name"] for g in groups] == grid.names
@@ -292,7 +289,7 @@ def test_linear_head_grid_matches_separate_heads_and_groups():
     with pytest.raises(ValueError, match="positive"):
         LinearHeadGrid(8, 5, [0.1, -1.0])
     with pytest.raises(KeyError, match="valid names"):
-        grid.extract("lr_7")
+        grid.lr_of("lr_7")
 
 
 def test_linear_head_grid_learns_separable_toy_problem():
@@ -315,24 +312,6 @@ def test_linear_head_grid_learns_separable_toy_problem():
     assert select_best({"a": float("nan"), "b": 0.2, "c": 0.1}, higher_is_better=False) == "c"
     with pytest.raises(ValueError, match="finite"):
         select_best({"a": float("nan")})
-
-
-def test_multihead_flattens_grids_and_groups():
-    heads = MultiHead(
-        {"cls": LinearHeadGrid(4, 3, [0.1, 1.0]), "avg": LinearHeadGrid(8, 3, [0.5]), "plain": LinearClsHead(4, 3)},
-        lrs={"plain": 0.2},
-    )
-    out = heads({"cls": torch.randn(2, 4), "avg": torch.randn(2, 8), "plain": torch.randn(2, 4)})
-    assert sorted(out) == ["avg/lr_0.5", "cls/lr_0.1", "cls/lr_1", "plain"]
-    groups = heads.param_groups(lr_scale=10.0)
-    assert {g["name"]: g["lr"] for g in groups} == pytest.approx(
-        {"cls/lr_0.1": 1.0, "cls/lr_1": 10.0, "avg/lr_0.5": 5.0, "plain": 2.0}
-    )
-    assert heads.loss(out, torch.tensor([0, 2])).ndim == 0
-    with pytest.raises(KeyError, match="lrs"):
-        MultiHead({"plain": LinearClsHead(4, 3)}).param_groups()
-    with pytest.raises(ValueError, match="'.'"):
-        MultiHead({"lr_0.1": LinearClsHead(4, 3)})
 
 
 # ------------------------------------------------------------------------------------------------

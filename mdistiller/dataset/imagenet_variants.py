@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from mdistiller.dataset import DATASETS
-from mdistiller.dataset.finegrained import ImageListDataset, Transform, check_split, require_root
+from mdistiller.dataset.finegrained import ImageListDataset, Transform, locate_dataset
 from mdistiller.dataset.folders import _class_dirs, _images
 
 IMAGENET_R_WNIDS: tuple[str, ...] = tuple(
@@ -156,11 +156,8 @@ class ImageNetR(ImageListDataset):
         mask_classes: bool = True,
         num_imagenet_classes: int | None = NUM_IMAGENET_CLASSES,
     ) -> None:
-        check_split(self.name, split, TEST_SPLITS)
         layout = "<root>/<wnid>/*.jpg with the 200 class folders of the official imagenet-r.tar"
-        r = require_root(root, self.name, layout)
-        if not r.is_dir():
-            raise FileNotFoundError(f"{self.name} folder '{r}' not found: expected {layout} (see data/README.md).")
+        r = locate_dataset(self.name, root, split, TEST_SPLITS, layout)
         wnids = imagenet_wnids(imagenet_root, wnids_file)
         if num_imagenet_classes is not None and len(wnids) != num_imagenet_classes:
             raise ValueError(
@@ -213,14 +210,11 @@ class ImageNetV2(ImageListDataset):
     def __init__(
         self, root: str | os.PathLike[str] | None, split: str = "val", transform: Transform | None = None
     ) -> None:
-        check_split(self.name, split, TEST_SPLITS)
         layout = (
             "<root>/<0..999>/*.jpeg as in the official imagenetv2-matched-frequency.tar.gz "
             "(root = its imagenetv2-matched-frequency-format-val folder)"
         )
-        r = require_root(root, self.name, layout)
-        if not r.is_dir():
-            raise FileNotFoundError(f"{self.name} folder '{r}' not found: expected {layout} (see data/README.md).")
+        r = locate_dataset(self.name, root, split, TEST_SPLITS, layout)
         folders = _class_dirs(r)
         if not folders:
             raise ValueError(f"{self.name} folder '{r}' has no class folders: expected {layout} (see data/README.md).")

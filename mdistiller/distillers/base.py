@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mdistiller.models import FrozenTeacher, TokenSplit, ViTFeatures
+from mdistiller.models.flops import ViTShape, linear_flops
 
+from .layers import map_layers, normalize_layers
 from .losses import feature_kd_loss
 
 __all__ = ["Distiller", "LayerPlan"]
@@ -39,7 +41,21 @@ class Distiller(nn.Module):
     The teacher is stored with ``object.__setattr__`` so it is *not* a submodule: ``parameters()``,
     ``state_dict()``, DDP and checkpoints see only the student, the projections ``P_l: Linear(d_S → d_T)`` and the
     method's own parameters. ``_apply`` forwards device moves to the teacher as well.
+
+    Each method owns its construction: :meth:`plan_layers` (its layers 𝒟 from the config), :meth:`check_config`
+    (its checks against the teacher's width), :meth:`deepest_teacher_block` (where the teacher may be cut),
+    :meth:`from_config` (its constructor arguments), :meth:`teacher_request` (the blocks its forward reads) and
+    :meth:`extra_flops` (its FLOPs beyond the teacher forward and the student step).
     """
+
+    #: config key(s) that choose the distillation layers, named in layer-plan errors
+    layer_keys: str = "DISTILLER.TEACHER_LAYERS / SiNGER.M_LAYERS"
+
+    #: whether the method distils from a teacher (the supervised baseline does not)
+    needs_teacher: bool = True
+
+    #: whether the method's targets are refined teacher features (SiNGER's adapters), not the teacher itself
+    refines_teacher: bool = False
 
     #: whether the method reads the student's final LayerNorm (otherwise it is frozen: it would get no gradient)
     uses_student_final_norm: bool = False
@@ -64,6 +80,70 @@ class Distiller(nn.Module):
         d_s = self.student.width
         self.proj = nn.ModuleDict({str(t): nn.Linear(d_s, teacher.width) for t in plan.teacher} if teacher else {})
         self._freeze_unused_student_parts(max(plan.student))
+
+    # ------------------------------------------------------------------------------------------ construction
+    @classmethod
+    def plan_layers(cls, cfg, teacher_depth: int, student_depth: int) -> LayerPlan:
+        """The distillation layers 𝒟 and their student blocks (FitNet/SiNGER rule, see ``DISTILLER.TEACHER_LAYERS``).
+
+        ``TEACHER_LAYERS`` (or ``SiNGER.M_LAYERS``) plus the teacher's last block, mapped by relative depth unless
+        ``STUDENT_LAYERS`` is given. Raises ``IndexError``/``ValueError`` with one sentence for bad indices.
+        """
+        base = list(cfg.DISTILLER.TEACHER_LAYERS) or list(cfg.SiNGER.M_LAYERS)
+        if base and all(int(i) % teacher_depth == teacher_depth - 1 for i in base):
+            raise ValueError(
+                f"{base} names only the teacher's last block ({teacher_depth - 1}), which is always distilled; list "
+                f"intermediate blocks only (0…{teacher_depth - 2}), or leave it empty for the last block alone.")
+        teacher = normalize_layers(base + [teacher_depth - 1], teacher_depth)
+        if cfg.DISTILLER.STUDENT_LAYERS:
+            student = normalize_layers(cfg.DISTILLER.STUDENT_LAYERS, student_depth, "student")
+            if len(student) != len(teacher):
+                raise ValueError(
+                    f"DISTILLER.STUDENT_LAYERS {list(cfg.DISTILLER.STUDENT_LAYERS)} must give one distinct student "
+                    f"block for each teacher layer {teacher} (the teacher's last block is always included)."
+                )
+        else:
+            student = map_layers(teacher, teacher_depth, student_depth)
+        return LayerPlan(teacher, student)
+
+    @classmethod
+    def check_config(cls, cfg, teacher_width: int) -> None:
+        """Method-specific checks against the teacher's width; raise ``ValueError`` with one sentence."""
+
+    @classmethod
+    def deepest_teacher_block(cls, cfg, plan: LayerPlan) -> int:
+        """The deepest teacher block the method needs to be built and run (the teacher is cut after it)."""
+        return max(plan.teacher)
+
+    @staticmethod
+    def common_kwargs(cfg) -> dict:
+        """The ``DISTILLER.*`` options every distilling method takes (L_KD reduction, CLS, layer reduction)."""
+        d = cfg.DISTILLER
+        return dict(kd_reduction=d.KD_REDUCTION.lower(), kd_cls=bool(d.KD_CLS),
+                    layer_reduction=d.LAYER_REDUCTION.lower())
+
+    @classmethod
+    def from_config(cls, cfg, student: nn.Module, teacher: FrozenTeacher | None, plan: LayerPlan) -> Distiller:
+        """Build the method from its config section (the base: no options beyond :meth:`common_kwargs`)."""
+        return cls(student, teacher, plan, **cls.common_kwargs(cfg))
+
+    def teacher_request(self) -> list[int]:
+        """The teacher blocks one training step reads (the layers 𝒟 unless the method needs more)."""
+        return list(self.plan.teacher)
+
+    # ------------------------------------------------------------------------------------------ cost
+    @classmethod
+    def extra_flops(cls, teacher: ViTShape, student: ViTShape, *, teacher_patches: int, student_patches: int,
+                    layers: list[int], kd_cls: bool = False, **options) -> int:
+        """Matmul FLOPs per image of the method's own work (see :mod:`mdistiller.models.flops`): here the trained
+        projections ``P_l: Linear(d_S → d_T)`` on the student's grid (``+1`` token with ``kd_cls``).
+        ``options`` are the method's own (:meth:`flops_options`); others are ignored."""
+        kd_tokens = student_patches + (1 if kd_cls else 0)
+        return 3 * len(layers) * linear_flops(kd_tokens, student.width, teacher.width)
+
+    def flops_options(self) -> dict:
+        """This distiller's options for :meth:`extra_flops`."""
+        return {"kd_cls": self.kd_cls}
 
     # ------------------------------------------------------------------------------------------ plumbing
     def _freeze_unused_student_parts(self, deepest: int) -> None:
@@ -101,6 +181,11 @@ class Distiller(nn.Module):
     def gradient_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameter groups whose per-term gradient norms are logged (``LOG.GRAD_TERMS_EVERY_STEPS``)."""
         return {"student": [p for _, p in self.trainable_parameters()]}
+
+    def keep(self, weighted_terms: dict[str, torch.Tensor]) -> None:
+        """Remember this forward's λ-weighted loss terms (with their graphs) when ``keep_terms`` is on."""
+        if self.keep_terms:
+            self.last_terms = weighted_terms
 
     def term_grad_norms(self) -> dict[str, float]:
         """``grad/<term>/<group>``: ‖∇ λ·L_term‖ over each of :meth:`gradient_groups` for the forward just run with

@@ -18,6 +18,10 @@ class FitNet(Distiller):
         super().__init__(*args, **kwargs)
         self.feat_weight = feat_weight
 
+    @classmethod
+    def from_config(cls, cfg, student, teacher, plan) -> FitNet:
+        return cls(student, teacher, plan, feat_weight=cfg.FITNET.LOSS.FEAT_WEIGHT, **cls.common_kwargs(cfg))
+
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         sgrid = self.student_grid(images)
         s_feats = self.student(images, self.plan.student)
@@ -29,4 +33,5 @@ class FitNet(Distiller):
             proj, target = self.kd_tokens(self.student.split(s_feats[s], sgrid), target, tt.cls, t)
             terms.append(self.kd_loss(proj, target))
         loss_kd = self.feat_weight * self.reduce_layers(terms)
+        self.keep({"kd": loss_kd})
         return {"loss": loss_kd, "loss_kd": loss_kd.detach()}

@@ -1,24 +1,12 @@
-"""Teacher → student layer mapping."""
+"""Teacher → student layer mapping (indices normalised by :func:`mdistiller.models.indices.normalize_layers`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from mdistiller.models.indices import normalize_layers
+
 __all__ = ["map_layers", "normalize_layers"]
-
-
-def normalize_layers(layers: Sequence[int], depth: int, what: str = "teacher") -> list[int]:
-    """0-based, sorted, de-duplicated block indices; negative indices count from the end.
-
-    Raises ``IndexError`` with one sentence when an index is outside ``[0, depth)``.
-    """
-    out = []
-    for layer in layers:
-        i = int(layer) + depth if int(layer) < 0 else int(layer)
-        if not 0 <= i < depth:
-            raise IndexError(f"{what} layer {layer} is out of range for a {depth}-block {what} (valid: 0…{depth - 1}).")
-        out.append(i)
-    return sorted(set(out))
 
 
 def map_layers(teacher_layers: Sequence[int], teacher_depth: int, student_depth: int) -> list[int]:

@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mdistiller.models.flops import ViTShape, block_flops, gram_flops, linear_flops
 from mdistiller.singer import SiNGERAdapter, linearize_ffn, null_basis, random_basis, threshold_basis
 
-from .base import Distiller
+from .base import Distiller, LayerPlan
 from .losses import gram_mse, inlier_mask, masked_gram_mse, outlier_loss, token_mse
 
 SCALES = ("none", "median")
@@ -58,6 +59,8 @@ class SiNGER(Distiller):
       ``gram="none"`` compares the tokens themselves (per-token squared error) instead of a Gram matrix.
     """
 
+    refines_teacher = True
+
     def __init__(self, *args, rank: int = 16, q: float = 0.95, init: str = "nullspace", basis: str = "smallest",
                  null_thres: float = 0.05, linearize_norm: bool = False, linearize_layerscale: bool = False,
                  use_outlier: bool = True, use_info: bool = True, info: str = "paper", info_fraction: float = 1.0,
@@ -81,9 +84,9 @@ class SiNGER(Distiller):
         if info == "official" and use_info and len(self.plan.teacher) < 2:
             raise ValueError("SiNGER.INFO 'official' compares the final layer with an intermediate one; "
                              "add an intermediate layer to SiNGER.M_LAYERS or use INFO 'paper'.")
-        d = self.teacher.width
-        if not 1 <= rank <= d:
-            raise ValueError(f"SiNGER.RANK {rank} exceeds the teacher width {d}; choose a rank in [1, {d}].")
+        d = self.teacher.width  # the rank bound is checked by check_config and guarded in mdistiller.singer
+        self.rank = int(rank)
+        self.linearize = {"include_norm": linearize_norm, "include_layerscale": linearize_layerscale}
         gen = torch.Generator().manual_seed(seed)
         self.null_counts: dict[int, int] = {}
         adapters = {}
@@ -91,8 +94,7 @@ class SiNGER(Distiller):
             if init == "random":
                 basis_t = random_basis(d, rank, generator=gen, orthonormal=False)
             else:
-                block = self.teacher.blocks[t + 1] if t != self.final else self.teacher.blocks[t]
-                w = linearize_ffn(block, include_norm=linearize_norm, include_layerscale=linearize_layerscale).cpu()
+                w = self.init_weight(t)
                 if basis == "threshold":
                     basis_t, self.null_counts[t] = threshold_basis(w, rank, null_thres, generator=gen)
                 else:
@@ -120,6 +122,74 @@ class SiNGER(Distiller):
     def gradient_groups(self) -> dict[str, list[nn.Parameter]]:
         rest, adapters = self._split_params()
         return {"student": [p for _, p in rest], "adapter": [p for _, p in adapters]}
+
+    @classmethod
+    def from_config(cls, cfg, student, teacher, plan) -> SiNGER:
+        s = cfg.SiNGER
+        return cls(student, teacher, plan, rank=s.RANK, q=s.OUTLIER_Q, init=s.INIT.lower(),
+                   basis=s.BASIS.lower(), null_thres=s.NULL_THRES, linearize_norm=s.LINEARIZE_NORM,
+                   linearize_layerscale=s.LINEARIZE_LAYERSCALE, use_outlier=s.USE_OUTLIER, use_info=s.USE_INFO,
+                   info=s.INFO.lower(), info_fraction=s.INFO_FRACTION, gram=s.GRAM.lower(),
+                   scale=s.SCALE.lower(), info_patches=s.INFO_PATCHES.lower(),
+                   adapter_lr_scale=s.ADAPTER_LR_SCALE, detach_target=s.DETACH_TARGET,
+                   feat_weight=s.LOSS.FEAT_WEIGHT, outlier_weight=s.LOSS.OUTLIER_WEIGHT,
+                   info_weight=s.LOSS.INFO_WEIGHT, seed=cfg.EXPERIMENT.SEED, **cls.common_kwargs(cfg))
+
+    @classmethod
+    def check_config(cls, cfg, teacher_width: int) -> None:
+        """``SiNGER.RANK`` in ``[1, teacher width]`` (the one config-level check of the adapter rank)."""
+        rank = cfg.SiNGER.RANK
+        if rank < 1:
+            raise ValueError(f"SiNGER.RANK is {rank} but must be a positive integer, e.g. 16.")
+        if rank > teacher_width:
+            raise ValueError(f"SiNGER.RANK {rank} exceeds the width {teacher_width} of teacher "
+                             f"'{cfg.DISTILLER.TEACHER}'; use a rank ≤ {teacher_width}.")
+
+    @classmethod
+    def deepest_teacher_block(cls, cfg, plan: LayerPlan) -> int:
+        """Block l+1 of every intermediate layer initialises its adapter and runs L_info: one block deeper."""
+        return max(plan.teacher) + (1 if len(plan.teacher) > 1 else 0)
+
+    @staticmethod
+    def source_block(t: int, final: int) -> int:
+        """The block whose FFN initialises the adapter of layer ``t`` (eq. 8): ``t+1``, or ``t`` itself for the final
+        layer (no next block; the released code does the same)."""
+        return t + 1 if t != final else t
+
+    def init_weight(self, t: int) -> torch.Tensor:
+        """``W̃`` (CPU) the adapter at teacher layer ``t`` is initialised from (eq. 14-16)."""
+        block = self.teacher.blocks[self.source_block(t, self.final)]
+        return linearize_ffn(block, **self.linearize).cpu()
+
+    @classmethod
+    def extra_flops(cls, teacher: ViTShape, student: ViTShape, *, teacher_patches: int, student_patches: int,
+                    layers: list[int], kd_cls: bool = False, rank: int = 16, use_info: bool = True,
+                    info: str = "paper", info_fraction: float = 1.0, **options) -> int:
+        """Projections, adapters (on the teacher's patches) and L_info: block l+1 re-run with an input gradient for
+        intermediate layers (scaled by ``info_fraction``) and the Gram matrices of eq. 11 or the released variant."""
+        extras = super().extra_flops(teacher, student, teacher_patches=teacher_patches,
+                                     student_patches=student_patches, layers=layers, kd_cls=kd_cls)
+        p, d_t = teacher_patches, teacher.width
+        adapter = linear_flops(p, d_t, rank) + linear_flops(p, rank, d_t)
+        extras += 3 * len(layers) * adapter
+        if use_info:
+            final = layers[-1]
+            block = block_flops(teacher.tokens(p), d_t, teacher.mlp_hidden)
+            for t in layers:
+                if t != final:  # block l+1 on F̂ (forward + input gradient only)
+                    rerun = 2 * block
+                    if info == "paper":  # Gram of block l+1 on F̂ (with gradient) and on F (without)
+                        rerun += 3 * gram_flops(p, d_t) + gram_flops(p, d_t)
+                    extras += round(info_fraction * rerun)
+                elif info == "official" and len(layers) > 1:  # Grams of F̂_final and F̂_inter, both with gradient
+                    extras += 2 * 3 * gram_flops(p, d_t)
+                else:  # Gram of F̂_final (with gradient) vs Gram of F_final (without)
+                    extras += 3 * gram_flops(p, d_t) + gram_flops(p, d_t)
+        return extras
+
+    def flops_options(self) -> dict:
+        return {"kd_cls": self.kd_cls, "rank": self.rank, "use_info": self.use_info, "info": self.info,
+                "info_fraction": self.info_fraction}
 
     def teacher_request(self) -> list[int]:
         """Teacher blocks to read: 𝒟 plus l+1 of every intermediate l (its output is reused by L_info)."""
@@ -158,8 +228,7 @@ class SiNGER(Distiller):
         if info:
             terms["info"] = self.reduce_layers(info)
         weighted = {k: self.weights[k] * v for k, v in terms.items()}
-        if self.keep_terms:
-            self.last_terms = weighted
+        self.keep(weighted)
         result = {"loss": sum(weighted.values())}
         result.update({f"loss_{k}": v.detach() for k, v in terms.items()})
         return result

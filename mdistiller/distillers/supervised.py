@@ -16,6 +16,7 @@ class Supervised(Distiller):
 
     uses_student_final_norm = True
     needs_targets = True
+    needs_teacher = False
 
     def __init__(self, student: nn.Module, num_classes: int) -> None:
         depth = len(student.blocks)
@@ -26,13 +27,35 @@ class Supervised(Distiller):
             )
         self.classifier = nn.Linear(self.student.width, num_classes)
 
+    @classmethod
+    def from_config(cls, cfg, student, teacher=None, plan=None) -> Supervised:
+        return cls(student, num_classes=dataset_num_classes(cfg))
+
+    def teacher_request(self) -> list[int]:
+        return []  # no teacher
+
     def forward(self, images: torch.Tensor, targets) -> dict[str, torch.Tensor]:  # type: ignore[override]
         labels = targets["label"] if isinstance(targets, dict) else targets
         last = self.plan.student[-1]
         tokens = self.student.model.norm(self.student(images, [last])[last])
         cls = self.student.split(tokens, self.student_grid(images)).cls
         loss = F.cross_entropy(self.classifier(cls), labels.long())
+        self.keep({"ce": loss})
         return {"loss": loss, "loss_ce": loss.detach()}
 
     def agreement(self, images: torch.Tensor) -> dict[str, float]:
         return {}  # no teacher to agree with
+
+
+def dataset_num_classes(cfg) -> int:
+    """``DATASET.NUM_CLASSES``, or the dataset class's ``num_classes`` attribute when it is 0."""
+    if cfg.DATASET.NUM_CLASSES:
+        return int(cfg.DATASET.NUM_CLASSES)
+    from mdistiller.dataset import DATASETS
+
+    n = getattr(DATASETS.get(cfg.DATASET.TYPE), "num_classes", None)
+    if not n:
+        raise ValueError(
+            f"dataset '{cfg.DATASET.TYPE}' does not declare its number of classes; set DATASET.NUM_CLASSES."
+        )
+    return int(n)

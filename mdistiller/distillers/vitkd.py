@@ -5,7 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Distiller
+from mdistiller.models.flops import ViTShape, linear_flops
+
+from .base import Distiller, LayerPlan
+from .layers import normalize_layers
 
 
 class ViTKD(Distiller):
@@ -22,6 +25,7 @@ class ViTKD(Distiller):
     """
 
     uses_student_final_norm = True
+    layer_keys = "VITKD.MIMIC_LAYERS"
 
     def __init__(self, *args, mask_ratio: float = 0.5, alpha: float = 3e-5, beta: float = 3e-6, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -31,6 +35,27 @@ class ViTKD(Distiller):
         self.generator = nn.Sequential(
             nn.Conv2d(d_t, d_t, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(d_t, d_t, 3, padding=1)
         )
+
+    @classmethod
+    def plan_layers(cls, cfg, teacher_depth: int, student_depth: int) -> LayerPlan:
+        """``VITKD.MIMIC_LAYERS`` on both sides (the first blocks), plus last ↔ last for generation."""
+        mimic_t = normalize_layers(cfg.VITKD.MIMIC_LAYERS, teacher_depth - 1, "teacher (ViTKD mimic)")
+        mimic_s = normalize_layers(cfg.VITKD.MIMIC_LAYERS, student_depth - 1, "student (ViTKD mimic)")
+        return LayerPlan(mimic_t + [teacher_depth - 1], mimic_s + [student_depth - 1])
+
+    @classmethod
+    def from_config(cls, cfg, student, teacher, plan) -> ViTKD:
+        v = cfg.VITKD
+        return cls(student, teacher, plan, mask_ratio=v.MASK_RATIO, alpha=v.ALPHA, beta=v.BETA,
+                   **cls.common_kwargs(cfg))
+
+    @classmethod
+    def extra_flops(cls, teacher: ViTShape, student: ViTShape, *, teacher_patches: int, student_patches: int,
+                    layers: list[int], **options) -> int:
+        """Aligners on the student's patches (no CLS) and the generator's two 3×3 convolutions at teacher width."""
+        d_s, d_t = student.width, teacher.width
+        conv = 2 * linear_flops(student_patches, 9 * d_t, d_t)
+        return 3 * len(layers) * linear_flops(student_patches, d_s, d_t) + 3 * conv
 
     @property
     def mimic_pairs(self) -> list[tuple[int, int]]:
@@ -69,4 +94,5 @@ class ViTKD(Distiller):
         g = self.generator(x.transpose(1, 2).reshape(b, -1, h, w)).flatten(2).transpose(1, 2)
         loss_gen = self.beta * ((g.float() - target.float()).pow(2) * mask[..., None]).sum() / b / self.mask_ratio
         total = loss_mimic + loss_gen
+        self.keep({"mimic": loss_mimic, "gen": loss_gen})
         return {"loss": total, "loss_mimic": loss_mimic.detach(), "loss_gen": loss_gen.detach()}

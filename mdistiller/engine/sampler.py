@@ -150,14 +150,8 @@ class ResumableDistributedSampler(Sampler[int]):
 
     def state_dict(self) -> dict[str, Any]:
         """Position in the data stream: epoch, start and the layout it refers to."""
-        return {
-            "epoch": self.epoch,
-            "start": self.start,
-            "seed": self.seed,
-            "num_replicas": self.num_replicas,
-            "batch_size": self.batch_size,
-            "dataset_len": self.dataset_len,
-        }
+        keys = ("epoch", "start", "seed", "num_replicas", "batch_size", "dataset_len")
+        return {key: getattr(self, key) for key in keys}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a position; a different world size with the same global batch is converted by whole steps."""

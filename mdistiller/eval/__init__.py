@@ -13,11 +13,10 @@ Names are imported lazily, so ``import mdistiller.eval.cli`` (argument parsing, 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from mdistiller.lazy import lazy_exports
 
 _EXPORTS = {
-    "heads": ("DepthHead", "LinearClsHead", "LinearHeadGrid", "MultiHead", "SegHead", "select_best",
+    "heads": ("DepthHead", "LinearHeadGrid", "SegHead", "select_best",
               "sliding_window_logits", "tokens_to_grid"),
     "metrics": ("ConfusionMatrix", "DepthMetrics", "accuracy", "all_reduce_", "eigen_crop_box", "eigen_crop_mask",
                 "topk_correct"),
@@ -28,19 +27,4 @@ _EXPORTS = {
     "runner": ("ProbeData", "ProbeSettings", "carve_validation", "evaluate", "run_probe", "train_heads"),
     "table": ("collect_results", "render_csv", "render_markdown"),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mdistiller.eval' has no attribute '{name}'")
-    value = getattr(importlib.import_module(f"mdistiller.eval.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,12 +1,11 @@
-"""Linear probe heads: classification (one head or a grid of learning rates), segmentation and depth.
+"""Linear probe heads: classification (a grid of learning rates), segmentation and depth.
 
 All heads are linear in the frozen features (up to an optional BatchNorm, which is a per-channel
-affine map at evaluation time), following DINOv2's linear protocols (anchors.md §1.4):
+affine map at evaluation time), following DINOv2's linear protocols (see docs/lineval.md):
 
-* :class:`LinearClsHead` — ``Linear(D, C)``, weight ~ N(0, 0.01²), bias 0.
-* :class:`LinearHeadGrid` — K such heads trained *at once* on the same features, one per learning
-  rate, in a single matmul; one optimizer group per LR; pick the best on a validation split.
-* :class:`MultiHead` — a named bundle of heads (e.g. one grid per feature variant).
+* :class:`LinearHeadGrid` — K linear classifiers (``Linear(D, C)``, weight ~ N(0, 0.01²), bias 0)
+  trained *at once* on the same features, one per learning rate, in a single matmul; one optimizer
+  group per LR; pick the best on a validation split.
 * :class:`SegHead` — BatchNorm2d + 1×1 conv on the patch-token grid (DINOv2's ``BNHead``), logits
   upsampled *after* the classifier; :func:`sliding_window_logits` for large images.
 * :class:`DepthHead` — BatchNorm2d + 1×1 conv on patch ⊕ CLS tokens; 256 uniform bins decoded by a
@@ -24,9 +23,7 @@ from torch import nn
 
 __all__ = [
     "DepthHead",
-    "LinearClsHead",
     "LinearHeadGrid",
-    "MultiHead",
     "SegHead",
     "select_best",
     "sliding_window_logits",
@@ -62,7 +59,7 @@ def select_best(metrics: Mapping[str, float], higher_is_better: bool = True) -> 
     """Name of the best head given ``{name: validation metric}``; NaNs are skipped, ties go to the first.
 
     Select on a held-out *validation* split, never on the test set (the released code selected its
-    ``best.pt`` on test, released-code.md §5).
+    ``best.pt`` on test; docs/released-code.md).
     """
     best_name, best_val = None, None
     for name, val in metrics.items():
@@ -81,20 +78,6 @@ def select_best(metrics: Mapping[str, float], higher_is_better: bool = True) -> 
 # --------------------------------------------------------------------------------------------------
 
 
-class LinearClsHead(nn.Module):
-    """``logits = x Wᵀ + b`` with ``W ~ N(0, 0.01²)``, ``b = 0`` (DINOv2 ``LinearClassifier`` init)."""
-
-    def __init__(self, in_dim: int, num_classes: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(_positive("in_dim", in_dim), _positive("num_classes", num_classes))
-        nn.init.normal_(self.linear.weight, mean=0.0, std=INIT_STD)
-        nn.init.zeros_(self.linear.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [..., D] -> logits [..., C]``."""
-        return self.linear(x)
-
-
 def _lr_name(lr: float) -> str:
     return f"lr_{lr:g}"
 
@@ -103,14 +86,14 @@ class LinearHeadGrid(nn.Module):
     """K independent linear classifiers on the same features, one per learning rate (DINOv2 linear eval).
 
     Each head ``k`` has its own parameters ``W_k [C, D]``, ``b_k [C]`` (so that an optimizer can give it
-    its own LR, momentum buffer and weight decay), initialised like :class:`LinearClsHead`. The forward
-    pass concatenates them into one ``[K·C, D]`` matrix and runs **one** GEMM for all heads:
+    its own LR, momentum buffer and weight decay), initialised as in DINOv2 (``W ~ N(0, 0.01²)``, ``b = 0``).
+    The forward pass concatenates them into one ``[K·C, D]`` matrix and runs **one** GEMM for all heads:
     ``x [N, D] -> [N, K, C]`` — the features are read once instead of K times.
 
     Training: ``opt = torch.optim.SGD(grid.param_groups(lr_scale=global_bs / 256), momentum=0.9)`` and
     ``grid.loss(grid(x), y).backward()``; the loss is the *sum* of the heads' mean cross-entropies, so
     each head receives exactly the gradient of its own loss. Evaluate every head on a validation split,
-    then :meth:`best` / :meth:`extract` the winner.
+    then pick the winner with :meth:`best`.
     """
 
     def __init__(self, in_dim: int, num_classes: int, lrs: Sequence[float], names: Sequence[str] | None = None) -> None:
@@ -181,74 +164,6 @@ class LinearHeadGrid(nn.Module):
         if name not in self.names:
             raise KeyError(f"unknown head '{name}'; valid names: {', '.join(self.names)}.")
         return self.names.index(name)
-
-    def extract(self, name: str) -> LinearClsHead:
-        """A standalone :class:`LinearClsHead` holding a copy of head ``name``'s weights (e.g. the best one)."""
-        k = self._index(name)
-        head = LinearClsHead(self.in_dim, self.num_classes).to(self.weights[k].device, self.weights[k].dtype)
-        with torch.no_grad():
-            head.linear.weight.copy_(self.weights[k])
-            head.linear.bias.copy_(self.biases[k])
-        return head
-
-
-class MultiHead(nn.Module):
-    """A named bundle of heads trained together, e.g. ``{"cls": LinearHeadGrid(D, …), "avg": LinearHeadGrid(2D, …)}``.
-
-    ``forward(x)`` gives every head ``x`` (a shared tensor) or ``x[name]`` (a mapping of per-head
-    features) and returns one flat dict; a sub-head that itself returns a dict contributes
-    ``"{name}/{sub}"`` entries. ``param_groups`` delegates to sub-heads that define it and otherwise
-    uses ``lrs[name]``.
-    """
-
-    def __init__(self, heads: Mapping[str, nn.Module], lrs: Mapping[str, float] | None = None) -> None:
-        super().__init__()
-        if not heads:
-            raise ValueError("MultiHead needs at least one head.")
-        bad = [n for n in heads if "." in n or "/" in n or not n]
-        if bad:
-            raise ValueError(f"head names must be non-empty and contain no '.' or '/', got {bad}; rename them.")
-        self.heads = nn.ModuleDict(dict(heads))
-        self.lrs = dict(lrs or {})
-
-    def forward(self, x: torch.Tensor | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
-        for name, head in self.heads.items():
-            if isinstance(x, Mapping):
-                if name not in x:
-                    raise KeyError(f"no features for head '{name}'; the input mapping has keys {sorted(x)}.")
-                y = head(x[name])
-            else:
-                y = head(x)
-            if isinstance(y, Mapping):
-                out.update({f"{name}/{sub}": v for sub, v in y.items()})
-            else:
-                out[name] = y
-        return out
-
-    def param_groups(self, lr_scale: float = 1.0, weight_decay: float = 0.0) -> list[dict]:
-        """Optimizer groups for every head; names are prefixed with the head's name."""
-        groups: list[dict] = []
-        for name, head in self.heads.items():
-            if hasattr(head, "param_groups"):
-                for g in head.param_groups(lr_scale=lr_scale, weight_decay=weight_decay):
-                    groups.append({**g, "name": f"{name}/{g.get('name', '')}".rstrip("/")})
-            else:
-                if name not in self.lrs:
-                    raise KeyError(f"head '{name}' has no param_groups() and no LR; pass lrs={{'{name}': …}}.")
-                groups.append(
-                    {
-                        "params": list(head.parameters()),
-                        "lr": self.lrs[name] * float(lr_scale),
-                        "weight_decay": float(weight_decay),
-                        "name": name,
-                    }
-                )
-        return groups
-
-    def loss(self, logits: Mapping[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-        """Sum of mean cross-entropies over all outputs (each head gets exactly its own gradient)."""
-        return sum(F.cross_entropy(v, target) for v in logits.values())  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -382,8 +297,8 @@ class DepthHead(nn.Module):
     ``mode="bins"`` (default): ``n_bins`` uniform bin centres ``c_i = linspace(min_depth, max_depth,
     n_bins)`` (AdaBins/DINOv2 "UD"); depth = soft-argmax ``Σ_i softmax(logits / T)_i · c_i`` with the
     temperature ``T = temperature`` (default 1.0, the distribution the cross-entropy trains, so the
-    decoded depth is its mean; the released code trained with 0.03 and was run at 0.6 or 0.03 at test,
-    released-code.md §5.3). Loss ``bins_loss``:
+    decoded depth is its mean; the released code trained with 0.03 and was run at 0.6 or 0.03 at test).
+    Loss ``bins_loss``:
 
     * ``"ce"`` (default): cross-entropy against the nearest bin ``round((g − min)/(max − min)·(n − 1))``
       (the released SiNGER probe's loss; the classic depth-as-classification target);

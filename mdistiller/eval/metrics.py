@@ -4,7 +4,7 @@ Every accumulator keeps its running state as *sums in one plain tensor* (``state
 distributed evaluation reduces it exactly with a single ``torch.distributed.all_reduce`` (or
 ``.all_reduce()``, a no-op outside a process group) before ``compute``/``miou``. Averages are only
 formed at the end, from the reduced sums: averaging per-rank or per-batch *ratios* is what made the
-released code's numbers depend on the batch size (released-code.md §5.2, §5.3).
+released code's numbers depend on the batch size (see docs/released-code.md, "Linear probes").
 
 Note for distributed use: ``DistributedSampler`` pads the last batch with repeated samples, so exact
 numbers need an unpadded (e.g. sequential, rank-strided) evaluation sampler.

@@ -19,7 +19,7 @@ toy scenes and Fashion-MNIST): :func:`random_resized_crop` + flip for classifica
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -221,6 +221,29 @@ class Meter:
         raise NotImplementedError
 
 
+class PerHeadMeter(Meter):
+    """One accumulator per head (a ``ConfusionMatrix``, ``DepthMetrics``, … built by ``make``), each fed its
+    head's output after ``prepare`` (e.g. ``argmax`` over classes); their states reduce across ranks."""
+
+    def __init__(self, names: Sequence[str], make: Callable[[], Any],
+                 prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        self.meters = {n: make() for n in names}
+        self.prepare = prepare
+
+    def update(self, outputs: Mapping[str, torch.Tensor], target: torch.Tensor) -> None:
+        for n, m in self.meters.items():
+            out = outputs[n]
+            m.update(self.prepare(out) if self.prepare is not None else out, target)
+
+    def all_reduce(self) -> Meter:
+        for m in self.meters.values():
+            m.all_reduce()
+        return self
+
+    def compute(self) -> dict[str, dict[str, Any]]:
+        return {n: m.compute() for n, m in self.meters.items()}
+
+
 class _TopKMeter(Meter):
     def __init__(self, names: Sequence[str], device: torch.device, class_mask: torch.Tensor | None) -> None:
         self.names = list(names)
@@ -301,23 +324,6 @@ class ClassificationTask(Task):
                 "metric_source": "mdistiller.eval.metrics.topk_correct"}
 
 
-class _ConfusionMeter(Meter):
-    def __init__(self, names: Sequence[str], num_classes: int, ignore_index: int, device: torch.device) -> None:
-        self.cms = {n: ConfusionMatrix(num_classes, ignore_index, device=device) for n in names}
-
-    def update(self, outputs: Mapping[str, torch.Tensor], target: torch.Tensor) -> None:
-        for n, cm in self.cms.items():
-            cm.update(outputs[n].argmax(1), target)
-
-    def all_reduce(self) -> Meter:
-        for cm in self.cms.values():
-            cm.all_reduce()
-        return self
-
-    def compute(self) -> dict[str, dict[str, Any]]:
-        return {n: cm.compute() for n, cm in self.cms.items()}
-
-
 def _resize_target(target: torch.Tensor, size: int | None) -> torch.Tensor:
     if size is None or tuple(target.shape[-2:]) == (size, size):
         return target
@@ -367,7 +373,8 @@ class SegmentationTask(DenseTask):
         return {n: heads[n](feats["patch"], out_size) for n in names}
 
     def new_meter(self, names: Sequence[str], device: torch.device, class_mask: torch.Tensor | None = None) -> Meter:
-        return _ConfusionMeter(names, self.num_classes, self.ignore_index, device)
+        return PerHeadMeter(names, lambda: ConfusionMatrix(self.num_classes, self.ignore_index, device=device),
+                            prepare=lambda logits: logits.argmax(1))
 
     def augment(self, images: torch.Tensor, target: torch.Tensor,
                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -387,23 +394,6 @@ def depth_bounds(depth_range: tuple[float, float]) -> tuple[float, float]:
     lo, hi = float(depth_range[0]), float(depth_range[1])
     pad = 1e-3 * (hi - lo)
     return max(lo - pad, 1e-3), hi + pad
-
-
-class _DepthMeter(Meter):
-    def __init__(self, names: Sequence[str], device: torch.device, **kwargs: Any) -> None:
-        self.ms = {n: DepthMetrics(device=device, **kwargs) for n in names}
-
-    def update(self, outputs: Mapping[str, torch.Tensor], target: torch.Tensor) -> None:
-        for n, m in self.ms.items():
-            m.update(outputs[n], target)
-
-    def all_reduce(self) -> Meter:
-        for m in self.ms.values():
-            m.all_reduce()
-        return self
-
-    def compute(self) -> dict[str, dict[str, Any]]:
-        return {n: m.compute() for n, m in self.ms.items()}
 
 
 class DepthTask(DenseTask):
@@ -449,8 +439,9 @@ class DepthTask(DenseTask):
         return {n: heads[n](feats["patch"], self._cls(feats), out_size) for n in names}
 
     def new_meter(self, names: Sequence[str], device: torch.device, class_mask: torch.Tensor | None = None) -> Meter:
-        return _DepthMeter(names, device, min_depth=self.min_depth, max_depth=self.max_depth,
-                           eigen_crop=self.eigen_crop, aggregate=self.aggregate)
+        return PerHeadMeter(names, lambda: DepthMetrics(device=device, min_depth=self.min_depth,
+                                                        max_depth=self.max_depth, eigen_crop=self.eigen_crop,
+                                                        aggregate=self.aggregate))
 
     def augment(self, images: torch.Tensor, target: torch.Tensor,
                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

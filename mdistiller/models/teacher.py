@@ -1,4 +1,4 @@
-"""``FrozenTeacher``: a teacher that is frozen for real (DESIGN "Principles")."""
+"""``FrozenTeacher``: a teacher that is frozen for real: no gradient, no optimizer, no checkpoint."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ class FrozenTeacher(nn.Module):
         model.requires_grad_(False)
         self.dtype = dtype
         self.grid_align = grid_align
-        self.implant = None  # emulated artifacts (mdistiller.analysis.emulated), if any
+        self.implant = None  # emulated artifacts (mdistiller.models.emulated.ArtifactImplant), if any
         self.train(False)
 
     def train(self, mode: bool = True) -> FrozenTeacher:  # noqa: ARG002 - always eval

