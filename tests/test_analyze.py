@@ -30,7 +30,8 @@ def _train(kind: str, run_dir: Path) -> Path:
     cfg = tiny_config(kind, **{
         "SOLVER.MAX_STEPS": 2, "SOLVER.BATCH_SIZE": 8, "SOLVER.AMP": "none", "DATASET.TYPE": "toy_scenes",
         "DATASET.TRAIN_SIZE": 16, "DATASET.VAL_SIZE": 4, "DATASET.NUM_WORKERS": 0, "LOG.PROGRESS": False,
-        "LOG.CKPT_EVERY_STEPS": 0, "DISTILLER.ARTIFACTS.ENABLE": True, "DISTILLER.ARTIFACTS.LAYER": 0,
+        "LOG.CKPT_EVERY_STEPS": 1, "LOG.AGREEMENT_EVERY_STEPS": 1, "DISTILLER.ARTIFACTS.ENABLE": True,
+        "DISTILLER.ARTIFACTS.LAYER": 0,
         "EXPERIMENT.NAME": f"tiny_{kind.lower()}"})
     env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend=None, is_main=True)
     Trainer(cfg, env, run_dir).fit()
@@ -153,6 +154,13 @@ def test_adapter(runs, capsys):
     assert pairs == {"F_1 vs F̂_1", "F_2 vs F̂_2", "F_3 vs F̂_3"}
     assert all({"mean", "std", "median"} <= set(r) for r in data["cosine_table"])
     assert all(r["gd"] >= 0 and math.isfinite(r["gd_cos"]) for r in data["gram_table"])
+    # refinement per saved checkpoint (prev.pth at step 1, last.pth at step 2) and over the logged training steps
+    refine = data["refinement_table"]
+    assert [(r["step"], r["layer"]) for r in refine] == [(1, 1), (1, 3), (2, 1), (2, 3)]
+    assert all(r["ratio_before"] > 1 and -1 <= r["cos_inlier"] <= 1 for r in refine)
+    assert all("cos_next" in r and "cos_final" in r for r in refine if r["layer"] == 1)
+    assert [r["step"] for r in data["refinement_curve"]] == [1, 2] and "Refinement per saved checkpoint" in stdout
+    assert (runs["singer"] / "analysis" / "adapter_refinement.png").exists()
 
 
 def test_adapter_rejects_a_fitnet_run(runs, capsys):

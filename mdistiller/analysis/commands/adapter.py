@@ -7,6 +7,7 @@ command; its options are in :mod:`.options`, its entry in :data:`mdistiller.anal
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 from mdistiller.analysis import runs as run_io
 from mdistiller.analysis.artifacts import patch_norms
 from mdistiller.analysis.inputs import load_toy_images, stamp
+from mdistiller.analysis.refinement import ACCEPT_MAX_RATIO, ACCEPT_MIN_COS, refinement_passes
 from mdistiller.analysis.render import format_table, header
 from mdistiller.analysis.similarity import gram_distance, patch_cosine, summary
 from mdistiller.analysis.subspace import adapter_alignment
@@ -75,6 +77,7 @@ def adapter_report(run_dir: str | Path, num_images: int = 64, batch_size: int = 
             gd_rows.append({"layer": t, "pair": pair, "gd": summary(raw)["mean"], "gd_std": summary(raw)["std"],
                             "gd_median": summary(raw)["median"], "gd_cos": summary(cosd)["mean"],
                             "gd_cos_std": summary(cosd)["std"]})
+    refine_rows = refinement_rows(distiller, images, run_dir)
     return {
         "command": "adapter",
         "run": str(run_dir),
@@ -88,6 +91,8 @@ def adapter_report(run_dir: str | Path, num_images: int = 64, batch_size: int = 
         "cosine_table": cos_rows,
         "norm_table": norm_rows,
         "gram_table": gd_rows,
+        "refinement_table": refine_rows,
+        "refinement_curve": refinement_curve(run_dir),
         "_norms": norms,
         "_cos": cosines,
         "_mask": mask,
@@ -151,7 +156,64 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     ax.grid(alpha=0.3, axis="y")
     title = f"{report['run_name']}: SiNGER adapters ({report['num_images']} held-out images)"
     paths.append(finish_figure(fig, title, emu, out_dir / "adapter_alignment.png"))
+    curve = report.get("refinement_curve") or []
+    if len(curve) > 1:
+        paths.append(plot_refinement_curve(curve, report["run_name"], emu, out_dir / "adapter_refinement.png"))
     return paths
+
+
+def plot_refinement_curve(curve: list[dict[str, Any]], run_name: str, emu: bool, path: Path) -> Path:
+    """Outlier ratio after refinement (left) and inlier cosines (right) per layer over the logged training steps."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    layers = sorted({k.split("/")[0] for row in curve for k in row if k.startswith("L")})
+    for layer in layers:
+        steps = [r["step"] for r in curve if f"{layer}/cos_inlier" in r]
+        for key, ax, style in (("ratio_after_max", axes[0], "-"), ("cos_inlier", axes[1], "-"),
+                               ("cos_next", axes[1], "--")):
+            vals = [r.get(f"{layer}/{key}") for r in curve if f"{layer}/cos_inlier" in r]
+            if any(v is not None for v in vals):
+                ax.plot(steps, vals, style, marker="o", ms=3, label=f"{layer} {key}")
+    axes[0].axhline(ACCEPT_MAX_RATIO, color="k", ls=":", label="acceptance")
+    axes[0].set_ylabel("worst outlier ‖F̂‖ / α-quantile")
+    axes[1].axhline(ACCEPT_MIN_COS, color="k", ls=":", label="acceptance")
+    axes[1].set_ylabel("inlier cos(F̂, F)")
+    for ax in axes:
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return finish_figure(fig, f"{run_name}: refinement over training (held-out batch)", emu, path)
+
+
+def refinement_rows(distiller, images: torch.Tensor, run_dir: str | Path) -> list[dict[str, Any]]:
+    """``SiNGER.refinement_stats`` (outliers before/after vs the α-quantile; inlier cosines at l, l+1, final) for every
+    saved checkpoint of the run (``checkpoints/*.pth``, oldest step first; the weights loaded last stay loaded)."""
+    from mdistiller.engine.checkpoint import load_checkpoint
+
+    states = []
+    for path in sorted(Path(run_dir, "checkpoints").glob("*.pth")):
+        state = load_checkpoint(path)
+        states.append((int(state.get("step", 0)), path.name, state["model"]))
+    states.sort(key=lambda x: x[0])
+    rows = []
+    for step, name, model_state in states or [(None, "loaded", None)]:
+        if model_state is not None:
+            distiller.load_state_dict(model_state)
+        for layer, stats in distiller.refinement_stats(images).items():
+            rows.append({"checkpoint": name, "step": step, "layer": layer, **stats,
+                         "pass": refinement_passes({layer: stats})})
+    return rows
+
+
+def refinement_curve(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The ``agree/refine/L<l>/<stat>`` records the trainer logged on its held-out batch, one row per step."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        rec = json.loads(line)
+        stats = {k.removeprefix("agree/refine/"): v for k, v in rec.items() if k.startswith("agree/refine/")}
+        if stats:
+            rows.append({"step": rec.get("step"), **stats})
+    return rows
 
 
 def format_text(report: Mapping[str, Any]) -> str:
@@ -175,4 +237,12 @@ def format_text(report: Mapping[str, Any]) -> str:
     lines.append(format_table(report["gram_table"], [
         ("pair", "pair", "s"), ("gd", "D_G mean", ".4g"), ("gd_std", "std", ".3g"), ("gd_median", "median", ".4g"),
         ("gd_cos", "gd_cos", ".4f"), ("gd_cos_std", "std", ".4f")]))
+    lines.append(f"Refinement per saved checkpoint (outliers: emulated-artifact patches, else the patches above the "
+                 f"α-quantile of F; pass = worst outlier ≤ {ACCEPT_MAX_RATIO}× the quantile of F̂ and inlier cosines "
+                 f"≥ {ACCEPT_MIN_COS} at l and l+1):")
+    lines.append(format_table(report["refinement_table"], [
+        ("checkpoint", "ckpt", "s"), ("step", "step", "s"), ("layer", "layer", "d"),
+        ("ratio_before", "‖F‖/q", ".2f"), ("ratio_after", "‖F̂‖/q", ".2f"), ("ratio_after_max", "max", ".2f"),
+        ("cos_inlier", "cos@l", ".4f"), ("cos_next", "cos@l+1", ".4f"), ("cos_final", "cos@final", ".4f"),
+        ("pass", "pass", "s")]))
     return "\n".join(lines)
