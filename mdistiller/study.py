@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["ACCEPTANCE_ONLY", "METHODS", "PROBES", "StudyRun", "figure", "mode_overrides", "paired_interval",
-           "plan_runs", "probe_argv", "probe_run", "refinement_run", "render_tables", "run_config", "summarize",
+           "plan_runs", "probe_argv", "probe_run", "refinement_run", "render_tables", "resolve_amp", "run_config",
+           "summarize",
            "train_run"]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +73,20 @@ class StudyRun:
     @property
     def name(self) -> str:
         return f"{self.method}{'_artifacts' if self.artifacts else ''}_s{self.seed}"
+
+
+def resolve_amp(choice: str, device: str = "cpu") -> str:
+    """``auto`` → ``bf16`` on CUDA and on CPUs that compute bf16 natively (AVX512-BF16 / AMX: about 2× faster
+    steps), else ``none`` (fp32); any other choice is returned unchanged."""
+    if choice != "auto":
+        return choice
+    if device == "cuda":
+        return "bf16"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "none"
+    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "none"
 
 
 def mode_overrides(preset: str | Path) -> list[str]:

@@ -42,8 +42,6 @@ PROBES = [("transfer", "cls"), ("ade20k", "seg"), ("nyud", "depth")]
 # Learning-rate grids of the probes. The DINOv2 defaults (cls 1e-5..0.1 at batch 256, dense 3e-4..3e-3) are tuned
 # for many steps on well-trained features; with 400 toy scenes and students trained for a few minutes the best
 # rate lies above them (cls: chance level inside the default grid). Selection is still on the validation split.
-CLS_LRS = "0.001,0.003,0.01,0.03,0.1,0.3,1,3,10"
-DENSE_LRS = "0.01,0.03,0.1,0.3"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,17 +60,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loss-size", type=int, default=16, help="dense probes compute their loss at this resolution")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     return p.parse_args(argv)
-
-
-def resolve_amp(choice: str) -> str:
-    """``auto`` → ``bf16`` where the CPU computes bf16 natively (about 2× faster steps here), else ``none`` (fp32)."""
-    if choice != "auto":
-        return choice
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "none"
-    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "none"
 
 
 def load_tool(rel: str):
@@ -113,6 +100,7 @@ def train_runs(args: argparse.Namespace, out: Path) -> dict[str, Path]:
 
 def run_probes(args: argparse.Namespace, out: Path, targets: dict[str, str]) -> dict[str, Path]:
     from mdistiller.eval.cli import main as probe_main
+    from mdistiller.study import probe_argv
 
     folders = {}
     total = len(targets) * len(PROBES)
@@ -129,15 +117,9 @@ def run_probes(args: argparse.Namespace, out: Path, targets: dict[str, str]) -> 
             print(f"[{k}/{total}] {label} {kind}", flush=True)
             # the /14 teacher sees the student's token grid, as during distillation (size/16 × 14 px)
             size = args.size // 16 * 14 if "dinov2" in target else args.size
-            argv = [target, "--dataset", "toy_scenes", "--input-size", str(size), "--protocol", "cached",
-                    "--num-train", str(args.probe_train), "--num-test", str(args.probe_test),
-                    "--out", str(result),
-                    "--cache-dir", str(folder / "cache"), "--workers", "0"]
-            if kind == "cls":
-                argv += ["--tokens", "cls+avg", "--batch-size", "32", "--epochs", str(args.cls_epochs),
-                         "--lrs", CLS_LRS]
-            else:
-                argv += ["--epochs", str(args.probe_epochs), "--loss-size", str(args.loss_size), "--lrs", DENSE_LRS]
+            argv = [target, "--dataset", "toy_scenes", "--out", str(result), *probe_argv(
+                command, size, args.probe_train, args.probe_test, folder / "cache", cls_epochs=args.cls_epochs,
+                dense_epochs=args.probe_epochs, loss_size=args.loss_size)]
             code = probe_main(command, argv)
             if code != 0:
                 raise SystemExit(f"demo: probe {command} on {label} failed with exit code {code}")
@@ -162,6 +144,17 @@ def artifact_table(size: int) -> tuple[str, list[dict]]:
     clean, emulated = clean_vs_emulated_tables(model, x, layer=a.LAYER, share=a.SHARE, scale=a.SCALE,
                                                direction=a.DIRECTION, seed=a.SEED, persist=a.PERSIST)
     return clean_vs_emulated_markdown(clean, emulated), [clean, emulated]
+
+
+def refinement_markdown(dirs: dict[str, Path], size: int, n: int = 64) -> str:
+    """Does each SiNGER run refine its teacher? ``SiNGER.refinement_stats`` on ``n`` held-out scenes (α = 0.95)."""
+    from mdistiller.analysis.inputs import load_toy_images
+    from mdistiller.analysis.refinement import format_refinement
+    from mdistiller.engine.trainer import load_run
+
+    images = load_toy_images(size, n)[0]
+    return "\n\n".join(format_refinement(load_run(dirs[name])[1].refinement_stats(images, q=0.95), title=name)
+                       for name in dirs if name.startswith("singer"))
 
 
 def norm_similarity_figure(dirs: dict[str, Path], out: Path, size: int) -> Path:
@@ -192,6 +185,8 @@ def norm_similarity_figure(dirs: dict[str, Path], out: Path, size: int) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from mdistiller.study import resolve_amp
+
     args.amp = resolve_amp(args.amp)
     if args.steps is None:
         args.steps = 100 if args.amp == "bf16" else 60
@@ -230,12 +225,16 @@ def main(argv: list[str] | None = None) -> int:
     table = render_markdown(rows)
     art_md, _ = artifact_table(args.size)
     fig = norm_similarity_figure(dirs, out, args.size)
+    refine_md = refinement_markdown(dirs, args.size)
     timings["report"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     precision = "bf16 autocast" if args.amp == "bf16" else "fp32"
+    from mdistiller.study import CLS_LRS, DENSE_LRS
+
     values = dict(steps=args.steps, batch=args.batch, size=args.size, images=args.steps * args.batch,
                   precision=precision, probe_train=args.probe_train, probe_test=args.probe_test,
-                  cls_epochs=args.cls_epochs, probe_epochs=args.probe_epochs, cls_lrs=CLS_LRS, dense_lrs=DENSE_LRS,
+                  val_scenes=round(0.1 * args.probe_train), cls_epochs=args.cls_epochs,
+                  probe_epochs=args.probe_epochs, cls_lrs=CLS_LRS, dense_lrs=DENSE_LRS, refine_md=refine_md,
                   table=table, art_md=art_md, figure=fig.name,
                   timings=json.dumps({k: round(v, 1) for k, v in timings.items()}))
     report = (ROOT / "tools" / "demo_report.md").read_text().format(**values)

@@ -46,18 +46,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def resolve_amp(choice: str, device: str) -> str:
-    if choice != "auto":
-        return choice
-    if device == "cuda":
-        return "bf16"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "none"
-    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "none"
-
-
 def heldout_images(size: int, n: int):
     import torch
 
@@ -96,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     from mdistiller import study
 
     torch.set_num_threads(args.threads)
-    amp = resolve_amp(args.amp, args.device)
+    amp = study.resolve_amp(args.amp, args.device)
     out = Path(args.out)
     methods = [m for m in args.methods.split(",") if m]
     seeds = [int(s) for s in args.seeds.split(",") if s]
