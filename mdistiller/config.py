@@ -11,12 +11,14 @@ named option (see ``configs/imagenet/vit/singer_official.yaml``).
 from __future__ import annotations
 
 import ast
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 from yacs.config import CfgNode as CN
 
-__all__ = ["CN", "ConfigError", "get_default_config", "load_config", "validate_against_models", "validate_config"]
+__all__ = ["CN", "ConfigError", "configs_dir", "get_default_config", "load_config", "resolve_config_path",
+           "validate_against_models", "validate_config"]
 
 
 class ConfigError(ValueError):
@@ -163,6 +165,30 @@ _C.LOG.TENSORBOARD = False
 _C.LOG.PROGRESS = True  # rank-0 tqdm bar
 
 
+def configs_dir() -> Path:
+    """The folder holding the shipped YAML configs (``demo/``, ``imagenet/``): ``configs/`` of a source checkout, or
+    the copy installed inside the package (``mdistiller/configs``) otherwise."""
+    here = Path(__file__).resolve().parent
+    for cand in (here.parent / "configs", here / "configs"):
+        if (cand / "demo").is_dir():
+            return cand
+    raise FileNotFoundError("the shipped configs are missing from this installation; reinstall mdistiller.")
+
+
+def resolve_config_path(f: str | Path) -> Path:
+    """``f`` itself when it exists; else a relative ``configs/...`` (or ``demo/...``) path inside
+    :func:`configs_dir`, so ``--cfg configs/demo/singer.yaml`` works from any directory with an installed package."""
+    path = Path(f)
+    if path.is_file() or path.is_absolute():
+        return path
+    parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
+    try:
+        cand = configs_dir().joinpath(*parts)
+    except FileNotFoundError:
+        return path
+    return cand if cand.is_file() else path
+
+
 def get_default_config() -> CN:
     """A fresh, mutable copy of the defaults."""
     return _C.clone()
@@ -194,7 +220,7 @@ def load_config(cfg_files: Sequence[str | Path] = (), opts: Sequence[str] = (), 
     cfg = get_default_config()
     known = _flatten(cfg)
     for f in cfg_files:
-        path = Path(f)
+        path = resolve_config_path(f)
         if not path.is_file():
             raise ConfigError(f"config file '{path}' does not exist; check the --cfg path.")
         try:
@@ -414,6 +440,16 @@ def validate_against_models(cfg: CN) -> None:
         teacher = build_model(d.TEACHER, False, dynamic_img_size=True, **dict(d.TEACHER_KWARGS))
         student = build_model(d.STUDENT, False, img_size=int(cfg.DATASET.INPUT_SIZE), **dict(d.STUDENT_KWARGS))
     t_depth, s_depth, width = len(teacher.blocks), len(student.blocks), int(teacher.embed_dim)
+    size = int(cfg.DATASET.INPUT_SIZE)
+    patches = {role: int(m.patch_embed.patch_size[0]) for role, m in (("teacher", teacher), ("student", student))}
+    if any(size % p for p in patches.values()):
+        step = math.lcm(*patches.values())
+        near = max(step, round(size / step) * step)
+        raise ConfigError(
+            f"DATASET.INPUT_SIZE {size} is not a multiple of the patch size of both models (teacher '{d.TEACHER}': "
+            f"{patches['teacher']}, student '{d.STUDENT}': {patches['student']}); use a multiple of {step}, e.g. "
+            f"{near}."
+        )
     try:
         plan_layers(cfg, t_depth, s_depth)
     except (IndexError, ValueError) as e:
