@@ -160,9 +160,11 @@ _C.LOG.AGREEMENT_EVERY_STEPS = 0  # teacher-student feature agreement on the hel
 # per-term gradient norms (‖∇ λ·L_term‖ on each parameter group: student, adapters) every N steps (0 → off); costs one
 # extra backward per loss term on those steps only
 _C.LOG.GRAD_TERMS_EVERY_STEPS = 50
-_C.LOG.WANDB = False  # wandb logging (honours WANDB_MODE=offline)
+# wandb: off by default, offline unless WANDB_MODE says otherwise; the run id is kept in RUN_DIR/wandb_run.json so a
+# resumed run, `tools/lineval/*.py --wandb` and `tools/analyze.py --wandb` continue the same wandb run
+_C.LOG.WANDB = False
 _C.LOG.TENSORBOARD = False
-_C.LOG.PROGRESS = True  # rank-0 tqdm bar
+_C.LOG.PROGRESS = True  # rank-0 tqdm bar; False: a plain line every LOG.FREQ steps (always also in RUN_DIR/train.log)
 
 
 def configs_dir() -> Path:

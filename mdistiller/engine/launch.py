@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
 
 # What a run leaves in its directory; --overwrite removes exactly these.
 RUN_FILES = ("config.yaml", "run_info.json", "metrics.jsonl", "checkpoints", "student.safetensors",
-             "student.safetensors.json", "tb", "wandb")
+             "student.safetensors.json", "tb", "wandb", "wandb_run.json", "train.log")
 
 
 def _previous_run(run_dir: Path) -> list[str]:
