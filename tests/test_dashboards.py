@@ -97,3 +97,14 @@ def test_probe_wandb_without_a_wandb_run_warns(tmp_path: Path) -> None:
 
     with pytest.warns(UserWarning, match="has no wandb run"):
         assert log_to_run(tmp_path, {"x": 1.0}) is False
+
+
+def test_analysis_lands_in_the_training_run(wandb_run: Path, capsys) -> None:
+    from tests.helpers import load_tool
+
+    assert load_tool("analyze.py").main(["adapter", str(wandb_run), "--num-images", "2", "--wandb"]) == 0
+    folders = list(_runs(wandb_run).values())[0]
+    last = read_offline_run(folders[-1])
+    assert any(k.startswith("analysis/adapter/") for k in last["summary"]), sorted(last["summary"])[:20]
+    figures = json.loads((wandb_run / "analysis/adapter.json").read_text())["figures"]
+    assert figures and any(k.startswith("analysis/adapter/") for row in last["history"] for k in row)
