@@ -163,6 +163,10 @@ _C.LOG.GRAD_TERMS_EVERY_STEPS = 50
 # wandb: off by default, offline unless WANDB_MODE says otherwise; the run id is kept in RUN_DIR/wandb_run.json so a
 # resumed run, `tools/lineval/*.py --wandb` and `tools/analyze.py --wandb` continue the same wandb run
 _C.LOG.WANDB = False
+# feature-map figures (norm / PCA / similarity maps of teacher, refined teacher and student on held-out toy scenes, as
+# `tools/analyze.py figures`) logged to wandb at the end of the run (LOG.WANDB only) and every N steps (0 → end only)
+_C.LOG.WANDB_FIGURES = True
+_C.LOG.WANDB_FIGURES_EVERY_STEPS = 0
 _C.LOG.TENSORBOARD = False
 _C.LOG.PROGRESS = True  # rank-0 tqdm bar; False: a plain line every LOG.FREQ steps (always also in RUN_DIR/train.log)
 

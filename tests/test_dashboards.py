@@ -59,6 +59,7 @@ def test_flat_config_provenance_and_every_metric(wandb_run: Path) -> None:
     assert {"loss", "loss_kd", "lr", "grad_norm", "img_per_s", "mem/rss_max_gb"} <= logged
     assert any(k.startswith("grad/") for k in logged) and any(k.startswith("agree/") for k in logged)
     assert all(row["grad_norm"] > 0 for row in history if "grad_norm" in row)  # logged although clipping is off
+    assert any(k.startswith("figures/") for k in logged)  # feature maps at the end of each session
     summary = read_offline_run(folders[1])["summary"]
     assert summary["final_step"] == 4 and "wall_s" in summary and "final/loss" in summary
 

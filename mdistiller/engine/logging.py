@@ -145,6 +145,14 @@ class MetricsWriter:
         if self._wandb is not None:
             self._wandb.log(scalars, step=step)
 
+    def images(self, paths: Mapping[str, Any], step: int | None = None) -> None:
+        """Log PNG files (``{key: path}``) to wandb as images (nothing when wandb is off)."""
+        if not self.is_main or self._wandb is None or not paths:
+            return
+        import wandb
+
+        self._wandb.log({k: wandb.Image(str(p)) for k, p in paths.items()}, step=step)
+
     def close(self) -> None:
         """Flush and close every backend (safe to call twice)."""
         if self._file is not None:

@@ -348,6 +348,23 @@ class Trainer:
             else:
                 print(text, flush=True)
 
+    def _log_figures(self, log: MetricsWriter) -> None:
+        """Feature-map figures of the checkpoint just written (``tools/analyze.py figures``) into wandb; a failure
+        only warns (figures must never stop a run)."""
+        if not (self.env.is_main and log.wandb_run is not None and self.cfg.LOG.WANDB_FIGURES):
+            return
+        try:
+            from mdistiller.analysis import reports, viz
+
+            report = reports.figures_report([self.run_dir])
+            paths = viz.write_figures(report, self.run_dir / "analysis" / "wandb_figures")
+            log.images({f"figures/{Path(p).stem}": p for p in paths}, step=self.step)
+        except Exception as e:  # noqa: BLE001
+            import warnings
+
+            warnings.warn(f"feature-map figures for wandb failed at step {self.step} ({e}); training goes on.",
+                          stacklevel=2)
+
     def _memory(self) -> dict[str, float]:
         """``mem/gpu_max_gb`` (peak allocated on the device) or ``mem/rss_max_gb`` (peak resident set, CPU)."""
         if self.env.device.type == "cuda":
@@ -450,6 +467,11 @@ class Trainer:
                         epoch_steps, epoch_t0 = [], time.perf_counter()
                     if (ckpt_every and self.step % ckpt_every == 0) or done_epoch or self.step == self.total_steps:
                         self.save()
+                    fig_every = cfg.LOG.WANDB_FIGURES_EVERY_STEPS
+                    if fig_every and self.step % fig_every == 0 and self.step < self.total_steps:
+                        if self.saved_step != self.step:
+                            self.save()
+                        self._log_figures(log)
                     if bar is not None:
                         bar.update(1)
                     if self.stop_signal is not None:
@@ -468,6 +490,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
                 bar = None
+            self._log_figures(log)
             block, values = self._summary_block(last, time.perf_counter() - fit_t0, self.step - first_step)
             self._say(block)
             log.summary(values)
