@@ -48,6 +48,10 @@ _C.DATASET.NUM_WORKERS = 8  # data-loader workers per process
 _C.DATASET.PIN_MEMORY = True
 _C.DATASET.PERSISTENT_WORKERS = True
 _C.DATASET.PREFETCH_FACTOR = 4
+# how loader workers start: "" (the platform default: fork on Linux) | fork | spawn | forkserver. spawn/forkserver
+# never copy a parent's threads (a fork after torch's threads started can, rarely, hang a worker on a copied lock);
+# they re-import the dataset code in each worker (seconds), so pair them with PERSISTENT_WORKERS
+_C.DATASET.WORKER_START = ""
 _C.DATASET.TRAIN_SIZE = 0  # toy_scenes: number of training images (0 → dataset default); others: a subset cap
 _C.DATASET.VAL_SIZE = 0  # held-out images for the feature-agreement check (0 → one batch)
 _C.DATASET.NUM_CLASSES = 0  # classes for DISTILLER.TYPE Supervised (0 → the dataset's own count)
@@ -379,6 +383,10 @@ def validate_config(cfg: CN) -> None:
                 "DATASET.NUM_WORKERS", "DATASET.TRAIN_SIZE", "DATASET.VAL_SIZE", "DATASET.NUM_CLASSES"):
         if flat[key] < 0:
             raise ConfigError(f"{key} is {flat[key]} but must not be negative (0 turns it off or picks the default).")
+    start = str(cfg.DATASET.WORKER_START).lower()
+    if start not in ("", "fork", "spawn", "forkserver"):
+        raise ConfigError(f"DATASET.WORKER_START is '{cfg.DATASET.WORKER_START}'; use '' (platform default), fork, "
+                          "spawn or forkserver.")
     for key in ("LOG.FREQ", "DATASET.PREFETCH_FACTOR"):
         if flat[key] < 1:
             raise ConfigError(f"{key} is {flat[key]} but must be an integer of at least 1.")

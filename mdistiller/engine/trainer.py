@@ -139,7 +139,7 @@ class Trainer:
         loader, sampler = build_train_loader(
             train_set, world_size=env.world_size, rank=env.rank, batch_size=self.batch, seed=self.cfg.EXPERIMENT.SEED,
             num_workers=data.NUM_WORKERS, pin_memory=pin, persistent_workers=bool(data.PERSISTENT_WORKERS),
-            prefetch_factor=data.PREFETCH_FACTOR, collate_fn=collate)
+            prefetch_factor=data.PREFETCH_FACTOR, collate_fn=collate, worker_start=str(data.WORKER_START).lower())
         if not device_decode:
             return loader, sampler
         from mdistiller.dataset.device_decode import DeviceDecodeTransform
