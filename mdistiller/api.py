@@ -42,7 +42,8 @@ def train(cfg_or_paths: Any, overrides: Mapping[str, Any] | Sequence[Any] | None
             checkpoint path.
         device: ``cpu`` | ``cuda`` (default ``EXPERIMENT.DEVICE``).
 
-    Raises :class:`~mdistiller.config.ConfigError` for a bad config and the trainer's errors otherwise. The
+    Raises :class:`~mdistiller.config.ConfigError` for a bad config, ``FileExistsError`` for ``resume="none"`` into
+    a directory that holds a run, ``RunLockedError`` while another process uses it, and the trainer's errors. The
     SIGINT/SIGTERM handlers of the caller are restored when it returns.
     """
     from mdistiller.config import CN, load_config
@@ -64,6 +65,13 @@ def train(cfg_or_paths: Any, overrides: Mapping[str, Any] | Sequence[Any] | None
         cfg = load_config(paths, _opts(overrides))
     env = init_distributed(device or cfg.EXPERIMENT.DEVICE)
     out = Path(run_dir) if run_dir else run_dir_for(cfg)
+    if resume in ("none", "") and env.is_main:
+        from mdistiller.engine.launch import _previous_run
+
+        if found := _previous_run(out):
+            cleanup()
+            raise FileExistsError(f"run directory {out} already holds a run ({', '.join(found)}); resume it with "
+                                  "resume='auto' or pick another run_dir.")
     lock = RunLock(out) if env.is_main else None
     if lock is not None:
         lock.acquire()

@@ -44,6 +44,8 @@ def test_train_returns_the_run_and_restores_signal_handlers(tmp_path: Path) -> N
             signal.signal(s, h)
     assert res["step"] == 1 and res["student"] == tmp_path / "r/student.safetensors" and res["interrupted"] is None
     assert "loss" in res["metrics"]
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        mdistiller.train(tiny_yaml(tmp_path), run_dir=tmp_path / "r", resume="none")
 
 
 def test_train_accepts_a_config_node(tmp_path: Path) -> None:
