@@ -32,7 +32,7 @@ lint: install
 	$(PY) -m ruff check .
 
 # a hung test fails after PYTEST_TIMEOUT seconds (the thread method also ends waits in C code) instead of hanging CI
-PYTEST_TIMEOUT ?= 300
+PYTEST_TIMEOUT ?= 600
 test: install
 	$(PY) -m pytest -q -rs --timeout=$(PYTEST_TIMEOUT) --timeout-method=thread
 

@@ -2,8 +2,8 @@
 
 Ranges, not pins: ``pip install -e .`` into an existing cluster environment keeps its torch. The exact versions
 this project is tested with are in ``constraints.txt`` (``make install`` and CI use ``pip install -c
-constraints.txt``). The oldest torch named here is the oldest release that has every API the code uses (device-type
-``torch.amp.GradScaler``, fused AdamW on CPU, ``torch.nn.attention``-era SDPA); the test suite runs on the pinned one.
+constraints.txt``). torch 2.4 is the first release with everything the code calls (device-type
+``torch.amp.GradScaler``, the fused AdamW on CPU behind ``SOLVER.FUSED``); only the pinned version is tested.
 """
 
 from setuptools import find_packages, setup
