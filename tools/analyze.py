@@ -28,6 +28,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the text table")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    p.add_argument("--wandb", action="store_true",
+                   help="also log the report and its figures into the (first) run directory's wandb training run")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         out = _out_dir(args)
         figures = [] if args.no_figures else write_figures(report, out)
         files = save_report(report, out, figures)
+        if args.wandb:
+            from mdistiller.engine.dashboards import log_analysis
+
+            first = getattr(args, "run_dir", None) or (getattr(args, "run_dirs", None) or [None])[0]
+            log_analysis(first or getattr(args, "model", None), report["command"], files["json"], figures)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -46,7 +46,9 @@ class GuardedImages(Dataset):
     def __init__(self, dataset: Dataset, skip: bool = False) -> None:
         self.dataset = dataset
         self.skip = bool(skip)
-        self.skipped = multiprocessing.get_context("fork").Value("i", 0) if skip else None
+        # a spawn-context counter is shared with workers started any way (fork inherits it, spawn/forkserver pickle
+        # it while starting); a fork-context one cannot reach spawn/forkserver workers
+        self.skipped = multiprocessing.get_context("spawn").Value("i", 0) if skip else None
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]

@@ -227,7 +227,9 @@ def preresize_tree(
     """Copy the ``splits`` of ``src`` to ``dst`` with every image's shorter side at most ``short_side`` px.
 
     ``quality`` is the JPEG quality (1-100).  ``workers`` processes convert files in parallel
-    (:class:`multiprocessing.Pool`; default ``os.cpu_count()``; 1 converts in this process).  ``progress``
+    (a :class:`multiprocessing.Pool` of *spawned* processes, never forked: a fork after torch or another library
+    started its threads can copy a held lock into the child and hang it; default ``os.cpu_count()``; 1 converts
+    in this process).  ``progress``
     shows a tqdm bar.  Files whose destination exists are skipped; a file that cannot be read or written is
     recorded in :attr:`Summary.failed` and the run goes on.  Bad arguments raise :class:`PreresizeError`.
     """
@@ -248,7 +250,8 @@ def preresize_tree(
             import multiprocessing
 
             chunk = max(1, min(64, len(args) // (workers * 8)))
-            with multiprocessing.Pool(min(workers, len(args))) as pool:
+            ctx = multiprocessing.get_context("spawn")  # never fork: see the docstring
+            with ctx.Pool(min(workers, len(args))) as pool:
                 _collect(pool.imap_unordered(_run_job, args, chunksize=chunk), summary, bar)
     finally:
         bar.close()

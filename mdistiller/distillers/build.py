@@ -108,6 +108,11 @@ def check_config_against_models(cfg) -> None:
         teacher = build_model(d.TEACHER, False, dynamic_img_size=True, **dict(d.TEACHER_KWARGS))
         student = build_model(d.STUDENT, False, img_size=int(cfg.DATASET.INPUT_SIZE), **dict(d.STUDENT_KWARGS))
     t_depth, s_depth, width = len(teacher.blocks), len(student.blocks), int(teacher.embed_dim)
+    size, patch = int(cfg.DATASET.INPUT_SIZE), int(student.patch_embed.patch_size[0])
+    if size % patch:  # the teacher's input is resized to the student's grid (or to its own patch multiple)
+        near = max(patch, round(size / patch) * patch)
+        raise ConfigError(f"DATASET.INPUT_SIZE {size} is not a multiple of the patch size {patch} of student "
+                          f"'{d.STUDENT}'; use a multiple of {patch}, e.g. {near}.")
     try:
         cls.plan_layers(cfg, t_depth, s_depth)
     except (IndexError, ValueError) as e:

@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mdistiller.fileio import apply_umask
+
 __all__ = [
     "CheckpointError",
     "CheckpointMismatchError",
@@ -99,6 +101,7 @@ def _atomic_write(path: str | os.PathLike[str], write: Any) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        apply_umask(tmp)  # mkstemp makes 0600; checkpoints get the user's umask like any other file
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -82,17 +82,22 @@ class DeviceDecodedBatches:
 
 def build_train_loader(dataset: Dataset, *, world_size: int, rank: int, batch_size: int, seed: int,
                        num_workers: int, pin_memory: bool, persistent_workers: bool, prefetch_factor: int,
-                       collate_fn: Callable[[list[Any]], Any] | None = None,
+                       collate_fn: Callable[[list[Any]], Any] | None = None, worker_start: str = "",
                        ) -> tuple[DataLoader, ResumableDistributedSampler]:
     """A loader whose global batch at step t is the same set of samples for any world size (same global batch).
 
-    ``collate_fn`` replaces the default collate (e.g. ``collate_encoded`` for device decoding).
+    ``collate_fn`` replaces the default collate (e.g. ``collate_encoded`` for device decoding); ``worker_start``
+    names the workers' start method (``""``: the platform default).
     """
     sampler = ResumableDistributedSampler(len(dataset), world_size, rank, batch_size, shuffle=True, seed=seed,
                                           drop_last=True)
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs = {"persistent_workers": persistent_workers, "prefetch_factor": prefetch_factor}
+        if worker_start:
+            import multiprocessing
+
+            kwargs["multiprocessing_context"] = multiprocessing.get_context(worker_start)
     loader = DataLoader(SeededSamples(dataset, seed), batch_size=batch_size, sampler=EpochKeySampler(sampler),
                         num_workers=num_workers, pin_memory=pin_memory, drop_last=False, collate_fn=collate_fn,
                         **kwargs)

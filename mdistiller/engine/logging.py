@@ -1,4 +1,7 @@
-"""Run-directory logging: ``metrics.jsonl`` always, TensorBoard and wandb when asked for, plus run provenance.
+"""Run-directory logging: ``metrics.jsonl`` and ``train.log`` always, TensorBoard and wandb when asked for, plus run
+provenance. Everything :meth:`MetricsWriter.log` writes to ``metrics.jsonl`` (per-term losses, lr, grad norms,
+images/s, memory, ``grad/<term>/<group>``, ``agree/...``, SiNGER's ``refine/...`` statistics) also goes to
+TensorBoard and wandb as scalars.
 
 Only the main process writes; on other ranks every call is a no-op, so the trainer can call them unconditionally.
 """
@@ -54,9 +57,11 @@ class MetricsWriter:
         is_main: write only when True.
         tensorboard: also write scalars to ``run_dir/tb`` when ``torch.utils.tensorboard`` is importable (a warning
             otherwise).
-        wandb: also log to Weights & Biases; ``wandb`` is imported lazily and ``wandb.init`` gets ``mode`` from the
-            ``WANDB_MODE`` environment variable, so ``WANDB_MODE=offline`` needs no network. Failures only warn.
-        wandb_project, wandb_name, wandb_tags, wandb_config: passed to ``wandb.init``.
+        wandb: also log to Weights & Biases through :func:`mdistiller.engine.dashboards.init_run`: offline unless
+            ``WANDB_MODE`` says otherwise, the run id kept in ``RUN_DIR/wandb_run.json`` so a resumed run continues
+            the same wandb run. Failures only warn.
+        wandb_project, wandb_name, wandb_tags, wandb_config: the wandb run's project, name, tags and (flat) config;
+            ``wandb_config`` is also TensorBoard's hyper-parameters (written by :meth:`summary`).
     """
 
     def __init__(
@@ -76,6 +81,7 @@ class MetricsWriter:
         self._file = None
         self._tb: Any = None
         self._wandb: Any = None
+        self._hparams = dict(wandb_config or {})
         if not self.is_main:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -93,23 +99,29 @@ class MetricsWriter:
     def _init_wandb(
         self, project: str | None, name: str | None, tags: Sequence[str] | None, config: Mapping[str, Any] | None
     ) -> None:
-        try:
-            import wandb
-        except ImportError:
-            warnings.warn("wandb logging is off: `pip install wandb` to enable it.", stacklevel=3)
+        from mdistiller.engine.dashboards import init_run
+
+        self._wandb = init_run(self.run_dir, project=project or "mdistiller", name=name or self.run_dir.name,
+                               config=config, tags=list(tags) if tags else None)
+
+    @property
+    def wandb_run(self) -> Any:
+        """The open wandb run (None when wandb is off)."""
+        return self._wandb
+
+    def summary(self, values: Mapping[str, Any]) -> None:
+        """End-of-run values: the wandb run summary, and TensorBoard's hyper-parameters view (the scalar config
+        keys against these numbers)."""
+        if not self.is_main:
             return
-        try:
-            self._wandb = wandb.init(
-                project=project,
-                name=name,
-                tags=list(tags) if tags else None,
-                config=dict(config) if config else None,
-                dir=str(self.run_dir),
-                mode=os.environ.get("WANDB_MODE") or None,
-            )
-        except Exception as e:  # noqa: BLE001 - a logging backend must never stop training
-            warnings.warn(f"wandb.init failed ({e}); continuing without wandb (set WANDB_MODE=offline).", stacklevel=3)
-            self._wandb = None
+        plain = {str(k): _plain(v) for k, v in values.items()}
+        numbers = {k: v for k, v in plain.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        if self._wandb is not None:
+            for k, v in plain.items():
+                self._wandb.summary[k] = v
+        if self._tb is not None and numbers:
+            hp = {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in self._hparams.items()}
+            self._tb.add_hparams(hp, {f"final/{k}": v for k, v in numbers.items()}, run_name="hparams")
 
     def log(self, metrics: Mapping[str, Any], step: int | None = None, **extra: Any) -> None:
         """Write ``{"step": step, "time": unix_time, **metrics, **extra}`` as one line and flush it."""
@@ -132,6 +144,14 @@ class MetricsWriter:
                 self._tb.add_scalar(k, v, global_step=step)
         if self._wandb is not None:
             self._wandb.log(scalars, step=step)
+
+    def images(self, paths: Mapping[str, Any], step: int | None = None) -> None:
+        """Log PNG files (``{key: path}``) to wandb as images (nothing when wandb is off)."""
+        if not self.is_main or self._wandb is None or not paths:
+            return
+        import wandb
+
+        self._wandb.log({k: wandb.Image(str(p)) for k, p in paths.items()}, step=step)
 
     def close(self) -> None:
         """Flush and close every backend (safe to call twice)."""

@@ -277,12 +277,14 @@ class IterationScheduler:
 def clip_grad(params: Iterable[torch.Tensor], max_norm: float, norm_type: float = 2.0) -> float:
     """Clip gradients to ``max_norm`` and return their total norm before clipping.
 
-    ``max_norm <= 0`` means off: nothing is computed and 0.0 is returned. Under AMP call ``scaler.unscale_(optimizer)``
-    first. Returning a float synchronises with the GPU once.
+    ``max_norm <= 0`` means no clipping: the gradients are left untouched and their norm is still returned (it is
+    logged as ``grad_norm`` whatever the recipe). Under AMP call ``scaler.unscale_(optimizer)`` first. Returning a
+    float synchronises with the GPU once.
     """
-    if max_norm <= 0:
-        return 0.0
     grads = [p for p in params if p.grad is not None]
     if not grads:
         return 0.0
+    if max_norm <= 0:
+        norms = torch._foreach_norm([p.grad.detach() for p in grads], norm_type)
+        return float(torch.linalg.vector_norm(torch.stack([n.float() for n in norms]), norm_type))
     return float(torch.nn.utils.clip_grad_norm_(grads, max_norm, norm_type=norm_type))

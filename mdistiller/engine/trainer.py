@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,7 @@ class Trainer:
         loader, sampler = build_train_loader(
             train_set, world_size=env.world_size, rank=env.rank, batch_size=self.batch, seed=self.cfg.EXPERIMENT.SEED,
             num_workers=data.NUM_WORKERS, pin_memory=pin, persistent_workers=bool(data.PERSISTENT_WORKERS),
-            prefetch_factor=data.PREFETCH_FACTOR, collate_fn=collate)
+            prefetch_factor=data.PREFETCH_FACTOR, collate_fn=collate, worker_start=str(data.WORKER_START).lower())
         if not device_decode:
             return loader, sampler
         from mdistiller.dataset.device_decode import DeviceDecodeTransform
@@ -271,8 +272,7 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         metrics = {k: float(v.detach()) for k, v in out.items()}
-        if grad_norm:
-            metrics["grad_norm"] = float(grad_norm)
+        metrics["grad_norm"] = float(grad_norm)  # before clipping; measured even when SOLVER.GRAD_CLIP is 0
         return metrics
 
     def _check_update(self) -> None:
@@ -297,13 +297,86 @@ class Trainer:
         self.distiller.train()
         return {f"agree/{k}": v for k, v in res.items()}
 
-    def _install_signal_handlers(self) -> None:
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        """Catch SIGINT/SIGTERM (a checkpoint, then a clean return); returns the handlers they replace, which
+        :meth:`fit` puts back on exit (so Ctrl-C works again in a notebook after ``fit()``)."""
         def handler(signum, frame):  # noqa: ARG001
             self.stop_signal = signum
 
+        previous: dict[int, Any] = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError):  # not in the main thread
-                signal.signal(sig, handler)
+                previous[sig] = signal.signal(sig, handler)
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+        for sig, old in previous.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+    def _say(self, text: str, bar: Any = None, console: bool = True) -> None:
+        """One or more plain lines to ``RUN_DIR/train.log`` (always) and to the console (``console``, main rank;
+        through the bar when one is shown)."""
+        if not self.env.is_main:
+            return
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with open(self.run_dir / "train.log", "a", encoding="utf-8") as f:
+            f.writelines(f"{stamp} {line}\n" for line in text.splitlines())
+        if console:
+            if bar is not None:
+                bar.write(text)
+            else:
+                print(text, flush=True)
+
+    def _log_figures(self, log: MetricsWriter) -> None:
+        """Feature-map figures of the checkpoint just written (``tools/analyze.py figures``) into wandb; a failure
+        only warns (figures must never stop a run)."""
+        if not (self.env.is_main and log.wandb_run is not None and self.cfg.LOG.WANDB_FIGURES):
+            return
+        try:
+            from mdistiller.analysis import reports, viz
+
+            report = reports.figures_report([self.run_dir])
+            paths = viz.write_figures(report, self.run_dir / "analysis" / "wandb_figures")
+            log.images({f"figures/{Path(p).stem}": p for p in paths}, step=self.step)
+        except Exception as e:  # noqa: BLE001
+            import warnings
+
+            warnings.warn(f"feature-map figures for wandb failed at step {self.step} ({e}); training goes on.",
+                          stacklevel=2)
+
+    def _memory(self) -> dict[str, float]:
+        """``mem/gpu_max_gb`` (peak allocated on the device) or ``mem/rss_max_gb`` (peak resident set, CPU)."""
+        if self.env.device.type == "cuda":
+            return {"mem/gpu_max_gb": torch.cuda.max_memory_allocated(self.env.device) / 2**30}
+        try:
+            import resource
+        except ImportError:
+            return {}
+        return {"mem/rss_max_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+    def _summary_block(self, last: dict[str, Any], wall_s: float, steps_run: int) -> tuple[str, dict[str, Any]]:
+        """The end-of-run block (final losses, agreement, wall time, throughput) and its values."""
+        cfg = self.cfg
+        images = steps_run * self.batch * self.env.world_size
+        values: dict[str, Any] = {"final_step": self.step, "wall_s": round(wall_s, 2),
+                                  "img_per_s_mean": images / max(wall_s, 1e-9)}
+        values |= {f"final/{k}": v for k, v in last.items() if k.startswith("loss") or k.startswith("agree/")}
+        values |= self._memory()
+        losses = " ".join(f"{k.removeprefix('final/')} {v:.4g}" for k, v in values.items()
+                          if k.startswith("final/loss"))
+        agree = " ".join(f"{k.removeprefix('final/agree/')} {v:.4g}" for k, v in values.items()
+                         if k.startswith("final/agree/"))
+        mem = " ".join(f"{k.removeprefix('mem/')} {v:.2f}" for k, v in values.items() if k.startswith("mem/"))
+        lines = [f"== {cfg.DISTILLER.TYPE} {cfg.DISTILLER.TEACHER} → {cfg.DISTILLER.STUDENT}: done, step "
+                 f"{self.step}/{self.total_steps} ==",
+                 f"   final losses: {losses or '-'}",
+                 f"   agreement (held-out batch): {agree or '-'}",
+                 f"   wall time {wall_s:.1f} s for {steps_run} steps this session, {values['img_per_s_mean']:.1f} "
+                 f"img/s (world size {self.env.world_size}){'; ' + mem if mem else ''}",
+                 f"   student: {self.run_dir / 'student.safetensors'}; curves: {self.run_dir / 'metrics.jsonl'}"]
+        return "\n".join(lines), values
 
     def fit(self, resume: str | Path | None = None) -> dict[str, Any]:
         """Train to ``total_steps``; returns the last logged metrics. A SIGINT/SIGTERM writes a checkpoint and
@@ -320,11 +393,19 @@ class Trainer:
             n_params = sum(p.numel() for _, p in self.distiller.trainable_parameters())
             write_run_info(self.run_dir, cfg.dump(), {"distiller": cfg.DISTILLER.TYPE,
                                                      "plan": repr(self.distiller.plan), "trainable_params": n_params})
+        from .dashboards import flat_config
+        from .logging import git_revision
+
+        hparams = flat_config(cfg) | {"git": git_revision(), "host": socket.gethostname(),
+                                      "world_size": env.world_size} if env.is_main else {}
         log = MetricsWriter(self.run_dir, env.is_main, tensorboard=cfg.LOG.TENSORBOARD, wandb=cfg.LOG.WANDB,
-                            wandb_project=cfg.EXPERIMENT.PROJECT, wandb_name=cfg.EXPERIMENT.NAME or None,
-                            wandb_tags=[t for t in cfg.EXPERIMENT.TAG.split(",") if t],
-                            wandb_config={"config": cfg.dump()})
-        self._install_signal_handlers()
+                            wandb_project=cfg.EXPERIMENT.PROJECT, wandb_name=cfg.EXPERIMENT.NAME or self.run_dir.name,
+                            wandb_tags=[t for t in cfg.EXPERIMENT.TAG.split(",") if t], wandb_config=hparams)
+        previous_handlers = self._install_signal_handlers()
+        fit_t0, first_step = time.perf_counter(), self.step
+        self._say(f"[mdistiller] {cfg.DISTILLER.TYPE} {cfg.DISTILLER.TEACHER} → {cfg.DISTILLER.STUDENT}: step "
+                  f"{self.step}/{self.total_steps}, {self.steps_per_epoch} steps/epoch, global batch "
+                  f"{self.batch * env.world_size}, world size {env.world_size}", console=False)
         bar = None
         if env.is_main and cfg.LOG.PROGRESS:
             from tqdm import tqdm
@@ -353,7 +434,8 @@ class Trainer:
                     seen += images.shape[0] * env.world_size
                     done_epoch = self.step % self.steps_per_epoch == 0
                     if self.step % cfg.LOG.FREQ == 0 or done_epoch or self.step == self.total_steps:
-                        last = self._log(log, window, epoch, seen / max(time.perf_counter() - t0, 1e-9), bar)
+                        last = self._log(log, window, epoch, seen / max(time.perf_counter() - t0, 1e-9), bar) | {
+                            k: v for k, v in last.items() if k.startswith(("agree/", "grad/"))}
                         window, t0, seen = [], time.perf_counter(), 0
                     if self.step % agree_every == 0 or self.step == self.total_steps:
                         agr = self.agreement()
@@ -366,11 +448,18 @@ class Trainer:
                         epoch_steps, epoch_t0 = [], time.perf_counter()
                     if (ckpt_every and self.step % ckpt_every == 0) or done_epoch or self.step == self.total_steps:
                         self.save()
+                    fig_every = cfg.LOG.WANDB_FIGURES_EVERY_STEPS
+                    if fig_every and self.step % fig_every == 0 and self.step < self.total_steps:
+                        if self.saved_step != self.step:
+                            self.save()
+                        self._log_figures(log)
                     if bar is not None:
                         bar.update(1)
                     if self.stop_signal is not None:
                         self.save()
                         last["interrupted"] = int(self.stop_signal)
+                        self._say(f"[mdistiller] stopped by signal {self.stop_signal} at step {self.step}; checkpoint "
+                                  f"{self.ckpt_path}", console=False)
                         return last
                     if self.step >= self.total_steps:
                         break
@@ -379,11 +468,19 @@ class Trainer:
             if skipped:
                 log.log({"bad_images": skipped}, step=self.step)
                 last["bad_images"] = skipped
+            if bar is not None:
+                bar.close()
+                bar = None
+            self._log_figures(log)
+            block, values = self._summary_block(last, time.perf_counter() - fit_t0, self.step - first_step)
+            self._say(block)
+            log.summary(values)
             return last
         finally:
             if bar is not None:
                 bar.close()
             log.close()
+            self._restore_signal_handlers(previous_handlers)
 
     def _epoch_summary(self, steps: list[dict[str, float]], epoch: int, seconds: float) -> dict[str, Any]:
         """``{"epoch_end": e, "epoch/<term>": mean over the epoch's steps (all ranks), ...}``."""
@@ -398,11 +495,17 @@ class Trainer:
         keys = sorted({k for m in window for k in m})
         means = {k: sum(m.get(k, 0.0) for m in window) / len(window) for k in keys}
         means = reduce_mean_dict(means, len(window))
-        record = {**means, "lr": self.scheduler.lr, "img_per_s": img_s, "epoch": epoch}
+        record = {**means, "lr": self.scheduler.lr, "img_per_s": img_s, "epoch": epoch, **self._memory()}
         log.log(record, step=self.step)
+        terms = {k.removeprefix("loss_"): f"{v:.4g}" for k, v in means.items() if k.startswith("loss")}
         if bar is not None:
-            terms = {k.removeprefix("loss_"): f"{v:.4g}" for k, v in means.items() if k.startswith("loss")}
             bar.set_postfix(terms | {"lr": f"{self.scheduler.lr:.2e}", "img/s": f"{img_s:.1f}"}, refresh=False)
+        if self.env.is_main:  # a plain line: train.log always, the console when there is no bar
+            gn = f" | grad_norm {means['grad_norm']:.3g}" if "grad_norm" in means else ""
+            line = (f"step {self.step}/{self.total_steps} (epoch {epoch}) | "
+                    + " ".join(f"{k} {v}" for k, v in terms.items())
+                    + f" | lr {self.scheduler.lr:.3g}{gn} | {img_s:.1f} img/s")
+            self._say(line, console=bar is None)
         return record
 
     def export(self) -> Path | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -128,6 +129,7 @@ def build_cache(
     device: torch.device | str = "cpu",
     reuse: bool = True,
     log: Callable[[str], None] | None = None,
+    progress: bool | None = None,
 ) -> CachedSplit:
     """Extract ``dataset`` once into the single file ``path`` (``<split>.npy``) and return it opened.
 
@@ -176,7 +178,13 @@ def build_cache(
                         num_workers=num_workers, pin_memory=torch.device(device).type == "cuda")
     start, pos = time.perf_counter(), 0
     last_log = start
+    from tqdm import tqdm
+
+    show = (progress if progress is not None else sys.stderr.isatty()) and rank == 0
+    bar = tqdm(total=len(rows), desc=f"features {path.stem}", unit="img", disable=not show, dynamic_ncols=True,
+               leave=False)
     for images, targets in loader:
+        bar.update(images.shape[0])
         if tuple(images.shape[-2:]) != hw:
             raise ValueError(
                 f"images of '{path.stem}' have different sizes ({tuple(images.shape[-2:])} vs {hw}); the cached "
@@ -205,6 +213,7 @@ def build_cache(
             last_log = time.perf_counter()
             log(f"extracting '{path.stem}': {pos}/{len(rows)} rows on this rank, "
                 f"{pos / (last_log - start):.1f} img/s")
+    bar.close()
     mm.flush()
     del mm
     seconds = time.perf_counter() - start

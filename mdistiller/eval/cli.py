@@ -71,12 +71,12 @@ def _floats(text: str) -> tuple[float, ...]:
     return out
 
 
-def build_parser(command: str) -> argparse.ArgumentParser:
+def build_parser(command: str, prog: str | None = None) -> argparse.ArgumentParser:
     """The argument parser of ``tools/lineval/<command>.py``."""
     spec = COMMANDS[command]
     kind = spec["kind"]
     p = argparse.ArgumentParser(
-        prog=f"tools/lineval/{command}.py",
+        prog=prog or f"tools/lineval/{command}.py",
         description=f"{spec['doc']} Trains linear heads on a frozen backbone over a learning-rate grid, selects the "
                     "best on a validation split carved from the training data and reports its test metrics.",
         epilog="Results: RUN_DIR/lineval/<task>.json (or output/lineval/<name>/<task>.json for a model name); "
@@ -122,6 +122,11 @@ def build_parser(command: str) -> argparse.ArgumentParser:
                    help="reuse a complete cache built from the same weights, features and data (default: on)")
     g.add_argument("--out", default=None, help="result JSON path (default: <out dir>/<task>[.online].json)")
     g.add_argument("--verbose", action="store_true", help="log extraction and per-epoch losses to stderr")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars for feature extraction (default: on when stderr is a terminal)")
+    g.add_argument("--wandb", action="store_true",
+                   help="also log the result into the training run's wandb run (RUN_DIR/wandb_run.json, resumed by "
+                        "its id), so one run page holds the training curves and this Table-1 cell")
     if kind in ("seg", "depth"):
         g = p.add_argument_group("dense heads")
         g.add_argument("--loss-size", type=int, default=None,
@@ -153,9 +158,9 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     return p
 
 
-def main(command: str, argv: list[str] | None = None) -> int:
-    """Entry point of ``tools/lineval/<command>.py``."""
-    args = build_parser(command).parse_args(argv)
+def main(command: str, argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Entry point of ``tools/lineval/<command>.py`` (and ``mdistiller-lineval <command>``)."""
+    args = build_parser(command, prog).parse_args(argv)
     return run_command(command, args)
 
 
@@ -322,6 +327,7 @@ def run_command(command: str, args: argparse.Namespace) -> int:
             weight_decay=args.weight_decay, val_fraction=args.val_fraction, seed=args.seed,
             num_workers=args.workers, cache_dir=str(Path(args.cache_dir) if args.cache_dir else out_dir / "cache"),
             cache_dtype=args.cache_dtype, reuse_cache=args.reuse_cache, amp=args.amp, verbose=args.verbose,
+            progress=args.progress,
             slide=(input_size, args.slide) if getattr(args, "slide", None) else None)
         if settings.slide is not None and backbone.features.patch_size and input_size % backbone.features.patch_size:
             raise ValueError(f"--input-size {input_size} is the sliding window and must be a multiple of the patch "
@@ -343,7 +349,29 @@ def run_command(command: str, args: argparse.Namespace) -> int:
     if env.is_main:
         atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2, default=_json_default)))
         print(summary_line(result, out), flush=True)
+        if args.wandb:
+            log_result_to_wandb(args.target, result, online=args.protocol == "online")
     return 0
+
+
+def log_result_to_wandb(run_dir: str, result: dict[str, Any], online: bool = False) -> bool:
+    """Log a probe result into the wandb run of the training run ``run_dir``: ``lineval/<task>/<metric>`` scalars
+    and the summary entry ``lineval/<task>[.online]`` that ``tools/lineval/table.py --wandb`` reads."""
+    from mdistiller.engine.dashboards import log_to_run
+
+    if not Path(run_dir).is_dir():
+        print(f"warning: --wandb needs a training run directory, not '{run_dir}'; the result is in the JSON only.",
+              file=sys.stderr)
+        return False
+    task = result["task"] + (".online" if online else "")
+    scalars = {f"lineval/{task}/{k}": v for k, v in result["metrics"].items()
+               if isinstance(v, int | float) and not isinstance(v, bool)}
+    for name, metrics in (result.get("extra_tests") or {}).items():
+        scalars |= {f"lineval/{task}/{name}/{k}": v for k, v in metrics.items()
+                    if isinstance(v, int | float) and not isinstance(v, bool)}
+    cell = json.loads(json.dumps({k: result.get(k) for k in ("metrics", "extra_tests", "chosen_lr", "task_kind")}
+                                 | {"protocol": result["protocol"]["name"]}, default=_json_default))
+    return log_to_run(run_dir, scalars, summary={f"lineval/{task}": cell}, job_type="lineval")
 
 
 def _json_default(obj: Any) -> Any:

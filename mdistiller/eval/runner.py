@@ -70,6 +70,7 @@ class ProbeSettings:
     slide: tuple[int, int] | None = None  # (window, stride): sliding-window test inference (segmentation)
     amp: bool = True
     verbose: bool = False
+    progress: bool | None = None  # feature-extraction bars; None: when stderr is a terminal
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -421,7 +422,7 @@ def run_probe(backbone: Backbone, spec: FeatureSpec, task: Task, data: ProbeData
         "train_loss": history,
         "seed": settings.seed,
         "time": {k: round(v, 3) for k, v in times.items()},
-        "settings": {k: v for k, v in asdict(settings).items() if k not in ("verbose",)},
+        "settings": {k: v for k, v in asdict(settings).items() if k not in ("verbose", "progress")},
         "env": {"world_size": world, "device": str(device), "torch": torch.__version__,
                 "python": platform.python_version(), "host": platform.node()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -449,5 +450,5 @@ def _build_caches(backbone: Backbone, spec: FeatureSpec, task: Task, data: Probe
             fingerprint=fingerprint, meta={"feature_spec": spec.to_dict(), "backbone": backbone.info,
                                            "dataset": data.info, "task": task.kind},
             batch_size=settings.eval_batch_size, num_workers=settings.num_workers, dtype=settings.cache_dtype,
-            device=device, reuse=settings.reuse_cache, log=log)
+            device=device, reuse=settings.reuse_cache, log=log, progress=settings.progress)
     return out

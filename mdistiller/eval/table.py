@@ -113,20 +113,72 @@ def collect_results(targets: Sequence[str | Path], names: Sequence[str] | None =
         if default == "lineval":
             default = Path(t).resolve().parent.name
         row = Row(name=names[i] if names else default, folder=folder)
-        cache: dict[str, tuple[dict[str, Any] | None, str]] = {}
-        for col in columns:
-            values, protos = [], set()
-            for task, get in col.parts:
-                if task not in cache:
-                    cache[task] = _load(folder, task, protocol)
-                res, proto = cache[task]
-                v = get(res) if res is not None else None
-                if v is None or (isinstance(v, float) and math.isnan(v)):
-                    values = []
-                    break
-                values.append(v)
-                protos.add(proto)
-            row.cells[col.title] = (sum(values) / len(values) if values else None, protos)
+        _fill(row, lambda task, folder=folder: _load(folder, task, protocol), columns)
+        rows.append(row)
+    return rows
+
+
+def _fill(row: Row, load: Callable[[str], tuple[dict[str, Any] | None, str]], columns: Sequence[Column]) -> None:
+    cache: dict[str, tuple[dict[str, Any] | None, str]] = {}
+    for col in columns:
+        values, protos = [], set()
+        for task, get in col.parts:
+            if task not in cache:
+                cache[task] = load(task)
+            res, proto = cache[task]
+            v = get(res) if res is not None else None
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                values = []
+                break
+            values.append(v)
+            protos.add(proto)
+        row.cells[col.title] = (sum(values) / len(values) if values else None, protos)
+
+
+def wandb_summaries(source: str) -> list[tuple[str, dict[str, Any]]]:
+    """``[(run name, summary)]`` of the wandb runs in ``source``: a folder holding offline runs (``RUN_DIR`` or its
+    ``wandb/`` folder, searched recursively; runs sharing an id are merged in time order) or an ``entity/project``
+    read through the wandb API (needs a network and a login)."""
+    p = Path(source).expanduser()
+    if p.is_dir():
+        from mdistiller.engine.dashboards import offline_runs, read_offline_run
+
+        out = []
+        for run_id, folders in offline_runs(p).items():
+            summary: dict[str, Any] = {}
+            name = None
+            for f in folders:
+                run = read_offline_run(f)
+                summary.update(run["summary"])
+                name = name or run["name"]
+            out.append((str(name or run_id), summary))
+        if not out:
+            raise FileNotFoundError(f"no offline wandb runs under '{p}'; train with LOG.WANDB True first.")
+        return out
+    import wandb
+
+    return [(r.name, dict(r.summary)) for r in wandb.Api().runs(source)]
+
+
+def collect_wandb(source: str, protocol: str = "auto",
+                  columns: Sequence[Column] = PAPER_COLUMNS + TOY_COLUMNS) -> list[Row]:
+    """Rows from the probe results that ``tools/lineval/*.py --wandb`` logged into training runs (summary keys
+    ``lineval/<task>`` and ``lineval/<task>.online``); runs without any are left out."""
+    order = {"auto": ("online", "cached"), "online": ("online",), "cached": ("cached",)}[protocol]
+    rows = []
+    for name, summary in wandb_summaries(source):
+        if not any(str(k).startswith("lineval/") for k in summary):
+            continue
+
+        def load(task: str, summary: dict[str, Any] = summary) -> tuple[dict[str, Any] | None, str]:
+            for proto in order:
+                res = summary.get(f"lineval/{task}.online" if proto == "online" else f"lineval/{task}")
+                if isinstance(res, dict):
+                    return res, proto
+            return None, ""
+
+        row = Row(name=name, folder=Path(source))
+        _fill(row, load, columns)
         rows.append(row)
     return rows
 
@@ -185,3 +237,46 @@ def render_csv(rows: Sequence[Row]) -> str:
             protos.append("+".join(sorted(p)))
         w.writerow([r.name, *vals, *protos])
     return buf.getvalue()
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """``tools/lineval/table.py`` / ``mdistiller-lineval table``: Markdown to stdout, ``--out`` .md/.csv files."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(
+        prog=prog or "tools/lineval/table.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Render a Table-1-style summary from several runs' linear-probe results: IN-val top-1, ADE-20K "
+                    "mIoU, NYUd-v2 RMSE, iNat2019 top-1, DS top-1 (mean of IN-R and IN-v2), FG top-1 (mean of the "
+                    "four fine-grained sets), plus toy-scene columns when those results exist. Markdown goes to "
+                    "stdout; --out writes Markdown (.md) or CSV (.csv) files.")
+    p.add_argument("runs", nargs="*", help="run directories (or their lineval/ folders, or model names)")
+    p.add_argument("--names", nargs="+", default=None, help="row labels, one per run (default: folder names)")
+    p.add_argument("--protocol", choices=("auto", "online", "cached"), default="auto",
+                   help="auto: online result when present (marked †), else cached (default)")
+    p.add_argument("--wandb", metavar="DIR|ENTITY/PROJECT", default=None,
+                   help="also read the results logged with --wandb: a folder of offline runs (e.g. output/demo/runs) "
+                        "or a wandb project")
+    p.add_argument("--out", action="append", default=[], help="write the table to a .md or .csv file (repeatable)")
+    args = p.parse_args(argv)
+    bad = [o for o in args.out if Path(o).suffix.lower() not in (".md", ".csv")]
+    if bad:
+        print(f"error: --out '{bad[0]}' must end in .md or .csv; pick one of those suffixes.", file=sys.stderr)
+        return 1
+    if not args.runs and not args.wandb:
+        print("error: name run directories or --wandb DIR|ENTITY/PROJECT.", file=sys.stderr)
+        return 2
+    try:
+        rows = collect_results(args.runs, args.names, args.protocol) if args.runs else []
+        if args.wandb:
+            rows += collect_wandb(args.wandb, args.protocol)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    md = render_markdown(rows)
+    print(md, end="")
+    for o in args.out:
+        path = Path(o)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render_csv(rows) if path.suffix.lower() == ".csv" else md)
+    return 0

@@ -1,0 +1,144 @@
+"""The Python API in two calls::
+
+    import mdistiller
+
+    run = mdistiller.train(["configs/demo/singer.yaml"], overrides={"SOLVER.MAX_STEPS": 20}, run_dir="out/singer")
+    res = mdistiller.evaluate(run["run_dir"], task="transfer", dataset="toy_scenes", num_train=200, num_test=100)
+    res["metrics"]["top1"]
+
+:func:`train` is ``tools/train.py`` without the command line (same config stacking, run-directory lock, resume);
+:func:`evaluate` is ``tools/lineval/<task>.py`` and returns its result dict (also written as JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["train", "evaluate"]
+
+
+def _opts(overrides: Mapping[str, Any] | Sequence[Any] | None) -> list[Any]:
+    if overrides is None:
+        return []
+    if isinstance(overrides, Mapping):
+        return [x for k, v in overrides.items() for x in (str(k), v)]
+    return list(overrides)
+
+
+def train(cfg_or_paths: Any, overrides: Mapping[str, Any] | Sequence[Any] | None = None,
+          run_dir: str | os.PathLike[str] | None = None, resume: str = "auto", device: str | None = None) -> dict:
+    """Distil one run and return ``{"run_dir", "step", "student", "metrics", "interrupted"}``.
+
+    Args:
+        cfg_or_paths: a config (:func:`mdistiller.config.load_config`'s result, a ``CfgNode``) or one YAML path or a
+            list of them (merged left to right; ``configs/...`` paths also resolve inside an installed package).
+        overrides: ``{"SOLVER.LR": 1e-4}`` or ``["SOLVER.LR", 1e-4]``, applied last.
+        run_dir: the run directory (default ``EXPERIMENT.OUTPUT_DIR/PROJECT/NAME``).
+        resume: ``"auto"`` continues ``RUN_DIR/checkpoints/last.pth`` when it exists, ``"none"`` starts over, or a
+            checkpoint path.
+        device: ``cpu`` | ``cuda`` (default ``EXPERIMENT.DEVICE``).
+
+    Raises :class:`~mdistiller.config.ConfigError` for a bad config, ``FileExistsError`` for ``resume="none"`` into
+    a directory that holds a run, ``RunLockedError`` while another process uses it, and the trainer's errors. The
+    SIGINT/SIGTERM handlers of the caller are restored when it returns.
+    """
+    from mdistiller.config import CN, load_config
+    from mdistiller.engine.distributed import cleanup, init_distributed
+    from mdistiller.engine.runlock import RunLock
+    from mdistiller.engine.trainer import Trainer, run_dir_for
+
+    if isinstance(cfg_or_paths, CN):
+        from mdistiller.config import validate_config
+
+        cfg = cfg_or_paths.clone()
+        cfg.defrost()
+        cfg.merge_from_list(_opts(overrides))
+        validate_config(cfg)  # the registered checks include those against the architectures
+        cfg.freeze()
+    else:
+        paths = [cfg_or_paths] if isinstance(cfg_or_paths, str | os.PathLike) else list(cfg_or_paths)
+        cfg = load_config(paths, _opts(overrides))
+    env = init_distributed(device or cfg.EXPERIMENT.DEVICE)
+    out = Path(run_dir) if run_dir else run_dir_for(cfg)
+    if resume in ("none", "") and env.is_main:
+        from mdistiller.engine.launch import _previous_run
+
+        if found := _previous_run(out):
+            cleanup()
+            raise FileExistsError(f"run directory {out} already holds a run ({', '.join(found)}); resume it with "
+                                  "resume='auto' or pick another run_dir.")
+    lock = RunLock(out) if env.is_main else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        trainer = Trainer(cfg, env, out)
+        ckpt = None
+        if resume == "auto":
+            ckpt = trainer.ckpt_path if trainer.ckpt_path.exists() else None
+        elif resume not in ("none", ""):
+            ckpt = Path(resume)
+        metrics = trainer.fit(ckpt)
+    finally:
+        if lock is not None:
+            lock.release()
+        cleanup()
+    student = out / "student.safetensors"
+    return {"run_dir": out, "step": trainer.step, "student": student if student.is_file() else None,
+            "metrics": metrics, "interrupted": metrics.get("interrupted")}
+
+
+def _argv(options: Mapping[str, Any]) -> list[str]:
+    argv: list[str] = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None:
+            continue
+        if value is True:
+            argv.append(flag)
+        elif value is False:
+            argv.append("--no-" + key.replace("_", "-"))
+        elif isinstance(value, list | tuple):
+            argv += [flag, ",".join(str(v) for v in value)] if key == "lrs" else [flag, *map(str, value)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def evaluate(run_dir_or_model: str | os.PathLike[str], task: str = "transfer", **options: Any) -> dict[str, Any]:
+    """Linear-probe a run directory or a model name and return the result dict (``metrics``, ``chosen_lr``,
+    ``val_metrics``, ``time``, ...), also written where the command writes it (``RUN_DIR/lineval/<task>.json``).
+
+    Args:
+        run_dir_or_model: a training run directory, a model name (``dinov2_small_imgfocus``) or ``random:<name>``.
+        task: ``imagenet`` | ``ade20k`` | ``nyud`` | ``transfer`` (the ``tools/lineval`` command).
+        options: the command's options with ``_`` for ``-`` (``dataset="toy_scenes"``, ``num_train=200``,
+            ``protocol="online"``, ``lrs=[1e-3, 1e-2]``; ``norm=False`` for ``--no-norm``, ``verbose=True``).
+
+    Raises ``ValueError`` for an unknown task and ``RuntimeError`` (with the command's error sentence) when the
+    probe fails.
+    """
+    import contextlib
+    import io
+
+    from mdistiller.eval.cli import COMMANDS, default_out_dir, main, result_name
+
+    if task not in COMMANDS:
+        raise ValueError(f"unknown task '{task}'; pick one of {', '.join(COMMANDS)}.")
+    options = dict(options)
+    out = options.pop("out", None)
+    if out is None:  # where the command writes by default
+        dataset = options.get("dataset") or COMMANDS[task]["default"]
+        online = ".online" if options.get("protocol") == "online" else ""
+        out = default_out_dir(str(run_dir_or_model)) / f"{result_name(dataset, COMMANDS[task]['kind'])}{online}.json"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(task, [str(run_dir_or_model), *_argv(options), "--out", str(out)],
+                    prog=f"mdistiller.evaluate(task={task!r})")
+    if code != 0:
+        lines = [ln for ln in err.getvalue().splitlines() if ln.startswith("error:")]
+        raise RuntimeError(lines[-1] if lines else f"the {task} probe failed (exit {code}): {err.getvalue()[-500:]}")
+    return json.loads(Path(out).read_text())

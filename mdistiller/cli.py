@@ -1,0 +1,69 @@
+"""Console entry points installed with the package: ``mdistiller-train``, ``mdistiller-lineval``,
+``mdistiller-analyze``. Each is a thin wrapper over the command of the same name in ``tools/``, so both spellings
+take the same arguments::
+
+    mdistiller-train --cfg configs/demo/singer.yaml          # = python tools/train.py --cfg ...
+    mdistiller-lineval transfer RUN_DIR --dataset toy_scenes  # = python tools/lineval/transfer.py RUN_DIR ...
+    mdistiller-lineval table RUN_A RUN_B                      # = python tools/lineval/table.py RUN_A RUN_B
+    mdistiller-analyze artifacts --model dinov2_small_imgfocus
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+__all__ = ["train", "lineval", "analyze", "LINEVAL_COMMANDS"]
+
+LINEVAL_COMMANDS = ("imagenet", "ade20k", "nyud", "transfer", "table")
+
+
+def train(argv: list[str] | None = None) -> int:
+    """``mdistiller-train``: :func:`mdistiller.engine.launch.main`."""
+    from mdistiller.engine.launch import main
+
+    return main(sys.argv[1:] if argv is None else argv, prog="mdistiller-train")
+
+
+def lineval(argv: list[str] | None = None) -> int:
+    """``mdistiller-lineval {imagenet,ade20k,nyud,transfer,table} ...``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in LINEVAL_COMMANDS:
+        print(f"usage: mdistiller-lineval {{{','.join(LINEVAL_COMMANDS)}}} ARGS...  (e.g. mdistiller-lineval transfer "
+              "RUN_DIR --dataset toy_scenes; add --help after the command for its options)",
+              file=sys.stderr if argv[:1] not in (["-h"], ["--help"]) else sys.stdout)
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    command, rest = argv[0], argv[1:]
+    if command == "table":
+        from mdistiller.eval.table import main as table_main
+
+        return table_main(rest, prog="mdistiller-lineval table")
+    from mdistiller.eval.cli import main
+
+    return main(command, rest, prog=f"mdistiller-lineval {command}")
+
+
+def analyze(argv: list[str] | None = None) -> int:
+    """``mdistiller-analyze``: runs ``tools/analyze.py`` of the source checkout this package is installed from.
+
+    The analysis command line lives in ``tools/`` (it is a research script that changes with the paper's figures), so
+    this entry point needs an editable install (``pip install -e .``, what ``make install`` does); from a wheel it
+    says so in one sentence.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    script = Path(__file__).resolve().parents[1] / "tools" / "analyze.py"
+    if not script.is_file():
+        print("error: mdistiller-analyze runs tools/analyze.py of a source checkout; install the package with "
+              "`pip install -e .` from a clone of the repository.", file=sys.stderr)
+        return 2
+    spec = importlib.util.spec_from_file_location("_mdistiller_tools_analyze", script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    old = sys.argv
+    sys.argv = ["mdistiller-analyze", *argv]
+    try:
+        return int(module.main(argv) or 0)
+    finally:
+        sys.argv = old
