@@ -42,4 +42,5 @@ def configs_dir():
 
 # Config checks that need the layers above mdistiller.config, imported only when a config is validated.
 register_check("mdistiller.distillers.build:check_config_against_models")
+register_check("mdistiller.dataset:check_dataset_config")
 register_check("mdistiller.dataset.device_decode:check_decode_config")

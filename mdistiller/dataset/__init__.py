@@ -58,3 +58,17 @@ __all__ = [
 
 # Evaluation datasets in their official on-disk formats (they register themselves, too).
 from mdistiller.dataset import ade20k, finegrained, imagenet_variants, inat2019, nyud  # noqa: E402, F401
+
+
+def check_dataset_config(cfg) -> None:
+    """The config check of ``DATASET.TYPE`` (registered with :func:`mdistiller.config.register_check`): an unknown
+    name is one sentence with the closest valid one."""
+    import difflib
+
+    from mdistiller.config import ConfigError
+
+    if cfg.DATASET.TYPE in DATASETS:
+        return
+    close = difflib.get_close_matches(str(cfg.DATASET.TYPE), DATASETS.names(), n=1)
+    hint = f"did you mean '{close[0]}'?" if close else f"valid datasets: {', '.join(DATASETS.names())}."
+    raise ConfigError(f"unknown DATASET.TYPE '{cfg.DATASET.TYPE}'; {hint}")
