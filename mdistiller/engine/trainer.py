@@ -335,10 +335,11 @@ class Trainer:
         if not (self.env.is_main and log.wandb_run is not None and self.cfg.LOG.WANDB_FIGURES):
             return
         try:
-            from mdistiller.analysis import reports, viz
+            from mdistiller.analysis.commands import write_figures
+            from mdistiller.analysis.commands.figures import figures_report
 
-            report = reports.figures_report([self.run_dir])
-            paths = viz.write_figures(report, self.run_dir / "analysis" / "wandb_figures")
+            report = figures_report([self.run_dir])
+            paths = write_figures(report, self.run_dir / "analysis" / "wandb_figures")
             log.images({f"figures/{Path(p).stem}": p for p in paths}, step=self.step)
         except Exception as e:  # noqa: BLE001
             import warnings
