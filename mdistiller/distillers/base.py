@@ -93,8 +93,8 @@ class Distiller(nn.Module):
         if base and all(int(i) % teacher_depth == teacher_depth - 1 for i in base):
             key = "DISTILLER.TEACHER_LAYERS" if cfg.DISTILLER.TEACHER_LAYERS else "SiNGER.M_LAYERS"
             raise ValueError(
-                f"{key} {base} names only the teacher's last block ({teacher_depth - 1}), which is always distilled; list "
-                f"intermediate blocks only (0…{teacher_depth - 2}), or leave it empty for the last block alone.")
+                f"{key} {base} names only the teacher's last block ({teacher_depth - 1}), which is always distilled; "
+                f"list intermediate blocks only (0…{teacher_depth - 2}), or leave it empty for the last block alone.")
         teacher = normalize_layers(base + [teacher_depth - 1], teacher_depth)
         if cfg.DISTILLER.STUDENT_LAYERS:
             student = normalize_layers(cfg.DISTILLER.STUDENT_LAYERS, student_depth, "student")
