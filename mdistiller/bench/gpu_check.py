@@ -413,7 +413,7 @@ def run_check(s: CheckSettings, log: Callable[[str], None] = print) -> dict[str,
     # the training run keeps the teacher in bf16 on CUDA (TEACHER_DTYPE auto) and fp32 on the CPU
     ref = b if s.device.startswith("cuda") else a
     rate = (ref or {}).get("rows", {}).get("SiNGER", {}).get("images_per_s")
-    c = step("c", lambda: part_train(s, budget, data, rate)) if counts else None
+    step("c", lambda: part_train(s, budget, data, rate)) if counts else None
     step("d", lambda: part_resume(s, budget, data)) if counts else None
     runs = [s.out / "train_device", s.out / "train_cpu", s.out / "resume_full"]
     trained = next((r for r in runs if (r / "student.safetensors").exists()), None)
@@ -449,7 +449,7 @@ def _bench_table(result: dict[str, Any]) -> list[str]:
                                                                                         ".3f"))
         frac = r.get("peak_fraction")
         lines.append(f"| {name} | {_f(r['step_s'], '.4f')} | {_f(r['images_per_s'], '.1f')} | "
-                     f"{_f(r['peak_mem_mib'], '.0f')} | {_f(r.get('gflop_per_image'), '.2f')} | "
+                     f"{_f(r['peak_mem_mib'], '.0f')} | {_f(r.get('gflop_per_image'), '.3g')} | "
                      f"{_f(r.get('achieved_tflops'), '.2f')} | {_f(frac * 100 if frac else None, '.1f')} | {ratio} | "
                      f"{_f(r.get('flop_bound_ratio'), '.3f')} |")
         if r.get("compile_s") is not None:
