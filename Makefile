@@ -13,7 +13,7 @@ export PYTHONUNBUFFERED := 1
 # steadier timings on shared CPUs: OpenMP threads sleep instead of spinning while waiting
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install test lint demo assets clean
+.PHONY: install test lint demo assets gpu-check clean
 
 $(PY):
 	python3 -m venv .venv
@@ -42,6 +42,11 @@ assets: install
 demo: install
 	@if [ -f tools/demo.py ]; then $(PY) tools/demo.py; else \
 	  echo "make demo: not implemented yet (tracked by the demo issue); see README 'Quick start'."; exit 2; fi
+
+# The GPU acceptance check (about 8 minutes on one GPU): output/gpu_check/report.md and report.json.
+# GPU_CHECK_ARGS passes options, e.g. make gpu-check GPU_CHECK_ARGS="--peak-tflops 989" or "--device cpu --tiny".
+gpu-check: install
+	$(PY) tools/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf .venv output .pytest_cache .ruff_cache

@@ -91,7 +91,10 @@ def test_tiny_json(capsys, tmp_path):
         assert r["peak_mem_mib"] is not None
     for name in ("FitNet", "ViTKD", "SiNGER", "student", "teacher", "student_fb"):
         ratio = result["ratios"][name]
-        assert set(ratio) >= {"paired_median", "paired_min", "paired_max", "of_medians", "flop_bound"}
+        assert set(ratio) >= {"paired_median", "paired_min", "paired_max", "of_medians", "flop_bound", "paired_ci95",
+                              "cpu_time_paired_ci95"}
+        low, high = ratio["paired_ci95"]
+        assert ratio["paired_min"] <= low <= ratio["paired_median"] <= high <= ratio["paired_max"]
         assert result["results"][name]["flops_per_image"]["total"] > 0
     assert result["ratios"]["FitNet"]["paired_median"] == pytest.approx(1.0)
     # SiNGER runs the same teacher depth as FitNet plus its extras: its FLOP bound is strictly larger
@@ -133,3 +136,37 @@ def test_bench_library_names_and_errors():
     assert parse_names("none", METHODS, "method") == []
     with pytest.raises(BenchError, match="unknown method 'kd'"):
         parse_names("kd", METHODS, "method")
+
+
+def test_bootstrap_interval_hand_counts():
+    from mdistiller.bench.stats import bootstrap_interval
+
+    # a constant ratio has no spread
+    assert bootstrap_interval([1.12] * 7) == (1.12, 1.12)
+    assert bootstrap_interval([]) is None
+    # two rounds (a, b): a resample's median is a (p 1/4), (a+b)/2 (p 1/2) or b (p 1/4); both tails exceed 2.5 %
+    assert bootstrap_interval([1.0, 1.4]) == (1.0, 1.4)
+    # three rounds: P(median = lowest) = P(at least two draws of it) = 7/27 > 2.5 %, so the interval is the range
+    assert bootstrap_interval([1.3, 1.0, 1.1]) == (1.0, 1.3)
+    # seeded: the same values give the same interval; a different seed may move it only slightly
+    values = [1.2, 0.95, 1.37, 1.1, 1.05, 1.18, 1.22, 1.09, 1.15, 1.01]
+    assert bootstrap_interval(values, seed=3) == bootstrap_interval(values, seed=3)
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_interval(values, level=1.5)
+
+
+def test_bootstrap_interval_contains_the_median_and_narrows_with_rounds():
+    import random
+    import statistics
+
+    from mdistiller.bench.stats import bootstrap_interval
+
+    rng = random.Random(0)
+    for n in (4, 5, 10, 31):
+        values = [1.1 + rng.gauss(0, 0.05) for _ in range(n)]
+        low, high = bootstrap_interval(values)
+        assert min(values) <= low <= statistics.median(values) <= high <= max(values)
+    few = [1.1 + rng.gauss(0, 0.05) for _ in range(6)]
+    many = [1.1 + rng.gauss(0, 0.05) for _ in range(200)]
+    width = [bootstrap_interval(v)[1] - bootstrap_interval(v)[0] for v in (few, many)]
+    assert width[1] < width[0]

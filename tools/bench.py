@@ -16,12 +16,13 @@ Every timed item is built once, warmed up, then timed in alternation (round r ru
 Printed per item: median and min–max step time, images/s, peak memory (CUDA: max allocated; CPU: the process's
 peak RSS during the item's steps, reset through ``/proc/self/clear_refs``), the FLOP bound per image
 (:mod:`mdistiller.bench.flops`), the achieved TFLOP/s and, with ``--peak-tflops``, the fraction of peak; and the
-ratio to FitNet as the median (min–max) of the per-round paired wall-time ratios, the median paired CPU-time ratio
-(steadier when other jobs share the CPU) and the FLOP-bound ratio. ``--json`` prints one JSON object instead.
+ratio to FitNet as the median of the per-round paired wall-time ratios and the median paired CPU-time ratio
+(steadier when other jobs share the CPU), each with a seeded bootstrap 95 % interval (2000 resamples of the
+per-round ratios, :mod:`mdistiller.bench.stats`), and the FLOP-bound ratio. ``--json`` prints one JSON object.
 
 Examples::
 
-    python tools/bench.py                                   # small CPU default (< 1 min on 2 cores)
+    python tools/bench.py                                   # small CPU default (10 rounds, ~1.5 min on 2 cores)
     python tools/bench.py --batch 16 --steps 8 --methods fitnet,singer --components none
     python tools/bench.py --device cuda --teacher vit_large --student vit_tiny --batch 256 --amp bf16 \\
         --compile --adamw fused --peak-tflops 989
@@ -68,7 +69,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--teacher-weights", default="random", help="random | pretrained | /path/to/weights")
     p.add_argument("--batch", type=int, default=None, help="images per step (default: 4 on CPU, 64 on CUDA)")
     p.add_argument("--size", type=int, default=224, help="input resolution in pixels (square)")
-    p.add_argument("--steps", type=int, default=None, help="timed rounds (default: 4 on CPU, 20 on CUDA)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed rounds (default: 10 on CPU, where step times are noisy, 20 on CUDA)")
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed rounds first, the first one compiling with --compile; every item is called at "
                         "least once before timing (default: 1 on CPU, 3 on CUDA)")
@@ -150,7 +152,7 @@ def _main(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
     args.batch = args.batch or (64 if cuda else 4)
-    args.steps = args.steps if args.steps is not None else (20 if cuda else 4)
+    args.steps = args.steps if args.steps is not None else (20 if cuda else 10)
     args.warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
     for flag, value, low in (("--batch", args.batch, 1), ("--size", args.size, 1), ("--steps", args.steps, 1),
                              ("--warmup", args.warmup, 0)):

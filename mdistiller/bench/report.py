@@ -12,9 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from .items import json_dict
+from .stats import bootstrap_interval
 from .timing import Item, MemoryMeter
 
-__all__ = ["print_table", "summarise"]
+__all__ = ["BOOTSTRAP_RESAMPLES", "print_table", "summarise"]
+
+#: resamples of the per-round ratios behind each 95 % interval
+BOOTSTRAP_RESAMPLES = 2000
 
 
 def _stats(values: list[float]) -> dict[str, float | None]:
@@ -59,9 +63,12 @@ def summarise(items: list[Item], args: argparse.Namespace, device, meter: Memory
             ps = _stats(paired)
             ratios[item.name] = {
                 "paired_median": ps["median"], "paired_min": ps["min"], "paired_max": ps["max"],
+                "paired_ci95": _interval(paired, args.seed),
+                "paired_ratios": paired,
                 "of_medians": med / statistics.median(ref.times),
                 "of_mins": min(item.times) / min(ref.times),
                 "cpu_time_paired_median": _stats(cpu_paired)["median"],
+                "cpu_time_paired_ci95": _interval(cpu_paired, args.seed),
             }
             if item.flops is not None and ref.flops is not None:
                 ratios[item.name]["flop_bound"] = item.flops["total"] / ref.flops["total"]
@@ -77,9 +84,17 @@ def summarise(items: list[Item], args: argparse.Namespace, device, meter: Memory
         "student_kwargs": json_dict(args.student_kwargs, "x"), "teacher_weights": args.teacher_weights,
         "batch": args.batch, "size": args.size, "steps": args.steps, "warmup": args.warmup, "amp": args.amp,
         "compile": args.compile, "adamw": args.adamw, "clip": args.clip, "opts": list(args.opts),
-        "peak_tflops": args.peak_tflops, "order": "alternating rounds: A B C …, then … C B A", **info,
+        "peak_tflops": args.peak_tflops, "order": "alternating rounds: A B C …, then … C B A",
+        "interval": f"percentile bootstrap 95 % of the median paired ratio ({BOOTSTRAP_RESAMPLES} resamples, seed "
+                    f"{args.seed})", **info,
     }
     return {"machine": machine, "setup": setup, "reference": ref_name, "results": results, "ratios": ratios}
+
+
+def _interval(values: list[float], seed: int) -> list[float] | None:
+    """The seeded bootstrap 95 % interval of the median paired ratio (2000 resamples), as a JSON list."""
+    ci = bootstrap_interval(values, level=0.95, resamples=BOOTSTRAP_RESAMPLES, seed=seed)
+    return list(ci) if ci is not None else None
 
 
 def _cpu_name() -> str:
@@ -96,6 +111,12 @@ def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
+def _ratio_text(median: float | None, ci: list[float] | None) -> str:
+    if median is None:
+        return "-"
+    return f"{median:.3f} [{ci[0]:.3f}–{ci[1]:.3f}]" if ci else f"{median:.3f}"
+
+
 def print_table(result: dict) -> None:
     m, s = result["machine"], result["setup"]
     print(f"device {m['device']} ({m['gpu'] or m['cpu']}, {m['threads']} threads), torch {m['torch']}, "
@@ -110,25 +131,25 @@ def print_table(result: dict) -> None:
         print("  fused attention (SDPA): " + ", ".join(f"{k} {v}" for k, v in fa.items()))
     ref = result["reference"]
     head = (f"{'item':<11} {'median s':>9} {'min–max s':>15} {'cpu s':>7} {'img/s':>8} {'peak MiB':>9} "
-            f"{'Δstep MiB':>9} {'GFLOP/img':>9} {'TFLOP/s':>8} {'%peak':>6} {'×' + str(ref) + ' wall':>23} "
-            f"{'× cpu':>6} {'× FLOP':>6}")
+            f"{'Δstep MiB':>9} {'GFLOP/img':>9} {'TFLOP/s':>8} {'%peak':>6} {'×' + str(ref) + ' wall [95 %]':>23} "
+            f"{'× cpu [95 %]':>23} {'× FLOP':>6}")
     print(head)
     print("-" * len(head))
     for name, r in result["results"].items():
         ratio = result["ratios"].get(name)
-        rtxt = (f"{ratio['paired_median']:.3f} ({ratio['paired_min']:.2f}–{ratio['paired_max']:.2f})"
-                if ratio else "-")
+        rtxt = _ratio_text(ratio and ratio["paired_median"], ratio and ratio.get("paired_ci95"))
+        ctxt = _ratio_text(ratio and ratio.get("cpu_time_paired_median"), ratio and ratio.get("cpu_time_paired_ci95"))
         frac = r.get("peak_fraction")
         print(f"{name:<11} {_fmt(r['median_s'], '9.4f')} "
               f"{_fmt(r['min_s'], '.4f') + '–' + _fmt(r['max_s'], '.4f'):>15} {_fmt(r['cpu_time_median_s'], '7.3f')} "
               f"{_fmt(r['images_per_s'], '8.1f')} {_fmt(r['peak_mem_mib'], '9.0f')} "
               f"{_fmt(r['step_mem_delta_mib'], '9.0f')} {_fmt(r.get('gflop_per_image'), '9.3f')} "
               f"{_fmt(r.get('achieved_tflops'), '8.3f')} {_fmt(frac * 100 if frac else None, '6.1f')} {rtxt:>23} "
-              f"{_fmt(ratio and ratio.get('cpu_time_paired_median'), '6.3f')} "
-              f"{_fmt(ratio and ratio.get('flop_bound'), '6.3f')}")
+              f"{ctxt:>23} {_fmt(ratio and ratio.get('flop_bound'), '6.3f')}")
         if r.get("compile_s") is not None:
             print(f"{'':<11} compile ≈ {r['compile_s']:.1f} s (first call {r['first_call_s']:.1f} s)")
         if r.get("error"):
             print(f"{'':<11} note: {r['error']}")
-    print(f"memory: {m['memory_source']}; ratios ×{ref}: median (min–max) of per-round paired wall-time ratios, "
-          "median paired CPU-time ratio (steadier on a shared CPU), FLOP-bound ratio")
+    print(f"memory: {m['memory_source']}; ratios ×{ref}: median of the {s['steps']} per-round paired wall-time "
+          "ratios and of the paired CPU-time ratios (steadier on a shared CPU), each with its bootstrap 95 % interval "
+          "[low–high] (2000 resamples, seeded); FLOP-bound ratio")
