@@ -4,6 +4,7 @@
     python tools/study.py                      # CPU, 3 seeds: about an hour on 2 cores; rerun to resume
     python tools/study.py --device cuda        # minutes on one GPU
 
+The Fashion-MNIST probe reads ``/usr/share/datasets/fashion-mnist`` (Debian: ``apt-get install dataset-fashion-mnist``).
 Writes ``OUT/study.md`` (tables with 95 % intervals, the refinement acceptance table), ``OUT/study.json`` and
 ``OUT/figures/study.png``. Every run has the same budget; nothing is dropped or re-picked: all seeds are reported.
 """
