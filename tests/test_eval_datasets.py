@@ -246,17 +246,21 @@ def test_pets_trainval_test(tmp_path: Path) -> None:
 def test_food101_meta_files(tmp_path: Path) -> None:
     base = tmp_path / "food-101"
     (base / "meta").mkdir(parents=True)
-    (base / "meta" / "classes.txt").write_text("apple_pie\nbaby_back_ribs\nwaffles\n")
-    (base / "meta" / "train.txt").write_text("apple_pie/1005649\nwaffles/12\nbaby_back_ribs/3\n")
-    (base / "meta" / "test.txt").write_text("waffles/99\n")
+    train = {"apple_pie": ["apple_pie/1005649"], "baby_back_ribs": ["baby_back_ribs/3"], "waffles": ["waffles/12"]}
+    (base / "meta" / "train.json").write_text(json.dumps(train))
+    test = {"apple_pie": [], "baby_back_ribs": [], "waffles": ["waffles/99"]}
+    (base / "meta" / "test.json").write_text(json.dumps(test))
     for e in ("apple_pie/1005649", "waffles/12", "baby_back_ribs/3", "waffles/99"):
         _write_image(base / "images" / f"{e}.jpg")
     tr = Food101(tmp_path, "train")
-    assert tr.num_classes == 3 and tr.targets == [0, 2, 1] and Food101(base, "test").targets == [2]
-    (base / "meta" / "test.txt").write_text("pizza/1\n")
-    with pytest.raises(ValueError) as err:
-        Food101(base, "test")
-    _one_sentence(err, "pizza", "classes.txt")
+    assert tr.num_classes == 3 and tr.targets == [0, 1, 2] and Food101(base, "test").targets == [2]
+    assert tr.classes == ["apple_pie", "baby_back_ribs", "waffles"]
+    renamed = tmp_path / "food"
+    base.rename(renamed)
+    with pytest.raises(FileNotFoundError) as err:
+        Food101(renamed, "test")
+    _one_sentence(err, "must be named 'food-101'")
+    renamed.rename(base)
     (base / "images" / "apple_pie" / "1005649.jpg").unlink()
     with pytest.raises(FileNotFoundError) as err:
         Food101(base, "train")
@@ -289,7 +293,7 @@ def test_finegrained_missing_root_messages(tmp_path: Path) -> None:
     for cls, needle in (
         (FGVCAircraft, "fgvc-aircraft-2013b"),
         (OxfordIIITPet, "annotations/{trainval,test}.txt"),
-        (Food101, "meta/{classes,train,test}.txt"),
+        (Food101, "meta/{train,test}.json"),
         (Flowers102, "imagelabels.mat"),
     ):
         with pytest.raises(FileNotFoundError) as err:

@@ -5,12 +5,18 @@ registered name    dataset                official files read                   
 =================  =====================  ==========================================================  =========
 ``aircraft``       FGVC-Aircraft 2013b    ``fgvc-aircraft-2013b/data/images_variant_<split>.txt``     100
 ``pets``           Oxford-IIIT Pet        ``annotations/{trainval,test}.txt``                          37
-``food101``        Food-101               ``meta/{classes,train,test}.txt``                           101
+``food101``        Food-101               ``food-101/meta/{train,test}.json``                         101
 ``flowers102``     Oxford Flowers-102     ``imagelabels.mat`` + ``setid.mat``                         102
 =================  =====================  ==========================================================  =========
 
 Each accepts ``root`` either as the extracted folder itself or as its parent (torchvision's layout, e.g.
-``root/food-101/meta``).  Splits: Aircraft ``train|val|trainval|test`` (variant level; test on ``test``,
+``root/food-101/meta``).  FGVC-Aircraft and Food-101 are parsed by ``torchvision.datasets`` (their official
+archives extract into the folder torchvision expects, so the folder keeps the archive's name); Oxford-IIIT Pet
+and Flowers-102 are parsed here, because their official archives have no top-level folder while torchvision
+requires its own ``oxford-iiit-pet/`` / ``flowers-102/`` (and checks the ``.mat`` files' MD5).  Both paths give
+the samples and labels torchvision gives (``tests/test_torchvision_datasets.py``); ``docs/handwritten.md``.
+
+Splits: Aircraft ``train|val|trainval|test`` (variant level; test on ``test``,
 not on ``val`` as the released code did), Pets ``trainval|test``, Food-101 ``train|test``, Flowers-102
 ``train|val|trainval|test`` (from ``setid.mat``: ``trnid``/``valid``/``tstid``).  The usual linear-probe
 protocol trains on ``trainval`` (Aircraft, Pets, Flowers) or ``train`` (Food-101) and tests on ``test``.
@@ -103,6 +109,42 @@ def load_mat(path: Path) -> dict[str, Any]:
     return loadmat(path)
 
 
+def require_file(path: Path, name: str, layout: str) -> Path:
+    """``path`` if it is a file, else one sentence naming it and the expected ``layout``."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{name} file '{path}' not found: expected {layout} (see data/README.md).")
+    return path
+
+
+def archive_parent(base: Path, folder: str, name: str) -> Path:
+    """The folder holding ``base``, which torchvision reads as ``<parent>/<folder>``: ``base`` must keep the name
+    ``folder`` that the official archive gives it."""
+    if base.name != folder:
+        raise FileNotFoundError(
+            f"{name} folder '{base}' must be named '{folder}' as the official archive extracts it (torchvision reads "
+            f"it by that name): rename it or link '{base.parent / folder}' to it."
+        )
+    return base.parent
+
+
+def torchvision_samples(dataset: Any, files: str, labels: str, name: str) -> list[tuple[str, int]]:
+    """The ``(path, label)`` list a ``torchvision.datasets`` object parsed, from its ``files``/``labels`` lists.
+
+    torchvision keeps these lists in private attributes; if a release renames them this says so in one sentence
+    (``tests/test_torchvision_datasets.py`` checks the lists against the official file formats).
+    """
+    try:
+        paths, targets = getattr(dataset, files), getattr(dataset, labels)
+    except AttributeError:
+        import torchvision
+
+        raise RuntimeError(
+            f"torchvision {torchvision.__version__} no longer keeps {type(dataset).__name__}.{files}/{labels}, which "
+            f"the {name} reader uses: install the torchvision version pinned in constraints.txt."
+        ) from None
+    return [(str(p), int(t)) for p, t in zip(paths, targets, strict=True)]
+
+
 def load_rgb(path: str, name: str) -> Image.Image:
     """Open ``path`` as an RGB PIL image; an unreadable file raises one sentence naming it."""
     try:
@@ -193,36 +235,36 @@ AIRCRAFT_SPLITS = ("train", "val", "trainval", "test")
 
 @DATASETS.register("aircraft")
 class FGVCAircraft(ImageListDataset):
-    """FGVC-Aircraft 2013b at the *variant* level (100 classes), from the official text files.
+    """FGVC-Aircraft 2013b at the *variant* level (100 classes), parsed by ``torchvision.datasets.FGVCAircraft``.
 
     ``data/variants.txt`` fixes the class order (label = line number); ``data/images_variant_<split>.txt``
     lists ``<image id> <variant name>`` (variant names may contain spaces); images are
     ``data/images/<image id>.jpg``.  The official images keep their 20-px copyright banner at the
-    bottom, as torchvision does.
+    bottom, as torchvision does.  ``split`` adds nothing to torchvision's: train, val, trainval, test.
     """
 
     name = "FGVC-Aircraft"
 
     def __init__(self, root: str | os.PathLike[str] | None, split: str = "test", transform: Transform | None = None):
+        from torchvision.datasets import FGVCAircraft as TorchvisionAircraft
+
         layout = (
             "<root>/fgvc-aircraft-2013b/data/{variants.txt, images_variant_{train,val,trainval,test}.txt, "
             "images/<id>.jpg} (the official fgvc-aircraft-2013b.tar.gz)"
         )
         base = locate_dataset(self.name, root, split, AIRCRAFT_SPLITS, layout, "data/variants.txt", AIRCRAFT_DIRS)
-        base = base / "data"
-        classes = read_lines(base / "variants.txt", self.name, layout)
-        index = {c: i for i, c in enumerate(classes)}
-        samples = []
-        for line in read_lines(base / f"images_variant_{split}.txt", self.name, layout):
-            image_id, _, variant = line.partition(" ")
-            if variant not in index:
-                raise ValueError(
-                    f"{self.name} variant '{variant}' of image {image_id} in images_variant_{split}.txt is not in "
-                    f"'{base / 'variants.txt'}': use the unmodified files of one fgvc-aircraft-2013b archive."
-                )
-            samples.append((str(base / "images" / f"{image_id}.jpg"), index[variant]))
-        self.root, self.split = base.parent, split
-        super().__init__(samples, classes, transform, layout)
+        require_file(base / "data" / f"images_variant_{split}.txt", self.name, layout)
+        try:
+            parsed = TorchvisionAircraft(str(archive_parent(base, AIRCRAFT_DIRS[0], self.name)), split=split,
+                                         annotation_level="variant")
+        except KeyError as err:
+            raise ValueError(
+                f"{self.name} images_variant_{split}.txt names variant {err}, which is not in "
+                f"'{base / 'data' / 'variants.txt'}': use the unmodified files of one fgvc-aircraft-2013b archive."
+            ) from None
+        self.root, self.split = base, split
+        samples = torchvision_samples(parsed, "_image_files", "_labels", self.name)
+        super().__init__(samples, parsed.classes, transform, layout)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -281,31 +323,26 @@ FOOD_SPLITS = ("train", "test")
 
 @DATASETS.register("food101")
 class Food101(ImageListDataset):
-    """Food-101 from ``meta/classes.txt`` (label = line number) and ``meta/{train,test}.txt``.
+    """Food-101, parsed by ``torchvision.datasets.Food101`` from ``meta/{train,test}.json``.
 
-    Each split line is ``<class>/<image id>``, the image ``images/<class>/<image id>.jpg``.
+    Each json maps a class name to its ``"<class>/<image id>"`` entries; classes are the sorted names (the order of
+    ``meta/classes.txt``), the image ``images/<class>/<image id>.jpg``.
     """
 
     name = "Food-101"
 
     def __init__(self, root: str | os.PathLike[str] | None, split: str = "test", transform: Transform | None = None):
+        from torchvision.datasets import Food101 as TorchvisionFood101
+
         layout = (
-            "<root>/meta/{classes,train,test}.txt and <root>/images/<class>/<id>.jpg (the official food-101.tar.gz)"
+            "<root>/food-101/meta/{train,test}.json and <root>/food-101/images/<class>/<id>.jpg (the official "
+            "food-101.tar.gz)"
         )
-        base = locate_dataset(self.name, root, split, FOOD_SPLITS, layout, "meta/classes.txt", ("food-101",))
-        classes = read_lines(base / "meta" / "classes.txt", self.name, layout)
-        index = {c: i for i, c in enumerate(classes)}
-        samples = []
-        for line in read_lines(base / "meta" / f"{split}.txt", self.name, layout):
-            cls_name = line.split("/", 1)[0]
-            if cls_name not in index:
-                raise ValueError(
-                    f"{self.name} entry '{line}' of meta/{split}.txt names class '{cls_name}', which is not in "
-                    f"'{base / 'meta' / 'classes.txt'}': use the unmodified meta/ folder of the archive."
-                )
-            samples.append((str(base / "images" / f"{line}.jpg"), index[cls_name]))
+        base = locate_dataset(self.name, root, split, FOOD_SPLITS, layout, f"meta/{split}.json", ("food-101",))
+        parsed = TorchvisionFood101(str(archive_parent(base, "food-101", self.name)), split=split)
         self.root, self.split = base, split
-        super().__init__(samples, classes, transform, layout)
+        samples = torchvision_samples(parsed, "_image_files", "_labels", self.name)
+        super().__init__(samples, parsed.classes, transform, layout)
 
 
 # --------------------------------------------------------------------------------------------------
