@@ -142,7 +142,12 @@ def test_refinement_stats_and_acceptance_table(make_cfg):
     passed = {t: dict(s, ratio_after_max=1.2) for t, s in ident.items()}
     assert refinement_passes(passed) and not refinement_passes(ident | {3: dict(ident[3], ratio_after_max=1.6)})
     table = format_refinement(passed, title="t")
-    assert table.count("✓") == 2 and "| 1 |" in table
+    assert table.count("✓") == 2 and table.splitlines()[4].startswith("| 1 | ")
+    # several runs in one table: a leading run column, one row per (run, layer), a missing number as "–"
+    both = format_refinement({"a": passed, "b": {3: {k: v for k, v in ident[3].items() if k != "cos_final"}}})
+    lines = both.splitlines()
+    assert lines[0].startswith("| run | layer |") and len(lines) == 2 + 3
+    assert lines[2].startswith("| a | 1 | ") and lines[4].startswith("| b | 3 | ") and "| – |" in lines[4]
 
 
 def test_logged_term_gradient_norms_equal_direct_autograd(tmp_path):

@@ -58,24 +58,13 @@ def heldout_images(size: int, n: int):
 
 def acceptance_table(refine: dict[str, dict[int, dict[str, float]]], runs) -> str:
     """Item: per SiNGER mode and layer, the worst outlier ratio and the inlier cosines, per seed (artifact teacher)."""
-    from mdistiller.analysis.refinement import ACCEPT_MAX_RATIO, ACCEPT_MIN_COS, refinement_passes
+    from mdistiller.analysis.refinement import ACCEPT_MAX_RATIO, ACCEPT_MIN_COS, format_refinement
 
-    lines = [f"Acceptance: every emulated-artifact patch ends ≤ {ACCEPT_MAX_RATIO}× its image's α-quantile of ‖F̂‖ "
+    intro = (f"Acceptance: every emulated-artifact patch ends ≤ {ACCEPT_MAX_RATIO}× its image's α-quantile of ‖F̂‖ "
              f"(worst patch; α = 0.95 for every mode), and inlier cos(F̂, F) ≥ {ACCEPT_MIN_COS} at l and after "
-             "block l+1.", "",
-             "| run | layer | outlier ‖F‖/q before | ‖F̂‖/q after mean / max | cos inliers @l | @l+1 | @final | pass |",
-             "|---|---|---:|---:|---:|---:|---:|:---:|"]
-    for run in runs:
-        stats = refine.get(run.name)
-        if not stats or not run.artifacts:
-            continue
-        for t, s in sorted(stats.items()):
-            def f(k: str, spec: str = ".2f", s=s) -> str:
-                return format(s[k], spec) if k in s else "–"
-            ok = "✓" if refinement_passes({t: s}) else "✗"
-            lines.append(f"| {run.name} | {t} | {f('ratio_before')} | {f('ratio_after')} / {f('ratio_after_max')} | "
-                         f"{f('cos_inlier', '.4f')} | {f('cos_next', '.4f')} | {f('cos_final', '.4f')} | {ok} |")
-    return "\n".join(lines)
+             "block l+1.")
+    table = format_refinement({run.name: refine[run.name] for run in runs if run.artifacts and refine.get(run.name)})
+    return f"{intro}\n\n{table}"
 
 
 def main(argv: list[str] | None = None) -> int:

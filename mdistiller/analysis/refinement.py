@@ -18,6 +18,8 @@ outlier ends at most ``max_ratio`` × the quantile, and every inlier cosine is a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 __all__ = ["refinement_passes", "format_refinement", "ACCEPT_MAX_RATIO", "ACCEPT_MIN_COS"]
 
 #: acceptance thresholds: outliers end within 1.5× the α-quantile; inliers keep cosine ≥ 0.97 with the teacher
@@ -37,18 +39,27 @@ def refinement_passes(stats: dict[int, dict[str, float]], max_ratio: float = ACC
     return True
 
 
-def format_refinement(stats: dict[int, dict[str, float]], title: str = "") -> str:
-    """A markdown table of :func:`refinement_stats` (one row per layer) with a pass/fail column."""
-    head = "| layer | outlier ‖F‖/q before | after (mean / max) | cos inliers @l | @l+1 | @final | pass |"
-    rows = ([f"**{title}**", ""] if title else []) + [head, "|---|---:|---:|---:|---:|---:|:---:|"]
+def format_refinement(stats: Mapping[int, Mapping[str, float]] | Mapping[str, Mapping[int, Mapping[str, float]]],
+                      title: str = "") -> str:
+    """A markdown table of :func:`refinement_stats` (one row per layer) with a pass/fail column.
 
-    def fmt(v: float | None, spec: str) -> str:
-        return "–" if v is None else format(v, spec)
+    ``stats`` is one run's ``{layer: numbers}``, or ``{run name: {layer: numbers}}`` for several runs in one table
+    (a leading ``run`` column); a missing number prints as ``–``.
+    """
+    runs = stats if stats and all(isinstance(k, str) for k in stats) else {"": stats}
+    label = "| run " if len(runs) > 1 or "" not in runs else ""
+    head = f"{label}| layer | outlier ‖F‖/q before | after (mean / max) | cos inliers @l | @l+1 | @final | pass |"
+    rule = ("|---" if label else "") + "|---|---:|---:|---:|---:|---:|:---:|"
+    rows = ([f"**{title}**", ""] if title else []) + [head, rule]
+    for run, per_layer in runs.items():
+        for t, s in sorted(per_layer.items()):
+            def fmt(key: str, spec: str, s: Mapping[str, float] = s) -> str:
+                return format(s[key], spec) if s.get(key) is not None else "–"
 
-    for t, s in sorted(stats.items()):
-        ok = refinement_passes({t: s})
-        rows.append(
-            f"| {t} | {fmt(s.get('ratio_before'), '.2f')} | {fmt(s.get('ratio_after'), '.2f')} / "
-            f"{fmt(s.get('ratio_after_max'), '.2f')} | {s['cos_inlier']:.4f} | {fmt(s.get('cos_next'), '.4f')} | "
-            f"{fmt(s.get('cos_final'), '.4f')} | {'✓' if ok else '✗'} |")
+            ok = refinement_passes({t: s})
+            rows.append(
+                (f"| {run} " if label else "") + f"| {t} | {fmt('ratio_before', '.2f')} | "
+                f"{fmt('ratio_after', '.2f')} / {fmt('ratio_after_max', '.2f')} | {fmt('cos_inlier', '.4f')} | "
+                f"{fmt('cos_next', '.4f')} | "
+                f"{fmt('cos_final', '.4f')} | {'✓' if ok else '✗'} |")
     return "\n".join(rows)
