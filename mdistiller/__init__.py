@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from .config import register_check
+from .hooks import register_hook
 
 __version__ = "0.1.0"
 __all__ = ["train", "evaluate", "configs_dir", "__version__"]
@@ -44,3 +45,5 @@ def configs_dir():
 register_check("mdistiller.distillers.build:check_config_against_models")
 register_check("mdistiller.dataset:check_dataset_config")
 register_check("mdistiller.dataset.device_decode:check_decode_config")
+# What the training engine calls into the analysis package for (imported on first use).
+register_hook("run_figures", "mdistiller.analysis.commands.figures:run_figures")

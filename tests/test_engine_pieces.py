@@ -480,3 +480,22 @@ def test_two_gloo_processes(tmp_path):
         assert o["mean"]["loss"] == pytest.approx((1.0 * 3 + 3.0 * 1) / 4)  # not the mean of means (2.0)
         assert o["mean"]["acc"] == pytest.approx((0.5 * 3 + 1.0 * 1) / 4)
         assert o["obj"] == {"from": 0} and o["gathered"] == [0, 1]
+
+
+def test_hooks_resolve_lazily_and_the_engine_imports_no_analysis() -> None:
+    import subprocess
+    import sys
+
+    from mdistiller.hooks import get_hook, register_hook
+
+    assert get_hook("no such hook") is None
+    with pytest.raises(ValueError, match="package.module:function"):
+        register_hook("x", "os.path.join")
+    register_hook("test_join", "os.path:join")
+    assert get_hook("test_join")("a", "b") == "a/b"
+    # the trainer reaches the analysis package only through the "run_figures" hook
+    code = ("import sys, mdistiller.engine.trainer as t; from mdistiller.hooks import get_hook; "
+            "assert not any(m.startswith('mdistiller.analysis') for m in sys.modules), 'analysis imported'; "
+            "print(get_hook('run_figures').__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "run_figures", out.stderr

@@ -15,6 +15,7 @@ from torch import nn
 
 from mdistiller.config import CN
 from mdistiller.distillers import Distiller, build_distiller
+from mdistiller.hooks import get_hook
 
 from . import checkpoint as ckpt
 from .data import DeviceDecodedBatches, build_train_loader
@@ -334,12 +335,11 @@ class Trainer:
         only warns (figures must never stop a run)."""
         if not (self.env.is_main and log.wandb_run is not None and self.cfg.LOG.WANDB_FIGURES):
             return
+        draw = get_hook("run_figures")  # the analysis package's, registered in mdistiller/__init__.py
+        if draw is None:
+            return
         try:
-            from mdistiller.analysis.commands import write_figures
-            from mdistiller.analysis.commands.figures import figures_report
-
-            report = figures_report([self.run_dir])
-            paths = write_figures(report, self.run_dir / "analysis" / "wandb_figures")
+            paths = draw(self.run_dir)
             log.images({f"figures/{Path(p).stem}": p for p in paths}, step=self.step)
         except Exception as e:  # noqa: BLE001
             import warnings

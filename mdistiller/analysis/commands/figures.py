@@ -72,6 +72,14 @@ def figures_report(
     return {"command": "figures", **stamp(any_emulated, None), "image_indices": idx, "runs": runs}
 
 
+def run_figures(run_dir: str | Path) -> list[Path]:
+    """The feature-map figures of the checkpoint in ``run_dir`` (``figures`` on its first held-out scene) written to
+    ``RUN_DIR/analysis/wandb_figures``: the trainer's ``"run_figures"`` hook (``LOG.WANDB_FIGURES``)."""
+    from . import write_figures
+
+    return write_figures(figures_report([run_dir]), Path(run_dir) / "analysis" / "wandb_figures")
+
+
 def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     """Per run and image: ``maps_<run>_img<i>.png`` (Figure 9: norm + PCA of F^T, F̂^T, ΔF^T, F^S per distilled
     layer), ``crosssim_<run>_img<i>.png`` for SiNGER runs (Figure 11), and across runs ``similarity_img<i>.png``

@@ -1,0 +1,32 @@
+"""Named hooks: code that a lower layer calls and an upper layer provides, so no module imports upwards.
+
+A hook is a ``"package.module:function"`` string registered by the package (``mdistiller/__init__.py``); the
+module is imported only when the hook is first looked up. The trainer (``engine``) uses ``"run_figures"`` to draw
+feature-map figures of a run directory with the analysis package for the dashboard.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["register_hook", "get_hook"]
+
+_HOOKS: dict[str, str] = {}
+
+
+def register_hook(name: str, path: str) -> None:
+    """Provide hook ``name`` as the function at ``"package.module:function"`` (a later registration replaces it)."""
+    if ":" not in path:
+        raise ValueError(f"hook '{name}' path '{path}' has no ':'; write it as 'package.module:function'.")
+    _HOOKS[name] = path
+
+
+def get_hook(name: str) -> Callable[..., Any] | None:
+    """The function registered for ``name`` (its module imported now), or ``None`` when nothing provides it."""
+    path = _HOOKS.get(name)
+    if path is None:
+        return None
+    module, _, func = path.partition(":")
+    return getattr(importlib.import_module(module), func)
