@@ -181,3 +181,14 @@ def test_fashion_mnist_real_test_split_equals_torchvision(tmp_path: Path) -> Non
     ours = FashionMNIST(split="test")
     ref = _torchvision_fashion(Path(DEFAULT_ROOT), tmp_path, train=False)
     assert len(ours) == 10_000 and torch.equal(ours.images, ref.data) and ours.targets == ref.targets.tolist()
+
+
+def test_renamed_torchvision_internals_stop_with_one_sentence() -> None:
+    from types import SimpleNamespace
+
+    from mdistiller.dataset.finegrained import torchvision_samples
+
+    assert torchvision_samples(SimpleNamespace(_f=[Path("a.jpg")], _l=[np.int64(3)]), "_f", "_l", "X") == [("a.jpg", 3)]
+    with pytest.raises(RuntimeError) as err:
+        torchvision_samples(SimpleNamespace(files=[]), "_image_files", "_labels", "FGVC-Aircraft")
+    _one_sentence(err, "_image_files", "constraints.txt")
