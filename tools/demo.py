@@ -47,9 +47,8 @@ PROBES = [("transfer", "cls"), ("ade20k", "seg"), ("nyud", "depth")]
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="output/demo", help="demo folder (runs, probes, report)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="optimizer steps per distillation run (default: 100 with bf16, 60 in fp32: the same minutes)")
-    p.add_argument("--batch", type=int, default=32, help="training batch")
+    p.add_argument("--steps", type=int, default=None, help="steps per run (default: 100 with bf16, 60 in fp32)")
+    p.add_argument("--batch", type=int, default=None, help="training batch (default: 32; 24 with bf16 and no AMX)")
     p.add_argument("--size", type=int, default=96, help="image size (student grid = size / 16)")
     p.add_argument("--probe-train", type=int, default=400, help="toy scenes used to train the linear probes")
     p.add_argument("--probe-test", type=int, default=200, help="toy scenes used to test the linear probes")
@@ -100,7 +99,7 @@ def train_runs(args: argparse.Namespace, out: Path) -> dict[str, Path]:
 
 def run_probes(args: argparse.Namespace, out: Path, targets: dict[str, str]) -> dict[str, Path]:
     from mdistiller.eval.cli import main as probe_main
-    from mdistiller.study import probe_argv
+    from mdistiller.study import DEMO_DENSE_LRS, probe_argv
 
     folders = {}
     total = len(targets) * len(PROBES)
@@ -119,7 +118,7 @@ def run_probes(args: argparse.Namespace, out: Path, targets: dict[str, str]) -> 
             size = args.size // 16 * 14 if "dinov2" in target else args.size
             argv = [target, "--dataset", "toy_scenes", "--out", str(result), *probe_argv(
                 command, size, args.probe_train, args.probe_test, folder / "cache", cls_epochs=args.cls_epochs,
-                dense_epochs=args.probe_epochs, loss_size=args.loss_size)]
+                dense_epochs=args.probe_epochs, loss_size=args.loss_size, dense_lrs=DEMO_DENSE_LRS)]
             code = probe_main(command, argv)
             if code != 0:
                 raise SystemExit(f"demo: probe {command} on {label} failed with exit code {code}")
@@ -185,11 +184,10 @@ def norm_similarity_figure(dirs: dict[str, Path], out: Path, size: int) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from mdistiller.study import resolve_amp
+    from mdistiller.study import demo_budget, resolve_amp
 
     args.amp = resolve_amp(args.amp)
-    if args.steps is None:
-        args.steps = 100 if args.amp == "bf16" else 60
+    args.steps, args.batch = demo_budget(args.amp, args.steps, args.batch)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -229,12 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     timings["report"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     precision = "bf16 autocast" if args.amp == "bf16" else "fp32"
-    from mdistiller.study import CLS_LRS, DENSE_LRS
+    from mdistiller.study import CLS_LRS, DEMO_DENSE_LRS
 
     values = dict(steps=args.steps, batch=args.batch, size=args.size, images=args.steps * args.batch,
                   precision=precision, probe_train=args.probe_train, probe_test=args.probe_test,
                   val_scenes=round(0.1 * args.probe_train), cls_epochs=args.cls_epochs,
-                  probe_epochs=args.probe_epochs, cls_lrs=CLS_LRS, dense_lrs=DENSE_LRS, refine_md=refine_md,
+                  probe_epochs=args.probe_epochs, cls_lrs=CLS_LRS, dense_lrs=DEMO_DENSE_LRS, refine_md=refine_md,
                   table=table, art_md=art_md, figure=fig.name,
                   timings=json.dumps({k: round(v, 1) for k, v in timings.items()}))
     report = (ROOT / "tools" / "demo_report.md").read_text().format(**values)
