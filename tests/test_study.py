@@ -54,3 +54,25 @@ def test_summarize_pairs_by_seed_and_teacher_and_renders():
     assert set(s["paired"]) == {("singer_scaled", False)}
     md = study.render_tables(s, [("p", True)], ["fitnet", "singer_scaled"])
     assert "13.00 ± 2.83" in md and "+2.00 [" in md
+
+
+@pytest.mark.parametrize(("flags", "kind", "amp", "budget"), [
+    ("fpu avx512f amx_bf16 amx_tile avx512_bf16", "amx", "bf16", (100, 32)),
+    ("fpu avx512f avx512_bf16", "avx512_bf16", "bf16", (100, 24)),
+    ("fpu avx2", "", "none", (60, 32)),
+])
+def test_demo_budget_follows_the_cpus_bf16(tmp_path, monkeypatch, flags, kind, amp, budget):
+    """bf16 only where the CPU computes it natively; without AMX the bf16 step is only ~1.35× faster than fp32, so the
+    demo takes batch 24 there to stay within its minutes; explicit values always win."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    real = study.Path
+
+    def fake_path(p, *rest):
+        return real(cpuinfo) if str(p) == "/proc/cpuinfo" else real(p, *rest)
+
+    monkeypatch.setattr(study, "Path", fake_path)
+    assert study.native_bf16() == kind
+    assert study.resolve_amp("auto") == amp and study.resolve_amp("auto", "cuda") == "bf16"
+    assert study.demo_budget(study.resolve_amp("auto")) == budget
+    assert study.demo_budget(amp, steps=7, batch=5) == (7, 5)
