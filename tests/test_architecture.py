@@ -14,7 +14,7 @@ LAYERS = {
     "distillers": 3,
     "engine": 4,
     "eval": 5, "analysis": 5, "bench": 5,
-    "api": 6, "study": 6, "cli": 6,
+    "api": 6, "study": 6, "cli": 6, "jobs": 6,
 }
 
 

@@ -17,7 +17,6 @@ numbers are a smoke test of the pipeline on toy data, not ImageNet results.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -57,72 +56,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--amp", choices=("auto", "none", "bf16"), default="auto",
                    help="training precision; auto = bf16 autocast where the CPU has native bf16 (AVX512-BF16/AMX)")
     p.add_argument("--loss-size", type=int, default=16, help="dense probes compute their loss at this resolution")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads in all")
+    p.add_argument("--jobs", type=int, default=2,
+                   help="runs and probes side by side, --threads / --jobs threads each (2 × 1 thread beats 1 × 2)")
     return p.parse_args(argv)
-
-
-def load_tool(rel: str):
-    """Import ``tools/<rel>`` (tools/ is not a package) to call its ``main`` in-process."""
-    spec = importlib.util.spec_from_file_location(f"tool_{rel.replace('/', '_')[:-3]}", ROOT / "tools" / rel)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
 
 
 def banner(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def train_runs(args: argparse.Namespace, out: Path) -> dict[str, Path]:
-    train = load_tool("train.py")
-    dirs = {}
-    for i, (name, method, artifacts) in enumerate(RUNS, 1):
-        run_dir = out / "runs" / name
-        dirs[name] = run_dir
+def train_jobs(args: argparse.Namespace, out: Path) -> tuple[dict[str, Path], list]:
+    """Run directories of every distillation run, and the jobs of those not trained yet (``tools/train.py``)."""
+    from mdistiller.jobs import Job
+
+    dirs, jobs = {}, []
+    for name, method, artifacts in RUNS:
+        run_dir = dirs[name] = out / "runs" / name
         if (run_dir / "student.safetensors").exists():
-            print(f"[{i}/{len(RUNS)}] {name}: already trained, skipped")
+            print(f"{name}: already trained, skipped")
             continue
-        label = " (EMULATED ARTIFACTS in the teacher)" if artifacts else ""
-        print(f"[{i}/{len(RUNS)}] {name}{label}", flush=True)
-        cfgs = [str(ROOT / f"configs/demo/{method}.yaml")]
-        if artifacts:
-            cfgs.append(str(ROOT / "configs/demo/artifacts.yaml"))
+        cfgs = [str(ROOT / f"configs/demo/{method}.yaml")] + ([str(ROOT / "configs/demo/artifacts.yaml")]
+                                                                if artifacts else [])
         argv = ["--cfg", *cfgs, "--run-dir", str(run_dir), "EXPERIMENT.NAME", name,
                 "SOLVER.MAX_STEPS", str(args.steps), "SOLVER.BATCH_SIZE", str(args.batch),
-                "DATASET.INPUT_SIZE", str(args.size), "LOG.CKPT_EVERY_STEPS", "0",
+                "DATASET.INPUT_SIZE", str(args.size), "LOG.CKPT_EVERY_STEPS", "0", "LOG.PROGRESS", "False",
                 "LOG.AGREEMENT_EVERY_STEPS", str(args.steps), "LOG.FREQ", "10", "SOLVER.AMP", args.amp]
-        code = train.main(argv)
-        if code != 0:
-            raise SystemExit(f"demo: training {name} failed with exit code {code}")
-    return dirs
+        jobs.append(Job(f"train {name}", "mdistiller.engine.launch:main", (argv,), str(out / "logs" / f"{name}.log"),
+                        summary="wall time"))
+    return dirs, jobs
 
 
-def run_probes(args: argparse.Namespace, out: Path, targets: dict[str, str]) -> dict[str, Path]:
-    from mdistiller.eval.cli import main as probe_main
+def probe_jobs(args: argparse.Namespace, out: Path, targets: dict[str, str]) -> tuple[dict[str, Path], list]:
+    """Result folders of every probed model, and the probe jobs not done yet (each after its model's training)."""
+    from mdistiller.jobs import Job
     from mdistiller.study import DEMO_DENSE_LRS, probe_argv
 
-    folders = {}
-    total = len(targets) * len(PROBES)
-    k = 0
+    folders, jobs = {}, []
     for label, target in targets.items():
-        folder = out / "probes" / "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
-        folders[label] = folder
+        folder = folders[label] = out / "probes" / "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
         for command, kind in PROBES:
-            k += 1
             result = folder / f"toy_scenes_{kind}.json"
             if result.exists():
-                print(f"[{k}/{total}] {label} {kind}: done before, skipped")
+                print(f"{label} {kind}: done before, skipped")
                 continue
-            print(f"[{k}/{total}] {label} {kind}", flush=True)
             # the /14 teacher sees the student's token grid, as during distillation (size/16 × 14 px)
             size = args.size // 16 * 14 if "dinov2" in target else args.size
             argv = [target, "--dataset", "toy_scenes", "--out", str(result), *probe_argv(
                 command, size, args.probe_train, args.probe_test, folder / "cache", cls_epochs=args.cls_epochs,
                 dense_epochs=args.probe_epochs, loss_size=args.loss_size, dense_lrs=DEMO_DENSE_LRS)]
-            code = probe_main(command, argv)
-            if code != 0:
-                raise SystemExit(f"demo: probe {command} on {label} failed with exit code {code}")
-    return folders
+            jobs.append(Job(f"probe {label} {kind}", "mdistiller.eval.cli:main", (command, argv),
+                            str(folder / f"{kind}.log"), after=f"train {label}"))
+    return folders, jobs
 
 
 def artifact_table(size: int) -> tuple[str, list[dict]]:
@@ -202,18 +187,17 @@ def main(argv: list[str] | None = None) -> int:
     print(dinov2_small_weights())
     timings["asset"] = time.perf_counter() - t0
 
-    banner(f"2/4 distillation: {len(RUNS)} runs × {args.steps} steps, batch {args.batch}, {args.size} px, "
-           f"precision {'bf16 autocast' if args.amp == 'bf16' else 'fp32'}")
+    banner(f"2/4 distillation ({len(RUNS)} runs × {args.steps} steps, batch {args.batch}, {args.size} px, "
+           f"{'bf16 autocast' if args.amp == 'bf16' else 'fp32'}) and 3/4 cached linear probes on toy scenes "
+           f"(classification, segmentation, depth): {args.jobs} side by side, logs in {out}/logs and probes/")
     t = time.perf_counter()
-    dirs = train_runs(args, out)
-    timings["train"] = time.perf_counter() - t
-
-    banner("3/4 linear probes on toy scenes (cached protocol): classification, segmentation, depth")
-    t = time.perf_counter()
+    dirs, jobs = train_jobs(args, out)
     targets = {"teacher DINOv2-S/14": "dinov2_small_imgfocus", "ViT-Ti random init": "random:vit_tiny"}
-    targets.update({name: str(d) for name, d in dirs.items()})
-    folders = run_probes(args, out, targets)
-    timings["probes"] = time.perf_counter() - t
+    folders, probes = probe_jobs(args, out, targets | {name: str(d) for name, d in dirs.items()})
+    from mdistiller.jobs import run_jobs
+
+    run_jobs(jobs + probes, workers=args.jobs, threads=max(1, args.threads // args.jobs))
+    timings["runs_and_probes"] = time.perf_counter() - t
 
     banner("4/4 report")
     t = time.perf_counter()

@@ -1,0 +1,77 @@
+"""The job pool of the demo (mdistiller/jobs.py): order after dependencies, logs, failures, and the same result in
+a pool of spawned processes as in this process."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from mdistiller.jobs import Job, run_job, run_jobs
+
+
+def record(path: str, name: str, seconds: float = 0.0, status: int = 0) -> int:
+    """A fake command: prints, sleeps, appends ``[name, start, end]`` to ``path`` and returns ``status``."""
+    t0 = time.time()
+    print(f"working on {name}")
+    time.sleep(seconds)
+    if status == 99:
+        raise RuntimeError(f"{name} broke")
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps([name, t0, time.time()]) + "\n")
+    print(f"{name} finished")
+    return status
+
+
+def _jobs(tmp: Path, fail: str | None = None) -> list[Job]:
+    log = str(tmp / "events.jsonl")
+
+    def job(name: str, after: str | None = None, seconds: float = 0.3) -> Job:
+        status = 3 if name == fail else 0
+        return Job(name, "tests.test_jobs:record", (log, name, seconds, status), str(tmp / "logs" / f"{name}.log"),
+                   after)
+
+    return [job("train a", seconds=0.6), job("train b", seconds=0.2), job("probe a", "train a"),
+            job("probe b", "train b"), job("probe teacher", "train teacher")]  # "train teacher" is not in the batch
+
+
+def _events(tmp: Path) -> dict[str, tuple[float, float]]:
+    rows = [json.loads(s) for s in (tmp / "events.jsonl").read_text().splitlines()]
+    return {name: (t0, t1) for name, t0, t1 in rows}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_jobs_run_after_their_dependencies_with_their_own_logs(tmp_path: Path, workers: int) -> None:
+    lines: list[str] = []
+    secs = run_jobs(_jobs(tmp_path), workers=workers, threads=1, report=lines.append)
+    ev = _events(tmp_path)
+    assert set(ev) == set(secs) == {"train a", "train b", "probe a", "probe b", "probe teacher"}
+    assert ev["probe a"][0] >= ev["train a"][1] and ev["probe b"][0] >= ev["train b"][1]
+    assert (tmp_path / "logs" / "probe a.log").read_text() == "working on probe a\nprobe a finished\n"
+    assert sum(s.startswith("[") for s in lines) == 5 and any(s.endswith(": train b finished") for s in lines)
+    if workers == 2:  # the two trainings overlap in time
+        assert ev["train b"][0] < ev["train a"][1]
+
+
+def test_a_failed_job_stops_the_batch_with_one_sentence(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as err:
+        run_jobs(_jobs(tmp_path, fail="train b"), workers=2, threads=1, report=lambda s: None)
+    msg = str(err.value.code)
+    assert "train b failed with exit status 3" in msg and "train b.log" in msg and "\n" not in msg
+    assert "probe b" not in _events(tmp_path)  # its dependant never ran
+    crash = Job("x", "tests.test_jobs:record", (str(tmp_path / "e"), "x", 0.0, 99), str(tmp_path / "x.log"))
+    code, last, _ = run_job(crash)
+    assert code == 1 and "RuntimeError: x broke" in last  # the traceback is in the job's log
+    picked = Job("y", "tests.test_jobs:record", (str(tmp_path / "e"), "y"), str(tmp_path / "y.log"), summary="working")
+    assert run_job(picked)[:2] == (0, "working on y")  # the last line holding the summary text, not the last line
+
+
+def test_bad_batches_are_one_sentence(tmp_path: Path) -> None:
+    a = Job("a", "tests.test_jobs:record", (str(tmp_path / "e"), "a"), str(tmp_path / "a.log"), after="b")
+    b = Job("b", "tests.test_jobs:record", (str(tmp_path / "e"), "b"), str(tmp_path / "b.log"), after="a")
+    with pytest.raises(ValueError, match="wait for each other"):
+        run_jobs([a, b], workers=2, report=lambda s: None)
+    with pytest.raises(ValueError, match="share a name"):
+        run_jobs([a, a], workers=2, report=lambda s: None)
