@@ -3,8 +3,8 @@
 On a small CPU two 1-thread processes get more done than one 2-thread process, because much of a toy-sized step
 (small matrices, Python, the optimizer) does not use two threads well. Measured on a 2-core AMD EPYC: two demo
 training runs side by side, one thread each, took 19.5 s where each took 12.8 s alone with two threads (1.3× the
-throughput); a depth probe took 30.7 s with one thread against 23.8 s with two (1.55× for two side by side). A
-job's result depends only on its arguments: the pool changes the thread count, which changes floating-point
+throughput); a depth probe took 30.7 s with one thread against 23.8 s with two (two side by side: up to 1.55×).
+A job's result depends only on its arguments: the pool changes the thread count, which changes floating-point
 summation order, not what is computed.
 
 A :class:`Job` names a function as ``"package.module:function"`` and its arguments; :func:`run_jobs` runs each job

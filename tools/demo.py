@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="output/demo", help="demo folder (runs, probes, report)")
     p.add_argument("--steps", type=int, default=None, help="steps per run (default: 100 with bf16, 60 in fp32)")
-    p.add_argument("--batch", type=int, default=None, help="training batch (default: 32; 24 with bf16 and no AMX)")
+    p.add_argument("--batch", type=int, default=None, help="training batch (default: 32)")
     p.add_argument("--size", type=int, default=96, help="image size (student grid = size / 16)")
     p.add_argument("--probe-train", type=int, default=400, help="toy scenes used to train the linear probes")
     p.add_argument("--probe-test", type=int, default=200, help="toy scenes used to test the linear probes")
