@@ -91,8 +91,8 @@ def native_bf16() -> str:
 
 def demo_budget(amp: str, steps: int | None = None, batch: int | None = None) -> tuple[int, int]:
     """``(steps, batch)`` of a demo run: 100 steps of 32 images with bf16, 60 in fp32 (a CPU without native bf16
-    takes longer per step, :func:`native_bf16`); given values win. The whole demo stays within 15 minutes on 2 cores because its runs
-    and probes go two at a time (:mod:`mdistiller.jobs`)."""
+    takes longer per step, :func:`native_bf16`); given values win. The whole demo stays within 15 minutes on 2
+    cores because its runs and probes go two at a time (:mod:`mdistiller.jobs`)."""
     return (steps if steps is not None else 100 if amp == "bf16" else 60), (batch if batch is not None else 32)
 
 
