@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["ACCEPTANCE_ONLY", "DEMO_DENSE_LRS", "METHODS", "PROBES", "demo_budget", "figure", "mode_overrides",
-           "native_bf16", "paired_interval", "plan_runs", "probe_argv", "probe_run", "refinement_run",
-           "render_tables", "resolve_amp", "run_config", "StudyRun", "summarize", "train_run"]
+           "native_bf16", "paired_interval", "plan_runs", "probe_argv", "probe_job", "probe_run", "refinement_run",
+           "render_tables", "resolve_amp", "run_config", "StudyRun", "summarize", "train_job", "train_run"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -160,6 +160,18 @@ def probe_run(target: str, command: str, dataset: str, out: Path, argv: Sequence
         if code != 0:
             raise RuntimeError(f"probe {command} on {dataset} for {target} failed with exit code {code}")
     return json.loads(out.read_text())
+
+
+def train_job(run_dir: str, cfg_files: Sequence[str], opts: Sequence[str], device: str = "cpu") -> int:
+    """:func:`train_run` as a :class:`mdistiller.jobs.Job` target (exit status 0)."""
+    train_run(Path(run_dir), [Path(f) for f in cfg_files], opts, device)
+    return 0
+
+
+def probe_job(target: str, command: str, dataset: str, out: str, argv: Sequence[str]) -> int:
+    """:func:`probe_run` as a :class:`mdistiller.jobs.Job` target (exit status 0)."""
+    probe_run(target, command, dataset, Path(out), argv)
+    return 0
 
 
 def probe_argv(command: str, input_size: int, num_train: int, num_test: int, cache_dir: Path, seed: int = 0,

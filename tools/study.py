@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Seeded study: FitNet, ViTKD and SiNGER (paper, released, scale-aware) × clean / emulated-artifact teacher × seeds.
 
-    python tools/study.py                      # CPU, 3 seeds: about an hour on 2 cores; rerun to resume
+    python tools/study.py                      # CPU, 3 seeds, runs and probes two at a time; rerun to resume
     python tools/study.py --device cuda        # minutes on one GPU
 
 The Fashion-MNIST probe reads ``/usr/share/datasets/fashion-mnist`` (Debian: ``apt-get install dataset-fashion-mnist``).
@@ -42,7 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--amp", choices=("auto", "none", "bf16"), default="auto",
                    help="training precision; auto = bf16 on CUDA and on CPUs with native bf16, else fp32")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads in all")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="runs and probes side by side, --threads / --jobs threads each (default: 2 on CPU, 1 on CUDA)")
     p.add_argument("--no-probes", action="store_true", help="train and measure refinement only")
     return p.parse_args(argv)
 
@@ -88,32 +90,42 @@ def main(argv: list[str] | None = None) -> int:
     dinov2_small_weights()
     t0 = time.perf_counter()
     all_runs = runs + extra
-    images = heldout_images(args.size, args.heldout)
-    refine: dict[str, dict[int, dict[str, float]]] = {}
-    for i, run in enumerate(all_runs, 1):
-        print(f"[train {i}/{len(all_runs)}] {run.name} ({time.perf_counter() - t0:.0f} s)", flush=True)
-        files, opts = study.run_config(run, budget)
-        run_dir = study.train_run(out / "runs" / run.name, files, opts, device=args.device)
-        if run.method.startswith(("singer", "scaled")):
-            refine[run.name] = study.refinement_run(run_dir, images, device=args.device)
-    values: dict[tuple[str, bool, int], dict[str, float]] = {}
-    if not args.no_probes:
-        targets = [(r.name, str(out / "runs" / r.name), (r.method, r.artifacts, r.seed), r.seed) for r in runs]
-        targets += [(f"reference_{n}", t, (n, False, seeds[0]), seeds[0])  # context rows: the first seed only
-                    for n, t in (("teacher", "dinov2_small_imgfocus"), ("random_init", "random:vit_tiny"))]
-        k, total = 0, len(targets) * len(study.PROBES)
-        for name, target, key, seed in targets:
-            for label, command, dataset, metric, _ in study.PROBES:
-                k += 1
-                print(f"[probe {k}/{total}] {name} {label} ({time.perf_counter() - t0:.0f} s)", flush=True)
-                size = args.size // 16 * 14 if "dinov2" in target else args.size
-                n_tr, n_te = ((args.fmnist_train, args.fmnist_test) if dataset == "fashion_mnist"
-                              else (args.probe_train, args.probe_test))
-                folder = out / "probes" / name
+    from mdistiller.jobs import Job, run_jobs
+
+    jobs = []
+    for run in all_runs:
+        run_dir = out / "runs" / run.name
+        if not (run_dir / "student.safetensors").exists():
+            files, opts = study.run_config(run, budget)
+            jobs.append(Job(f"train {run.name}", "mdistiller.study:train_job",
+                            (str(run_dir), [str(f) for f in files], opts, args.device),
+                            str(out / "logs" / f"{run.name}.log"), summary="wall time"))
+    targets = [(r.name, str(out / "runs" / r.name), (r.method, r.artifacts, r.seed), r.seed) for r in runs]
+    targets += [(f"reference_{n}", t, (n, False, seeds[0]), seeds[0])  # context rows: the first seed only
+                for n, t in (("teacher", "dinov2_small_imgfocus"), ("random_init", "random:vit_tiny"))]
+    results = {}  # (target key, probe label) -> result file
+    for name, target, key, seed in [] if args.no_probes else targets:
+        for label, command, dataset, _metric, _ in study.PROBES:
+            size = args.size // 16 * 14 if "dinov2" in target else args.size
+            n_tr, n_te = ((args.fmnist_train, args.fmnist_test) if dataset == "fashion_mnist"
+                          else (args.probe_train, args.probe_test))
+            folder = out / "probes" / name
+            result = results[key, label] = folder / f"{dataset}_{command}.json"
+            if not result.exists():
                 argv_p = study.probe_argv(command, size, n_tr, n_te, folder / f"cache_{dataset}", seed=seed)
-                res = study.probe_run(target, command, dataset, folder / f"{dataset}_{command}.json", argv_p)
-                scale = 100.0 if metric == "miou" else 1.0
-                values.setdefault(key, {})[label] = float(res["metrics"][metric]) * scale
+                jobs.append(Job(f"probe {name} {label}", "mdistiller.study:probe_job",
+                                (target, command, dataset, str(result), argv_p),
+                                str(result.with_suffix(".log")), after=f"train {name}"))
+    workers = args.jobs or (2 if args.device == "cpu" else 1)
+    run_jobs(jobs, workers=workers, threads=max(1, args.threads // workers))
+    images = heldout_images(args.size, args.heldout)
+    refine = {run.name: study.refinement_run(out / "runs" / run.name, images, device=args.device)
+              for run in all_runs if run.method.startswith(("singer", "scaled"))}
+    values: dict[tuple[str, bool, int], dict[str, float]] = {}
+    for (key, label), result in results.items():
+        metric = next(m for lab, _c, _d, m, _ in study.PROBES if lab == label)
+        scale = 100.0 if metric == "miou" else 1.0
+        values.setdefault(key, {})[label] = float(json.loads(result.read_text())["metrics"][metric]) * scale
     probes = [(label, hi) for label, _c, _d, _m, hi in study.PROBES]
     shown = methods + ["teacher", "random_init"]
     summary = study.summarize(values, [p for p, _ in probes])
