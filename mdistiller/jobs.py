@@ -24,7 +24,10 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Job", "run_job", "run_jobs"]
+__all__ = ["INTERRUPTED", "Job", "run_job", "run_jobs"]
+
+#: the exit status of a command stopped by SIGINT/SIGTERM after saving its checkpoint (``tools/train.py``)
+INTERRUPTED = 130
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,8 @@ def run_job(job: Job, threads: int | None = None) -> tuple[int, str, float]:
     log = Path(job.log)
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with open(log, "w", encoding="utf-8") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+    start = log.stat().st_size if log.exists() else 0  # a rerun appends: the log keeps every session of a resumed run
+    with open(log, "a", encoding="utf-8") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         try:
             code = fn(*job.args)
         except SystemExit as e:  # a command line that exits instead of returning
@@ -62,7 +66,9 @@ def run_job(job: Job, threads: int | None = None) -> tuple[int, str, float]:
 
             traceback.print_exc()
             code = 1
-    text = log.read_text(encoding="utf-8", errors="replace").replace("\r", "\n")
+    with open(log, "rb") as f:
+        f.seek(start)
+        text = f.read().decode("utf-8", errors="replace").replace("\r", "\n")
     lines = [s for s in text.splitlines() if s.strip() and job.summary in s]
     return int(code or 0), (lines[-1].strip() if lines else ""), time.perf_counter() - t0
 
@@ -86,6 +92,9 @@ def run_jobs(jobs: Sequence[Job], workers: int = 2, threads: int | None = None,
 
     def finish(job: Job, result: tuple[int, str, float]) -> None:
         code, last, secs = result
+        if code == INTERRUPTED:
+            raise SystemExit(f"{job.name} was stopped by a signal (its progress is saved): rerun the same command to "
+                             f"resume, finished jobs are skipped; its output is in {job.log}.")
         if code != 0:
             raise SystemExit(f"{job.name} failed with exit status {code}: its output is in {job.log}.")
         done[job.name] = secs

@@ -75,3 +75,14 @@ def test_bad_batches_are_one_sentence(tmp_path: Path) -> None:
         run_jobs([a, b], workers=2, report=lambda s: None)
     with pytest.raises(ValueError, match="share a name"):
         run_jobs([a, a], workers=2, report=lambda s: None)
+
+
+def test_an_interrupted_job_says_rerun_and_a_rerun_appends_to_its_log(tmp_path: Path) -> None:
+    events = str(tmp_path / "e")
+    stopped = Job("t", "tests.test_jobs:record", (events, "t", 0.0, 130), str(tmp_path / "t.log"))
+    with pytest.raises(SystemExit) as err:
+        run_jobs([stopped], workers=1, report=lambda s: None)
+    assert "stopped by a signal" in str(err.value.code) and "rerun the same command" in str(err.value.code)
+    again = Job("t", "tests.test_jobs:record", (events, "t", 0.0, 0), str(tmp_path / "t.log"), summary="working")
+    assert run_job(again)[:2] == (0, "working on t")
+    assert (tmp_path / "t.log").read_text().count("working on t") == 2  # both sessions kept
