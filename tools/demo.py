@@ -9,9 +9,11 @@
    every student;
 4. writes ``OUT/report.md`` (Table-1-style results, the teacher's artifact table, figures) and prints the table.
 
-Every step is an ordinary command of the project (``tools/train.py``, ``tools/lineval/*.py``), called in-process;
-rerunning the demo resumes finished and half-finished runs. Budget: a few minutes per method on 2 cores — the
-numbers are a smoke test of the pipeline on toy data, not ImageNet results.
+Every step is an ordinary command of the project (``tools/train.py``, ``tools/lineval/*.py``); steps 2 and 3 run
+two at a time in a pool of processes (``--jobs``, :mod:`mdistiller.jobs`), each probe after its model's training,
+with each command's output in ``OUT/logs/<run>.log`` or next to the probe's result. Rerunning the demo skips
+finished runs and probes and resumes half-finished ones. Budget: about 10 minutes on 2 cores — the numbers are a
+smoke test of the pipeline on toy data, not ImageNet results.
 """
 
 from __future__ import annotations
