@@ -127,5 +127,11 @@ def run_jobs(jobs: Sequence[Job], workers: int = 2, threads: int | None = None,
                 raise blocked()
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in finished:
-                finish(running.pop(fut), fut.result())
+                job = running.pop(fut)
+                try:
+                    result = fut.result()
+                except Exception as err:  # the worker died (killed, out of memory): no status came back
+                    raise SystemExit(f"{job.name} ended without a result ({type(err).__name__}: {err}); its output "
+                                     f"is in {job.log}, and rerunning the same command resumes.") from None
+                finish(job, result)
     return done

@@ -86,3 +86,19 @@ def test_an_interrupted_job_says_rerun_and_a_rerun_appends_to_its_log(tmp_path: 
     again = Job("t", "tests.test_jobs:record", (events, "t", 0.0, 0), str(tmp_path / "t.log"), summary="working")
     assert run_job(again)[:2] == (0, "working on t")
     assert (tmp_path / "t.log").read_text().count("working on t") == 2  # both sessions kept
+
+
+def die(path: str) -> int:
+    """A fake command whose process dies without returning (as when the kernel kills it for memory)."""
+    import os
+
+    print("about to die")
+    os._exit(9)
+
+
+def test_a_worker_that_dies_is_one_sentence(tmp_path: Path) -> None:
+    job = Job("oom", "tests.test_jobs:die", (str(tmp_path),), str(tmp_path / "oom.log"))
+    with pytest.raises(SystemExit) as err:
+        run_jobs([job], workers=2, report=lambda s: None)
+    msg = str(err.value.code)
+    assert msg.startswith("oom ended without a result (BrokenProcessPool") and "oom.log" in msg and "\n" not in msg
