@@ -175,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.amp = resolve_amp(args.amp)
     args.steps, args.batch = demo_budget(args.amp, args.steps, args.batch)
+    args.jobs = max(1, min(args.jobs, args.threads))  # never more processes than the threads asked for
     import torch
 
     torch.set_num_threads(args.threads)

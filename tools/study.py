@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                 jobs.append(Job(f"probe {name} {label}", "mdistiller.study:probe_job",
                                 (target, command, dataset, str(result), argv_p),
                                 str(result.with_suffix(".log")), after=f"train {name}"))
-    workers = args.jobs or (2 if args.device == "cpu" else 1)
+    workers = max(1, min(args.jobs or (2 if args.device == "cpu" else 1), args.threads))
     run_jobs(jobs, workers=workers, threads=max(1, args.threads // workers))
     images = heldout_images(args.size, args.heldout)
     refine = {run.name: study.refinement_run(out / "runs" / run.name, images, device=args.device)
