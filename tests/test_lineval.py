@@ -294,3 +294,36 @@ def test_class_mask_restricts_the_argmax() -> None:
     masked = task.new_meter(["h"], torch.device("cpu"), class_mask=torch.tensor([False, True, True, False]))
     masked.update({"h": logits}, target)
     assert plain.compute()["h"]["top1"] == 0.0 and masked.compute()["h"]["top1"] == 100.0
+
+
+def test_depth_probe_copies_the_segmentation_features_of_the_same_scenes(run_dir: Path, tmp_path: Path,
+                                                                          monkeypatch) -> None:
+    """Segmentation and depth on toy scenes see the same images through the same backbone and tokens: the second
+    cache copies the first one's features instead of running the backbone, and the probe's result is exactly the
+    one a fresh extraction gives."""
+    calls = {"n": 0}
+    real_forward = FeatureExtractor.forward
+
+    def counting(self, images):
+        calls["n"] += 1
+        return real_forward(self, images)
+
+    monkeypatch.setattr(FeatureExtractor, "forward", counting)
+    shared = tmp_path / "shared"
+    args = [str(run_dir), "--dataset", "toy_scenes", *SMALL, "--lrs", "0.1", "--cache-dir"]
+    assert lineval_main("ade20k", [*args, str(shared), "--out", str(tmp_path / "seg.json")]) == 0
+    assert calls["n"] > 0
+    calls["n"] = 0
+    assert lineval_main("nyud", [*args, str(shared), "--out", str(tmp_path / "depth.json")]) == 0
+    assert calls["n"] == 0  # no backbone forward: the features came from the segmentation cache
+    seg_dir, depth_dir = (next(p.parent for p in shared.glob("*/train.json")
+                               if json.loads(p.read_text())["task"] == kind) for kind in ("seg", "depth"))
+    for split in ("train", "test"):
+        seg, depth = CachedSplit(seg_dir / f"{split}.npy"), CachedSplit(depth_dir / f"{split}.npy")
+        assert depth.meta["features_from"] == str(seg.path) and "depth" in depth.fields and "mask" in seg.fields
+        for field in ("patch", "cls"):
+            assert np.array_equal(seg.array[field], depth.array[field])
+    assert lineval_main("nyud", [*args, str(tmp_path / "alone"), "--out", str(tmp_path / "alone.json")]) == 0
+    assert calls["n"] > 0  # extracted afresh: no sibling cache there
+    reused, fresh = (json.loads((tmp_path / f).read_text()) for f in ("depth.json", "alone.json"))
+    assert reused["metrics"] == fresh["metrics"] and reused["val_metrics"] == fresh["val_metrics"]

@@ -107,8 +107,10 @@ def probe_jobs(args: argparse.Namespace, out: Path, targets: dict[str, str]) -> 
             argv = [target, "--dataset", "toy_scenes", "--out", str(result), *probe_argv(
                 command, size, args.probe_train, args.probe_test, folder / "cache", cls_epochs=args.cls_epochs,
                 dense_epochs=args.probe_epochs, loss_size=args.loss_size, dense_lrs=DEMO_DENSE_LRS)]
+            # depth after segmentation: it then copies the same scenes' features from the segmentation cache
+            after = f"probe {label} seg" if kind == "depth" else f"train {label}"
             jobs.append(Job(f"probe {label} {kind}", "mdistiller.eval.cli:main", (command, argv),
-                            str(folder / f"{kind}.log"), after=f"train {label}"))
+                            str(folder / f"{kind}.log"), after=after))
     return folders, jobs
 
 

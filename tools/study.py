@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                 argv_p = study.probe_argv(command, size, n_tr, n_te, folder / f"cache_{dataset}", seed=seed)
                 jobs.append(Job(f"probe {name} {label}", "mdistiller.study:probe_job",
                                 (target, command, dataset, str(result), argv_p),
-                                str(result.with_suffix(".log")), after=f"train {name}"))
+                                str(result.with_suffix(".log")),  # depth reuses segmentation's features
+                                after=f"probe {name} toy seg mIoU" if command == "nyud" else f"train {name}"))
     workers = max(1, min(args.jobs or (2 if args.device == "cpu" else 1), args.threads))
     run_jobs(jobs, workers=workers, threads=max(1, args.threads // workers))
     images = heldout_images(args.size, args.heldout)

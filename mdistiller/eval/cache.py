@@ -46,6 +46,13 @@ def record_dtype(fields: Mapping[str, tuple[Any, tuple[int, ...]]]) -> np.dtype:
     return np.dtype([(name, np.dtype(dt).newbyteorder("<"), tuple(shape)) for name, (dt, shape) in fields.items()])
 
 
+def _holds(split: CachedSplit, n: int, fields: Mapping[str, tuple[Any, tuple[int, ...]]]) -> bool:
+    """True when ``split`` has ``n`` records and every field of ``fields`` with that dtype and shape."""
+    have = split.array.dtype.fields or {}
+    want = {k: np.dtype((np.dtype(dt).newbyteorder("<"), shape)) for k, (dt, shape) in fields.items()}
+    return len(split) == n and all(k in have and have[k][0] == d for k, d in want.items())
+
+
 def _sidecar(path: Path) -> Path:
     return path.with_suffix(".json")
 
@@ -130,6 +137,7 @@ def build_cache(
     reuse: bool = True,
     log: Callable[[str], None] | None = None,
     progress: bool | None = None,
+    features_from: CachedSplit | None = None,
 ) -> CachedSplit:
     """Extract ``dataset`` once into the single file ``path`` (``<split>.npy``) and return it opened.
 
@@ -137,6 +145,10 @@ def build_cache(
     per-image shapes, ``target_of(collated targets) -> tensor [B, ...]`` the target stored in the field
     ``target_field = (name, numpy dtype)``. A complete cache with the same ``fingerprint`` is reused when
     ``reuse``. Every rank of a process group must call this (collective); each extracts its stride of rows.
+
+    ``features_from``: a complete cache of the same images, backbone and feature spec built for another target
+    (segmentation and depth on toy scenes): its feature fields are copied row by row instead of running the
+    backbone, and only the targets are read from ``dataset``. The copy is exact (the same stored dtype).
     """
     path = Path(path)
     if dtype not in _FLOAT_DTYPES:
@@ -159,7 +171,10 @@ def build_cache(
     tgt0 = target_of(default_collate([target0]))
     tname, tdtype = target_field
     fields: dict[str, tuple[Any, tuple[int, ...]]] = {"index": (np.int64, ())}
-    fields.update({k: (_FLOAT_DTYPES[dtype], s) for k, s in feature_shapes(hw).items()})
+    shapes = feature_shapes(hw)
+    fields.update({k: (_FLOAT_DTYPES[dtype], s) for k, s in shapes.items()})
+    if features_from is not None and not _holds(features_from, n, {k: fields[k] for k in shapes}):
+        features_from = None  # not the same features after all: extract
     fields[tname] = (tdtype, tuple(tgt0.shape[1:]))
     rdtype = record_dtype(fields)
     partial = path.with_name(path.name + ".partial")
@@ -193,7 +208,10 @@ def build_cache(
         b = images.shape[0]
         idx = rows[pos : pos + b]
         pos += b
-        feats = extractor(images.to(device, non_blocking=True))
+        if features_from is not None:
+            feats = features_from.read(idx, fields=tuple(shapes))
+        else:
+            feats = extractor(images.to(device, non_blocking=True))
         buf = np.empty(b, dtype=rdtype)
         buf["index"] = idx
         for k in feats:

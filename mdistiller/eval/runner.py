@@ -23,6 +23,7 @@ Metric states are sums reduced over ranks; evaluation shards are strided and unp
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 import sys
@@ -38,8 +39,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data._utils.collate import default_collate
 
-from mdistiller.engine.distributed import get_rank, get_world_size, is_main, reduce_mean_dict
-from mdistiller.eval.cache import CachedSplit, build_cache
+from mdistiller.engine.distributed import broadcast_object, get_rank, get_world_size, is_main, reduce_mean_dict
+from mdistiller.eval.cache import CachedSplit, build_cache, open_cache
 from mdistiller.eval.features import Backbone, FeatureExtractor, FeatureSpec, _hash
 from mdistiller.eval.heads import select_best, sliding_window_logits
 from mdistiller.eval.protocols import Task
@@ -429,14 +430,35 @@ def run_probe(backbone: Backbone, spec: FeatureSpec, task: Task, data: ProbeData
     }
 
 
+def _feature_source(cache_dir: Path, name: str, split: str, features_fingerprint: str,
+                    own: Path) -> CachedSplit | None:
+    """A complete cache in ``cache_dir`` of another task with the same features (``features_fingerprint``: images,
+    backbone, token layout, dtype), e.g. segmentation's when depth runs on the same toy scenes; rank 0 decides."""
+    found = None
+    if get_rank() == 0:
+        for side in sorted(cache_dir.glob(f"{name}_*/{split}.json")):
+            if side.parent == own:
+                continue
+            try:
+                meta = json.loads(side.read_text())
+            except (OSError, ValueError):
+                continue
+            if meta.get("features_fingerprint") == features_fingerprint and open_cache(side.with_suffix(".npy")):
+                found = str(side.with_suffix(".npy"))
+                break
+    found = broadcast_object(found)
+    return open_cache(found) if found is not None else None
+
+
 def _build_caches(backbone: Backbone, spec: FeatureSpec, task: Task, data: ProbeData, settings: ProbeSettings,
                   extractor: FeatureExtractor, device: torch.device,
                   log: Callable[[str], None] | None) -> dict[str, CachedSplit]:
     """One cache file per split: ``train`` (all training images, evaluation transform), ``test``, extra tests."""
     if settings.cache_dir is None:
         raise ValueError("the cached protocol needs a cache directory; pass --cache-dir (or settings.cache_dir).")
-    key = {"backbone": backbone.fingerprint, "spec": spec.to_dict(), "task": task.kind,
-           "target": task.target_field()[0], "dtype": settings.cache_dtype, "data": data.info}
+    features = {"backbone": backbone.fingerprint, "spec": spec.to_dict(), "dtype": settings.cache_dtype,
+                "data": data.info}
+    key = {**features, "task": task.kind, "target": task.target_field()[0]}
     folder = Path(settings.cache_dir) / f"{data.name}_{_hash(key)}"
     splits: dict[str, Dataset] = {"train": data.train}
     if settings.slide is None:  # sliding-window inference runs the backbone on the full test images instead
@@ -445,10 +467,17 @@ def _build_caches(backbone: Backbone, spec: FeatureSpec, task: Task, data: Probe
     out = {}
     for split, ds in splits.items():
         fingerprint = _hash({**key, "split": split, "n": len(ds)})  # type: ignore[arg-type]
+        same_features = _hash({**features, "split": split, "n": len(ds)})  # type: ignore[arg-type]
+        source = (_feature_source(Path(settings.cache_dir), data.name, split, same_features, folder)
+                  if settings.reuse_cache else None)
+        if source is not None and log:
+            log(f"features of '{split}' copied from {source.path} (same images, backbone and tokens)")
         out[split] = build_cache(
             folder / f"{split}.npy", ds, extractor, extractor.field_shapes, task.target_of, task.target_field(),
             fingerprint=fingerprint, meta={"feature_spec": spec.to_dict(), "backbone": backbone.info,
-                                           "dataset": data.info, "task": task.kind},
+                                           "dataset": data.info, "task": task.kind,
+                                           "features_fingerprint": same_features,
+                                           "features_from": str(source.path) if source is not None else None},
             batch_size=settings.eval_batch_size, num_workers=settings.num_workers, dtype=settings.cache_dtype,
-            device=device, reuse=settings.reuse_cache, log=log, progress=settings.progress)
+            device=device, reuse=settings.reuse_cache, log=log, progress=settings.progress, features_from=source)
     return out
