@@ -137,7 +137,7 @@ def build_cache(
     reuse: bool = True,
     log: Callable[[str], None] | None = None,
     progress: bool | None = None,
-    features_from: CachedSplit | None = None,
+    features_from: Callable[[], CachedSplit | None] | None = None,
 ) -> CachedSplit:
     """Extract ``dataset`` once into the single file ``path`` (``<split>.npy``) and return it opened.
 
@@ -146,9 +146,10 @@ def build_cache(
     ``target_field = (name, numpy dtype)``. A complete cache with the same ``fingerprint`` is reused when
     ``reuse``. Every rank of a process group must call this (collective); each extracts its stride of rows.
 
-    ``features_from``: a complete cache of the same images, backbone and feature spec built for another target
-    (segmentation and depth on toy scenes): its feature fields are copied row by row instead of running the
-    backbone, and only the targets are read from ``dataset``. The copy is exact (the same stored dtype).
+    ``features_from``: called (on every rank) only when the cache must be built; it may return a complete cache of
+    the same images, backbone and feature spec built for another target (segmentation and depth on toy scenes),
+    whose feature fields are then copied row by row instead of running the backbone, and only the targets are read
+    from ``dataset``. The copy is exact (the same stored dtype); the sidecar's ``features_from`` names the source.
     """
     path = Path(path)
     if dtype not in _FLOAT_DTYPES:
@@ -173,8 +174,11 @@ def build_cache(
     fields: dict[str, tuple[Any, tuple[int, ...]]] = {"index": (np.int64, ())}
     shapes = feature_shapes(hw)
     fields.update({k: (_FLOAT_DTYPES[dtype], s) for k, s in shapes.items()})
-    if features_from is not None and not _holds(features_from, n, {k: fields[k] for k in shapes}):
-        features_from = None  # not the same features after all: extract
+    source = features_from() if features_from is not None else None
+    if source is not None and not _holds(source, n, {k: fields[k] for k in shapes}):
+        source = None  # not the same features after all: extract
+    if source is not None and log:
+        log(f"features of '{path.stem}' copied from {source.path} (same images, backbone and tokens)")
     fields[tname] = (tdtype, tuple(tgt0.shape[1:]))
     rdtype = record_dtype(fields)
     partial = path.with_name(path.name + ".partial")
@@ -208,8 +212,8 @@ def build_cache(
         b = images.shape[0]
         idx = rows[pos : pos + b]
         pos += b
-        if features_from is not None:
-            feats = features_from.read(idx, fields=tuple(shapes))
+        if source is not None:
+            feats = source.read(idx, fields=tuple(shapes))
         else:
             feats = extractor(images.to(device, non_blocking=True))
         buf = np.empty(b, dtype=rdtype)
@@ -251,7 +255,8 @@ def build_cache(
             "num_items": n, "image_size": list(hw), "dtype": dtype, "bytes": path.stat().st_size,
             "fields": {k: {"dtype": np.dtype(dt).name, "shape": list(s)} for k, (dt, s) in fields.items()},
             "extract_seconds": round(seconds, 3), "world_size": world,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **dict(meta or {}),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "features_from": str(source.path) if source is not None else None, **dict(meta or {}),
         }
         atomic_write(_sidecar(path), lambda tmp: Path(tmp).write_text(json.dumps(side, indent=2, default=str)))
         if log:

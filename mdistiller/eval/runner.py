@@ -30,6 +30,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -443,11 +444,12 @@ def _feature_source(cache_dir: Path, name: str, split: str, features_fingerprint
                 meta = json.loads(side.read_text())
             except (OSError, ValueError):
                 continue
-            if meta.get("features_fingerprint") == features_fingerprint and open_cache(side.with_suffix(".npy")):
-                found = str(side.with_suffix(".npy"))
-                break
-    found = broadcast_object(found)
-    return open_cache(found) if found is not None else None
+            if meta.get("features_fingerprint") == features_fingerprint:
+                found = open_cache(side.with_suffix(".npy"))
+                if found is not None:
+                    break
+    path = broadcast_object(str(found.path) if found is not None else None)
+    return found if get_rank() == 0 else (open_cache(path) if path is not None else None)
 
 
 def _build_caches(backbone: Backbone, spec: FeatureSpec, task: Task, data: ProbeData, settings: ProbeSettings,
@@ -468,16 +470,13 @@ def _build_caches(backbone: Backbone, spec: FeatureSpec, task: Task, data: Probe
     for split, ds in splits.items():
         fingerprint = _hash({**key, "split": split, "n": len(ds)})  # type: ignore[arg-type]
         same_features = _hash({**features, "split": split, "n": len(ds)})  # type: ignore[arg-type]
-        source = (_feature_source(Path(settings.cache_dir), data.name, split, same_features, folder)
+        source = (partial(_feature_source, Path(settings.cache_dir), data.name, split, same_features, folder)
                   if settings.reuse_cache else None)
-        if source is not None and log:
-            log(f"features of '{split}' copied from {source.path} (same images, backbone and tokens)")
         out[split] = build_cache(
             folder / f"{split}.npy", ds, extractor, extractor.field_shapes, task.target_of, task.target_field(),
             fingerprint=fingerprint, meta={"feature_spec": spec.to_dict(), "backbone": backbone.info,
                                            "dataset": data.info, "task": task.kind,
-                                           "features_fingerprint": same_features,
-                                           "features_from": str(source.path) if source is not None else None},
+                                           "features_fingerprint": same_features},
             batch_size=settings.eval_batch_size, num_workers=settings.num_workers, dtype=settings.cache_dtype,
             device=device, reuse=settings.reuse_cache, log=log, progress=settings.progress, features_from=source)
     return out
