@@ -39,6 +39,11 @@ def refinement_passes(stats: dict[int, dict[str, float]], max_ratio: float = ACC
     return True
 
 
+def _cells(stats: Mapping[str, float], keys: tuple[str, ...], spec: str) -> list[str]:
+    """``stats[key]`` formatted with ``spec`` for each key, ``–`` where it is missing."""
+    return [format(stats[k], spec) if stats.get(k) is not None else "–" for k in keys]
+
+
 def format_refinement(stats: Mapping[int, Mapping[str, float]] | Mapping[str, Mapping[int, Mapping[str, float]]],
                       title: str = "") -> str:
     """A markdown table of :func:`refinement_stats` (one row per layer) with a pass/fail column.
@@ -53,13 +58,9 @@ def format_refinement(stats: Mapping[int, Mapping[str, float]] | Mapping[str, Ma
     rows = ([f"**{title}**", ""] if title else []) + [head, rule]
     for run, per_layer in runs.items():
         for t, s in sorted(per_layer.items()):
-            def fmt(key: str, spec: str, s: Mapping[str, float] = s) -> str:
-                return format(s[key], spec) if s.get(key) is not None else "–"
-
-            ok = refinement_passes({t: s})
-            rows.append(
-                (f"| {run} " if label else "") + f"| {t} | {fmt('ratio_before', '.2f')} | "
-                f"{fmt('ratio_after', '.2f')} / {fmt('ratio_after_max', '.2f')} | {fmt('cos_inlier', '.4f')} | "
-                f"{fmt('cos_next', '.4f')} | "
-                f"{fmt('cos_final', '.4f')} | {'✓' if ok else '✗'} |")
+            ratios, cosines = (_cells(s, keys, spec) for keys, spec in (
+                (("ratio_before", "ratio_after", "ratio_after_max"), ".2f"),
+                (("cos_inlier", "cos_next", "cos_final"), ".4f")))
+            rows.append((f"| {run} " if label else "") + f"| {t} | {ratios[0]} | {ratios[1]} / {ratios[2]} | "
+                        f"{' | '.join(cosines)} | {'✓' if refinement_passes({t: s}) else '✗'} |")
     return "\n".join(rows)
