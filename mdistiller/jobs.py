@@ -111,9 +111,10 @@ def run_jobs(jobs: Sequence[Job], workers: int = 2, threads: int | None = None,
 
     if workers <= 1:
         while pending:
-            if not ready():
+            now = ready()
+            if not now:
                 raise blocked()
-            job = ready()[0]
+            job = now[0]
             start(job)
             finish(job, run_job(job, threads))
         return done

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["ACCEPTANCE_ONLY", "DEMO_DENSE_LRS", "METHODS", "PROBES", "demo_budget", "figure", "mode_overrides",
-           "native_bf16", "paired_interval", "plan_runs", "probe_argv", "probe_job", "probe_run", "refinement_run",
-           "render_tables", "resolve_amp", "run_config", "StudyRun", "summarize", "train_job", "train_run"]
+           "native_bf16", "paired_interval", "plan_runs", "probe_argv", "probe_input_size", "probe_job", "probe_run",
+           "refinement_run", "render_tables", "resolve_amp", "run_config", "StudyRun", "summarize", "train_job",
+           "train_run"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -172,6 +173,12 @@ def probe_job(target: str, command: str, dataset: str, out: str, argv: Sequence[
     """:func:`probe_run` as a :class:`mdistiller.jobs.Job` target (exit status 0)."""
     probe_run(target, command, dataset, Path(out), argv)
     return 0
+
+
+def probe_input_size(target: str, size: int) -> int:
+    """The probe's image size for ``target``: the /14 DINOv2 teacher sees the student's token grid, as during
+    distillation (``size / 16 × 14`` px); every /16 model sees ``size``."""
+    return size // 16 * 14 if "dinov2" in target else size
 
 
 def probe_argv(command: str, input_size: int, num_train: int, num_test: int, cache_dir: Path, seed: int = 0,

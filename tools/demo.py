@@ -92,7 +92,7 @@ def train_jobs(args: argparse.Namespace, out: Path) -> tuple[dict[str, Path], li
 def probe_jobs(args: argparse.Namespace, out: Path, targets: dict[str, str]) -> tuple[dict[str, Path], list]:
     """Result folders of every probed model, and the probe jobs not done yet (each after its model's training)."""
     from mdistiller.jobs import Job
-    from mdistiller.study import DEMO_DENSE_LRS, probe_argv
+    from mdistiller.study import DEMO_DENSE_LRS, probe_argv, probe_input_size
 
     folders, jobs = {}, []
     for label, target in targets.items():
@@ -102,11 +102,10 @@ def probe_jobs(args: argparse.Namespace, out: Path, targets: dict[str, str]) -> 
             if result.exists():
                 print(f"{label} {kind}: done before, skipped")
                 continue
-            # the /14 teacher sees the student's token grid, as during distillation (size/16 × 14 px)
-            size = args.size // 16 * 14 if "dinov2" in target else args.size
             argv = [target, "--dataset", "toy_scenes", "--out", str(result), *probe_argv(
-                command, size, args.probe_train, args.probe_test, folder / "cache", cls_epochs=args.cls_epochs,
-                dense_epochs=args.probe_epochs, loss_size=args.loss_size, dense_lrs=DEMO_DENSE_LRS)]
+                command, probe_input_size(target, args.size), args.probe_train, args.probe_test, folder / "cache",
+                cls_epochs=args.cls_epochs, dense_epochs=args.probe_epochs, loss_size=args.loss_size,
+                dense_lrs=DEMO_DENSE_LRS)]
             # depth after segmentation: it then copies the same scenes' features from the segmentation cache
             after = f"probe {label} seg" if kind == "depth" else f"train {label}"
             jobs.append(Job(f"probe {label} {kind}", "mdistiller.eval.cli:main", (command, argv),

@@ -103,14 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     targets = [(r.name, str(out / "runs" / r.name), (r.method, r.artifacts, r.seed), r.seed) for r in runs]
     targets += [(f"reference_{n}", t, (n, False, seeds[0]), seeds[0])  # context rows: the first seed only
                 for n, t in (("teacher", "dinov2_small_imgfocus"), ("random_init", "random:vit_tiny"))]
-    results = {}  # (target key, probe label) -> result file
+    results = {}  # (target key, probe label) -> (result file, metric)
     for name, target, key, seed in [] if args.no_probes else targets:
-        for label, command, dataset, _metric, _ in study.PROBES:
-            size = args.size // 16 * 14 if "dinov2" in target else args.size
+        for label, command, dataset, metric, _ in study.PROBES:
+            size = study.probe_input_size(target, args.size)
             n_tr, n_te = ((args.fmnist_train, args.fmnist_test) if dataset == "fashion_mnist"
                           else (args.probe_train, args.probe_test))
             folder = out / "probes" / name
-            result = results[key, label] = folder / f"{dataset}_{command}.json"
+            result = folder / f"{dataset}_{command}.json"
+            results[key, label] = result, metric
             if not result.exists():
                 argv_p = study.probe_argv(command, size, n_tr, n_te, folder / f"cache_{dataset}", seed=seed)
                 jobs.append(Job(f"probe {name} {label}", "mdistiller.study:probe_job",
@@ -123,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     refine = {run.name: study.refinement_run(out / "runs" / run.name, images, device=args.device)
               for run in all_runs if run.method.startswith(("singer", "scaled"))}
     values: dict[tuple[str, bool, int], dict[str, float]] = {}
-    for (key, label), result in results.items():
-        metric = next(m for lab, _c, _d, m, _ in study.PROBES if lab == label)
+    for (key, label), (result, metric) in results.items():
         scale = 100.0 if metric == "miou" else 1.0
         values.setdefault(key, {})[label] = float(json.loads(result.read_text())["metrics"][metric]) * scale
     probes = [(label, hi) for label, _c, _d, _m, hi in study.PROBES]
