@@ -331,21 +331,27 @@ class Trainer:
                 print(text, flush=True)
 
     def _log_figures(self, log: MetricsWriter) -> None:
-        """Feature-map figures of the checkpoint just written (``tools/analyze.py figures``) into wandb; a failure
-        only warns (figures must never stop a run)."""
+        """Feature-map figures of the distiller in memory (``tools/analyze.py figures``) into wandb, in eval mode and
+        with the training RNG streams left untouched; a failure only warns (figures must never stop a run)."""
         if not (self.env.is_main and log.wandb_run is not None and self.cfg.LOG.WANDB_FIGURES):
             return
         draw = get_hook("run_figures")  # the analysis package's, registered in mdistiller/__init__.py
         if draw is None:
             return
+        was_training = self.distiller.training
+        rng_devices = [self.env.device] if self.env.device.type == "cuda" else []
         try:
-            paths = draw(self.run_dir)
+            with torch.random.fork_rng(devices=rng_devices):
+                self.distiller.eval()
+                paths = draw(self.run_dir, self.cfg, self.distiller)
             log.images({f"figures/{Path(p).stem}": p for p in paths}, step=self.step)
         except Exception as e:  # noqa: BLE001
             import warnings
 
             warnings.warn(f"feature-map figures for wandb failed at step {self.step} ({e}); training goes on.",
                           stacklevel=2)
+        finally:
+            self.distiller.train(was_training)
 
     def _memory(self) -> dict[str, float]:
         """``mem/gpu_max_gb`` (peak allocated on the device) or ``mem/rss_max_gb`` (peak resident set, CPU)."""
@@ -451,8 +457,6 @@ class Trainer:
                         self.save()
                     fig_every = cfg.LOG.WANDB_FIGURES_EVERY_STEPS
                     if fig_every and self.step % fig_every == 0 and self.step < self.total_steps:
-                        if self.saved_step != self.step:
-                            self.save()
                         self._log_figures(log)
                     if bar is not None:
                         bar.update(1)

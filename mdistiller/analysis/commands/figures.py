@@ -40,12 +40,14 @@ def figures_report(
     run_dirs: Sequence[str | Path],
     image_indices: Sequence[int] = (0,),
     patch: tuple[int, int] | None = None,
+    loaded: Mapping[str, tuple[Any, Any]] | None = None,
 ) -> dict[str, Any]:
     """Per-image feature maps of one or more runs on held-out toy scenes (Figure 2, 9, 11, 12).
 
     For every run and image, per distilled layer: ``F^T``, ``F̂^T`` and ``ΔF^T = F̂^T − F^T`` (SiNGER) and the
     student ``F^S``, all patch tokens on the student grid (the maps are drawn by :mod:`viz`: norm, PCA and
-    similarity to a marked patch). SiNGER runs also carry ``F_{l+1}``/``F̂_{l+1}`` (Figure 11).
+    similarity to a marked patch). SiNGER runs also carry ``F_{l+1}``/``F̂_{l+1}`` (Figure 11). ``loaded`` maps a run
+    directory to its ``(cfg, distiller)`` already in memory (the trainer's), which is then used instead of loading it.
     """
     if not run_dirs:
         raise ValueError("figures needs at least one RUN_DIR.")
@@ -54,7 +56,7 @@ def figures_report(
         raise ValueError(f"--image-index must be >= 0, got {min(idx)}.")
     runs, any_emulated = [], False
     for run_dir in run_dirs:
-        cfg, distiller = load_run_seeded(run_dir)
+        cfg, distiller = (loaded or {}).get(str(run_dir)) or load_run_seeded(run_dir)
         size = int(cfg.DATASET.INPUT_SIZE)
         images, _, masks = load_toy_images(size, max(idx) + 1, with_masks=True)  # type: ignore[misc]
         images, masks = images[idx], masks[idx]
@@ -72,12 +74,14 @@ def figures_report(
     return {"command": "figures", **stamp(any_emulated, None), "image_indices": idx, "runs": runs}
 
 
-def run_figures(run_dir: str | Path) -> list[Path]:
-    """The feature-map figures of the checkpoint in ``run_dir`` (``figures`` on its first held-out scene) written to
-    ``RUN_DIR/analysis/wandb_figures``: the trainer's ``"run_figures"`` hook (``LOG.WANDB_FIGURES``)."""
+def run_figures(run_dir: str | Path, cfg: Any, distiller: Any) -> list[Path]:
+    """The feature-map figures of the training run's ``distiller`` in memory (``figures`` on its first held-out
+    scene) written to ``RUN_DIR/analysis/wandb_figures``: the trainer's ``"run_figures"`` hook
+    (``LOG.WANDB_FIGURES``)."""
     from . import write_figures
 
-    return write_figures(figures_report([run_dir]), Path(run_dir) / "analysis" / "wandb_figures")
+    report = figures_report([run_dir], loaded={str(run_dir): (cfg, distiller)})
+    return write_figures(report, Path(run_dir) / "analysis" / "wandb_figures")
 
 
 def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
