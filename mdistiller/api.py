@@ -52,11 +52,11 @@ def train(cfg_or_paths: Any, overrides: Mapping[str, Any] | Sequence[Any] | None
     from mdistiller.engine.trainer import Trainer, run_dir_for
 
     if isinstance(cfg_or_paths, CN):
-        from mdistiller.config import validate_config
+        from mdistiller.config import apply_overrides, validate_config
 
         cfg = cfg_or_paths.clone()
         cfg.defrost()
-        cfg.merge_from_list(_opts(overrides))
+        apply_overrides(cfg, _opts(overrides))
         validate_config(cfg)  # the registered checks include those against the architectures
         cfg.freeze()
     else:

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import ast
 import importlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from yacs.config import CfgNode as CN
 
-__all__ = ["CN", "ConfigError", "configs_dir", "get_default_config", "load_config", "register_check",
+__all__ = ["CN", "ConfigError", "apply_overrides", "configs_dir", "get_default_config", "load_config", "register_check",
            "resolve_config_path", "validate_config"]
 
 
@@ -228,25 +229,10 @@ def _coerce(value: str) -> object:
         return value
 
 
-def load_config(cfg_files: Sequence[str | Path] = (), opts: Sequence[str] = (), validate: bool = True) -> CN:
-    """Defaults ← each YAML in ``cfg_files`` in order ← ``KEY VALUE`` pairs in ``opts``; validated and frozen.
-
-    Raises :class:`ConfigError` with one sentence per problem (missing file, unknown key, wrong type, …).
-    """
-    cfg = get_default_config()
-    known = _flatten(cfg)
-    for f in cfg_files:
-        path = resolve_config_path(f)
-        if not path.is_file():
-            raise ConfigError(f"config file '{path}' does not exist; check the --cfg path.")
-        try:
-            for loaded in _load_with_bases(path):
-                _coerce_numbers(loaded, cfg)
-                cfg.merge_from_other_cfg(loaded)
-        except KeyError as e:
-            raise ConfigError(f"{path}: {_unknown_key_message(str(e), known)}") from None
-        except (ValueError, AssertionError) as e:
-            raise ConfigError(f"{path}: {e}".rstrip(".") + ".") from None
+def apply_overrides(cfg: CN, opts: Sequence[Any], known: Mapping[str, Any] | None = None) -> CN:
+    """Apply ``KEY VALUE`` pairs to the unfrozen ``cfg`` as ``load_config`` does: strings parsed as literals, an int
+    for a float key made a float, new keys only under open nodes; one :class:`ConfigError` sentence per problem."""
+    known = _flatten(cfg) if known is None else known
     if len(opts) % 2:
         raise ConfigError(f"overrides must come as KEY VALUE pairs, got an odd list: {list(opts)}.")
     for key, raw in zip(opts[0::2], opts[1::2]):
@@ -267,6 +253,29 @@ def load_config(cfg_files: Sequence[str | Path] = (), opts: Sequence[str] = (), 
             cfg.merge_from_list([key, value])
         except (ValueError, AssertionError, KeyError) as e:
             raise ConfigError(f"override {key}={raw!r} is invalid: {e}".rstrip(".") + ".") from None
+    return cfg
+
+
+def load_config(cfg_files: Sequence[str | Path] = (), opts: Sequence[str] = (), validate: bool = True) -> CN:
+    """Defaults ← each YAML in ``cfg_files`` in order ← ``KEY VALUE`` pairs in ``opts``; validated and frozen.
+
+    Raises :class:`ConfigError` with one sentence per problem (missing file, unknown key, wrong type, …).
+    """
+    cfg = get_default_config()
+    known = _flatten(cfg)
+    for f in cfg_files:
+        path = resolve_config_path(f)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist; check the --cfg path.")
+        try:
+            for loaded in _load_with_bases(path):
+                _coerce_numbers(loaded, cfg)
+                cfg.merge_from_other_cfg(loaded)
+        except KeyError as e:
+            raise ConfigError(f"{path}: {_unknown_key_message(str(e), known)}") from None
+        except (ValueError, AssertionError) as e:
+            raise ConfigError(f"{path}: {e}".rstrip(".") + ".") from None
+    apply_overrides(cfg, opts, known)
     if validate:
         validate_config(cfg)
     cfg.freeze()

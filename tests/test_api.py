@@ -54,6 +54,11 @@ def test_train_accepts_a_config_node(tmp_path: Path) -> None:
     assert res["step"] == 1
     with pytest.raises(ConfigError, match="INPUT_SIZE 40"):
         mdistiller.train(cfg, overrides={"DATASET.INPUT_SIZE": 40}, run_dir=tmp_path / "bad")
+    # overrides on a node go through the same rules as load_config's: an int for a float key, a one-sentence error
+    with pytest.raises(ConfigError, match="SOLVER.LRR"):
+        mdistiller.train(cfg, overrides={"SOLVER.LRR": 1}, run_dir=tmp_path / "typo")
+    res = mdistiller.train(cfg, overrides={"SOLVER.MAX_STEPS": 1, "SOLVER.LR": 1}, run_dir=tmp_path / "int_lr")
+    assert res["step"] == 1
 
 
 def test_evaluate_returns_the_result_dict(api_run: dict) -> None:
