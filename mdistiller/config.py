@@ -22,8 +22,8 @@ from typing import Any
 
 from yacs.config import CfgNode as CN
 
-__all__ = ["CN", "ConfigError", "apply_overrides", "configs_dir", "get_default_config", "load_config", "register_check",
-           "resolve_config_path", "validate_config"]
+__all__ = ["CN", "ConfigError", "apply_overrides", "configs_dir", "flatten", "get_default_config", "load_config",
+           "register_check", "resolve_config_path", "validate_config"]
 
 
 class ConfigError(ValueError):
@@ -211,14 +211,16 @@ def get_default_config() -> CN:
     return _C.clone()
 
 
-def _flatten(node: CN, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
+def flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Every leaf of a nested mapping (a config, checkpoint metadata) as ``"SECTION.KEY": value``; lists and tuples
+    (``torch.Size`` too) become lists, so equal values compare equal and serialise alike."""
+    out: dict[str, Any] = {}
     for k, v in node.items():
         key = f"{prefix}{k}"
-        if isinstance(v, CN):
-            out.update(_flatten(v, key + "."))
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
         else:
-            out[key] = v
+            out[key] = list(v) if isinstance(v, tuple | list) else v
     return out
 
 
@@ -232,7 +234,7 @@ def _coerce(value: str) -> object:
 def apply_overrides(cfg: CN, opts: Sequence[Any], known: Mapping[str, Any] | None = None) -> CN:
     """Apply ``KEY VALUE`` pairs to the unfrozen ``cfg`` as ``load_config`` does: strings parsed as literals, an int
     for a float key made a float, new keys only under open nodes; one :class:`ConfigError` sentence per problem."""
-    known = _flatten(cfg) if known is None else known
+    known = flatten(cfg) if known is None else known
     if len(opts) % 2:
         raise ConfigError(f"overrides must come as KEY VALUE pairs, got an odd list: {list(opts)}.")
     for key, raw in zip(opts[0::2], opts[1::2]):
@@ -262,7 +264,7 @@ def load_config(cfg_files: Sequence[str | Path] = (), opts: Sequence[str] = (), 
     Raises :class:`ConfigError` with one sentence per problem (missing file, unknown key, wrong type, …).
     """
     cfg = get_default_config()
-    known = _flatten(cfg)
+    known = flatten(cfg)
     for f in cfg_files:
         path = resolve_config_path(f)
         if not path.is_file():
@@ -377,7 +379,7 @@ def register_check(path: str) -> None:
 def validate_config(cfg: CN) -> None:
     """Choices and numeric ranges, then every registered check (``DISTILLER.TYPE`` and model names, layer indices
     and the method's bounds against the chosen architectures, ``DATASET.DECODE device`` against the dataset)."""
-    flat = _flatten(cfg)
+    flat = flatten(cfg)
     for key, choices in _CHOICES.items():
         value = str(flat[key]).lower()
         if value not in choices:

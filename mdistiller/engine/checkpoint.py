@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mdistiller.config import flatten
 from mdistiller.fileio import apply_umask
 
 __all__ = [
@@ -302,19 +303,6 @@ def param_shapes(named_params: Iterable[tuple[str, torch.Tensor]] | torch.nn.Mod
     return {n: list(p.shape) for n, p in items if p.requires_grad}
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, key + "."))
-        elif isinstance(v, torch.Size | tuple | list):
-            out[key] = [x for x in v]
-        else:
-            out[key] = v
-    return out
-
-
 def check_compatible(
     state: Mapping[str, Any],
     expected: Mapping[str, Any],
@@ -336,7 +324,7 @@ def check_compatible(
     if not isinstance(meta, Mapping):
         raise CheckpointMismatchError(
             f"{where} has no '{key}' metadata; it was not written by this trainer, start a new run.")
-    have, want = _flatten(meta), _flatten(expected)
+    have, want = flatten(meta), flatten(expected)
     problems: list[str] = []
     for k, v in want.items():
         if k not in have:

@@ -19,24 +19,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ID_FILE", "flat_config", "init_run", "log_analysis", "log_to_run", "read_offline_run", "offline_runs",
+__all__ = ["ID_FILE", "init_run", "log_analysis", "log_to_run", "read_offline_run", "offline_runs",
            "stored_run"]
 
 ID_FILE = "wandb_run.json"
-
-
-def flat_config(cfg: Any) -> dict[str, Any]:
-    """Every yacs key as ``"SECTION.KEY": value`` (lists/tuples as lists), for filtering, grouping and sweeps."""
-    out: dict[str, Any] = {}
-
-    def walk(node: Mapping[str, Any], prefix: str) -> None:
-        for k, v in node.items():
-            if isinstance(v, Mapping):
-                walk(v, f"{prefix}{k}.")
-            else:
-                out[f"{prefix}{k}"] = list(v) if isinstance(v, list | tuple) else v
-    walk(cfg, "")
-    return out
 
 
 def stored_run(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mdistiller.config import CN
+from mdistiller.config import CN, flatten
 from mdistiller.distillers import Distiller, build_distiller
 from mdistiller.hooks import get_hook
 
@@ -396,15 +395,13 @@ class Trainer:
             truncate_metrics(self.run_dir / "metrics.jsonl", self.step)  # each step once: drop replayed records
         if not resume and self.step == 0:
             self.save()  # the starting point: "the checkpoint before" exists even when step 1 already diverges
+        hparams: dict[str, Any] = {}  # the dashboards' flat config and provenance (main rank)
         if env.is_main:
             n_params = sum(p.numel() for _, p in self.distiller.trainable_parameters())
-            write_run_info(self.run_dir, cfg.dump(), {"distiller": cfg.DISTILLER.TYPE,
-                                                     "plan": repr(self.distiller.plan), "trainable_params": n_params})
-        from .dashboards import flat_config
-        from .logging import git_revision
-
-        hparams = flat_config(cfg) | {"git": git_revision(), "host": socket.gethostname(),
-                                      "world_size": env.world_size} if env.is_main else {}
+            info = write_run_info(self.run_dir, cfg.dump(), {"distiller": cfg.DISTILLER.TYPE,
+                                                            "plan": repr(self.distiller.plan),
+                                                            "trainable_params": n_params})
+            hparams = flatten(cfg) | {k: info[k] for k in ("git", "host", "world_size")}
         log = MetricsWriter(self.run_dir, env.is_main, tensorboard=cfg.LOG.TENSORBOARD, wandb=cfg.LOG.WANDB,
                             wandb_project=cfg.EXPERIMENT.PROJECT, wandb_name=cfg.EXPERIMENT.NAME or self.run_dir.name,
                             wandb_tags=[t for t in cfg.EXPERIMENT.TAG.split(",") if t], wandb_config=hparams)
