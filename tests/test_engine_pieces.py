@@ -499,3 +499,11 @@ def test_hooks_resolve_lazily_and_the_engine_imports_no_analysis() -> None:
             "print(get_hook('run_figures').__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "run_figures", out.stderr
+
+
+def test_read_metrics_skips_a_half_written_last_line(tmp_path) -> None:
+    from mdistiller.engine.logging import read_metrics
+
+    assert read_metrics(tmp_path) == []
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n[1, 2]\n{"step": 2, "lo')
+    assert read_metrics(tmp_path) == [{"step": 1, "loss": 2.0}]  # a run still writing, or killed mid-line

@@ -244,16 +244,17 @@ def _train_yaml(s: CheckSettings, data: Path, decode: str, steps: int, batch: in
     return path
 
 
-def _records(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """:func:`mdistiller.engine.logging.read_metrics`, imported on use (this module stays free of torch until a part
+    runs)."""
+    from mdistiller.engine.logging import read_metrics as read
+
+    return read(run_dir)
 
 
 def _train_rate(run_dir: Path) -> float | None:
     """Median images/s of the logged windows after the first (start-up and the first loader fill)."""
-    rates = [r["img_per_s"] for r in _records(run_dir) if "img_per_s" in r]
+    rates = [r["img_per_s"] for r in read_metrics(run_dir) if "img_per_s" in r]
     rates = rates[1:] or rates
     return statistics.median(rates) if rates else None
 
@@ -278,7 +279,7 @@ def part_train(s: CheckSettings, budget: Budget, data: Path, step_rate: float | 
         info = json.loads((run_dir / "run_info.json").read_text())
         run: dict[str, Any] = {"images_per_s": rate, "wall_s": time.perf_counter() - t0,
                                "world_size": info.get("world_size"), "run_dir": str(run_dir),
-                               "final_loss": next((r["loss"] for r in reversed(_records(run_dir)) if "loss" in r),
+                               "final_loss": next((r["loss"] for r in reversed(read_metrics(run_dir)) if "loss" in r),
                                                   None)}
         if rate and step_rate:
             run["fraction_of_step_rate"] = rate / step_rate
@@ -308,7 +309,7 @@ def part_resume(s: CheckSettings, budget: Budget, data: Path) -> dict[str, Any]:
     deadline = time.monotonic() + min(budget.left(), 180)
     signalled_at = None
     while proc.poll() is None and time.monotonic() < deadline:
-        steps = [r["step"] for r in _records(part) if "loss" in r]
+        steps = [r["step"] for r in read_metrics(part) if "loss" in r]
         if steps and max(steps) >= cut:
             proc.send_signal(signal.SIGTERM)
             signalled_at = max(steps)
@@ -329,8 +330,8 @@ def part_resume(s: CheckSettings, budget: Budget, data: Path) -> dict[str, Any]:
 
     stopped = int(load_checkpoint(part / "checkpoints/last.pth")["step"])
     _run(base + ["--run-dir", str(part)], min(budget.left(), 180), s.out / "resume_rerun.log")
-    a = {r["step"]: r["loss"] for r in _records(full) if "loss" in r}
-    b = {r["step"]: r["loss"] for r in _records(part) if "loss" in r}
+    a = {r["step"]: r["loss"] for r in read_metrics(full) if "loss" in r}
+    b = {r["step"]: r["loss"] for r in read_metrics(part) if "loss" in r}
     if sorted(a) != sorted(b) or max(a) != n:
         raise PartError(f"logged steps differ: uninterrupted {sorted(a)[-3:]}, resumed {sorted(b)[-3:]}")
 

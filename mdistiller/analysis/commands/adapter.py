@@ -7,7 +7,6 @@ command; its options are in :mod:`.options`, its entry in :data:`mdistiller.anal
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -206,10 +205,10 @@ def refinement_rows(distiller, images: torch.Tensor, run_dir: str | Path) -> lis
 
 def refinement_curve(run_dir: str | Path) -> list[dict[str, Any]]:
     """The ``agree/refine/L<l>/<stat>`` records the trainer logged on its held-out batch, one row per step."""
-    path = Path(run_dir) / "metrics.jsonl"
+    from mdistiller.engine.logging import read_metrics
+
     rows = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        rec = json.loads(line)
+    for rec in read_metrics(run_dir):
         stats = {k.removeprefix("agree/refine/"): v for k, v in rec.items() if k.startswith("agree/refine/")}
         if stats:
             rows.append({"step": rec.get("step"), **stats})
