@@ -26,9 +26,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["ACCEPTANCE_ONLY", "DEMO_DENSE_LRS", "METHODS", "PROBES", "demo_budget", "figure", "mode_overrides",
-           "native_bf16", "paired_interval", "plan_runs", "probe_argv", "probe_input_size", "probe_job", "probe_run",
-           "refinement_run", "render_tables", "resolve_amp", "run_config", "StudyRun", "summarize", "train_job",
-           "train_run"]
+           "native_bf16", "paired_interval", "plan_runs", "probe_argv", "probe_input_size",
+           "refinement_run", "render_tables", "resolve_amp", "run_config", "StudyRun", "summarize"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,47 +131,6 @@ def run_config(run: StudyRun, budget: Sequence[str]) -> tuple[list[Path], list[s
     files = [ROOT / demo] + ([ROOT / "configs/demo/artifacts.yaml"] if run.artifacts else [])
     opts = (mode_overrides(ROOT / preset) if preset else []) + list(extra)
     return files, opts + ["EXPERIMENT.NAME", run.name, "EXPERIMENT.SEED", str(run.seed), *budget]
-
-
-def train_run(run_dir: Path, cfg_files: Sequence[Path], opts: Sequence[str], device: str = "cpu") -> Path:
-    """Train (or resume, or skip when ``student.safetensors`` exists) one run in this process."""
-    run_dir = Path(run_dir)
-    if (run_dir / "student.safetensors").exists():
-        return run_dir
-    from mdistiller.config import load_config
-    from mdistiller.engine.distributed import init_distributed
-    from mdistiller.engine.trainer import Trainer
-
-    cfg = load_config(list(cfg_files), list(opts))
-    trainer = Trainer(cfg, init_distributed(device), run_dir)
-    result = trainer.fit(trainer.ckpt_path if trainer.ckpt_path.exists() else None)
-    if "interrupted" in result:
-        raise KeyboardInterrupt(f"training {run_dir.name} interrupted; rerun to resume")
-    return run_dir
-
-
-def probe_run(target: str, command: str, dataset: str, out: Path, argv: Sequence[str]) -> dict[str, Any]:
-    """Run one cached linear probe (``mdistiller.eval.cli``) unless ``out`` exists; return its result JSON."""
-    out = Path(out)
-    if not out.exists():
-        from mdistiller.eval.cli import main as probe_main
-
-        code = probe_main(command, [target, "--dataset", dataset, "--out", str(out), *argv])
-        if code != 0:
-            raise RuntimeError(f"probe {command} on {dataset} for {target} failed with exit code {code}")
-    return json.loads(out.read_text())
-
-
-def train_job(run_dir: str, cfg_files: Sequence[str], opts: Sequence[str], device: str = "cpu") -> int:
-    """:func:`train_run` as a :class:`mdistiller.jobs.Job` target (exit status 0)."""
-    train_run(Path(run_dir), [Path(f) for f in cfg_files], opts, device)
-    return 0
-
-
-def probe_job(target: str, command: str, dataset: str, out: str, argv: Sequence[str]) -> int:
-    """:func:`probe_run` as a :class:`mdistiller.jobs.Job` target (exit status 0)."""
-    probe_run(target, command, dataset, Path(out), argv)
-    return 0
 
 
 def probe_input_size(target: str, size: int) -> int:

@@ -49,15 +49,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def heldout_images(size: int, n: int):
-    import torch
-
-    from mdistiller.dataset import build_dataset
-
-    ds = build_dataset("toy_scenes", "val", root=None, input_size=size, train=False, num_images=n)
-    return torch.stack([ds[i][0] for i in range(len(ds))])
-
-
 def acceptance_table(refine: dict[str, dict[int, dict[str, float]]], runs) -> str:
     """Item: per SiNGER mode and layer, the worst outlier ratio and the inlier cosines, per seed (artifact teacher)."""
     from mdistiller.analysis.refinement import ACCEPT_MAX_RATIO, ACCEPT_MIN_COS, format_refinement
@@ -97,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = out / "runs" / run.name
         if not (run_dir / "student.safetensors").exists():
             files, opts = study.run_config(run, budget)
-            jobs.append(Job(f"train {run.name}", "mdistiller.study:train_job",
-                            (str(run_dir), [str(f) for f in files], opts, args.device),
+            argv = ["--cfg", *map(str, files), "--run-dir", str(run_dir), "--device", args.device, *opts]
+            jobs.append(Job(f"train {run.name}", "mdistiller.engine.launch:main", (argv,),
                             str(out / "logs" / f"{run.name}.log"), summary="wall time"))
     targets = [(r.name, str(out / "runs" / r.name), (r.method, r.artifacts, r.seed), r.seed) for r in runs]
     targets += [(f"reference_{n}", t, (n, False, seeds[0]), seeds[0])  # context rows: the first seed only
@@ -113,14 +104,16 @@ def main(argv: list[str] | None = None) -> int:
             result = folder / f"{dataset}_{command}.json"
             results[key, label] = result, metric
             if not result.exists():
-                argv_p = study.probe_argv(command, size, n_tr, n_te, folder / f"cache_{dataset}", seed=seed)
-                jobs.append(Job(f"probe {name} {label}", "mdistiller.study:probe_job",
-                                (target, command, dataset, str(result), argv_p),
+                argv_p = [target, "--dataset", dataset, "--out", str(result),
+                          *study.probe_argv(command, size, n_tr, n_te, folder / f"cache_{dataset}", seed=seed)]
+                jobs.append(Job(f"probe {name} {label}", "mdistiller.eval.cli:main", (command, argv_p),
                                 str(result.with_suffix(".log")),  # depth reuses segmentation's features
                                 after=f"probe {name} toy seg mIoU" if command == "nyud" else f"train {name}"))
     workers = max(1, min(args.jobs or (2 if args.device == "cpu" else 1), args.threads))
     run_jobs(jobs, workers=workers, threads=max(1, args.threads // workers))
-    images = heldout_images(args.size, args.heldout)
+    from mdistiller.analysis.inputs import load_toy_images
+
+    images = load_toy_images(args.size, args.heldout)[0]
     refine = {run.name: study.refinement_run(out / "runs" / run.name, images, device=args.device)
               for run in all_runs if run.method.startswith(("singer", "scaled"))}
     values: dict[tuple[str, bool, int], dict[str, float]] = {}
