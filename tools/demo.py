@@ -134,13 +134,14 @@ def artifact_table(size: int) -> tuple[str, list[dict]]:
 
 
 def refinement_markdown(dirs: dict[str, Path], size: int, n: int = 64) -> str:
-    """Does each SiNGER run refine its teacher? ``SiNGER.refinement_stats`` on ``n`` held-out scenes (α = 0.95)."""
+    """Does each SiNGER run refine its teacher? ``SiNGER.refinement_stats`` on ``n`` held-out scenes (α = 0.95),
+    kept in ``RUN_DIR/refinement.json`` as the study does (a rerun of the demo reads it back)."""
     from mdistiller.analysis.inputs import load_toy_images
     from mdistiller.analysis.refinement import format_refinement
-    from mdistiller.engine.trainer import load_run
+    from mdistiller.study import refinement_run
 
     images = load_toy_images(size, n)[0]
-    return "\n\n".join(format_refinement(load_run(dirs[name])[1].refinement_stats(images, q=0.95), title=name)
+    return "\n\n".join(format_refinement(refinement_run(dirs[name], images), title=name)
                        for name in dirs if name.startswith("singer"))
 
 
