@@ -15,12 +15,13 @@ does so) and run by :func:`validate_config` after the scalar checks.
 from __future__ import annotations
 
 import ast
-import importlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from yacs.config import CfgNode as CN
+
+from mdistiller.hooks import resolve
 
 __all__ = ["CN", "ConfigError", "apply_overrides", "configs_dir", "flatten", "get_default_config", "load_config",
            "register_check", "resolve_config_path", "validate_config"]
@@ -427,8 +428,7 @@ def validate_config(cfg: CN) -> None:
     if not 0.0 < cfg.DISTILLER.ARTIFACTS.SHARE < 1.0:
         raise ConfigError(f"DISTILLER.ARTIFACTS.SHARE is {cfg.DISTILLER.ARTIFACTS.SHARE} but must lie inside (0, 1).")
     for path in _CHECKS:
-        module, func = path.split(":")
-        getattr(importlib.import_module(module), func)(cfg)
+        resolve(path)(cfg)
 
 
 def parse_override_value(value: str) -> object:

@@ -11,7 +11,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["register_hook", "get_hook"]
+__all__ = ["register_hook", "get_hook", "resolve"]
 
 _HOOKS: dict[str, str] = {}
 
@@ -23,10 +23,13 @@ def register_hook(name: str, path: str) -> None:
     _HOOKS[name] = path
 
 
+def resolve(path: str) -> Callable[..., Any]:
+    """The function at ``"package.module:function"``, its module imported now (hooks and registered config checks)."""
+    module, _, func = path.partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
 def get_hook(name: str) -> Callable[..., Any] | None:
     """The function registered for ``name`` (its module imported now), or ``None`` when nothing provides it."""
     path = _HOOKS.get(name)
-    if path is None:
-        return None
-    module, _, func = path.partition(":")
-    return getattr(importlib.import_module(module), func)
+    return resolve(path) if path is not None else None
