@@ -8,13 +8,14 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mdistiller"
 LAYERS = {
-    "registry": 0, "fileio": 0, "hooks": 0, "lazy": 0, "config": 0,
-    "singer": 1, "dataset": 1,
-    "models": 2,
-    "distillers": 3,
-    "engine": 4,
-    "eval": 5, "analysis": 5, "bench": 5,
-    "api": 6, "study": 6, "cli": 6, "jobs": 6,
+    "registry": 0, "fileio": 0, "hooks": 0, "lazy": 0,
+    "config": 1,
+    "singer": 2, "dataset": 2,
+    "models": 3,
+    "distillers": 4,
+    "engine": 5,
+    "eval": 6, "analysis": 6, "bench": 6,
+    "api": 7, "study": 7, "cli": 7, "jobs": 7,
 }
 
 
