@@ -24,7 +24,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-__all__ = ["INTERRUPTED", "Job", "run_job", "run_jobs"]
+__all__ = ["INTERRUPTED", "Job", "run_job", "run_jobs", "split_threads"]
 
 #: the exit status of a command stopped by SIGINT/SIGTERM after saving its checkpoint (``tools/train.py``)
 INTERRUPTED = 130
@@ -42,6 +42,13 @@ class Job:
     log: str
     after: str | None = None
     summary: str = ""
+
+
+def split_threads(jobs: int, threads: int) -> tuple[int, int]:
+    """``(processes, torch threads each)`` for ``jobs`` side by side within ``threads`` in all: never more processes
+    than threads, at least one thread each."""
+    workers = max(1, min(jobs, threads))
+    return workers, max(1, threads // workers)
 
 
 def run_job(job: Job, threads: int | None = None) -> tuple[int, str, float]:

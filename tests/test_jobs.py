@@ -102,3 +102,10 @@ def test_a_worker_that_dies_is_one_sentence(tmp_path: Path) -> None:
         run_jobs([job], workers=2, report=lambda s: None)
     msg = str(err.value.code)
     assert msg.startswith("oom ended without a result (BrokenProcessPool") and "oom.log" in msg and "\n" not in msg
+
+
+def test_split_threads_never_more_processes_than_threads() -> None:
+    from mdistiller.jobs import split_threads
+
+    assert split_threads(2, 2) == (2, 1) and split_threads(2, 1) == (1, 1) and split_threads(2, 8) == (2, 4)
+    assert split_threads(0, 4) == (1, 4)

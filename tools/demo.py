@@ -177,7 +177,6 @@ def main(argv: list[str] | None = None) -> int:
 
     args.amp = resolve_amp(args.amp)
     args.steps, args.batch = demo_budget(args.amp, args.steps, args.batch)
-    args.jobs = max(1, min(args.jobs, args.threads))  # never more processes than the threads asked for
     import torch
 
     torch.set_num_threads(args.threads)
@@ -192,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     print(dinov2_small_weights())
     timings["asset"] = time.perf_counter() - t0
 
+    from mdistiller.jobs import run_jobs, split_threads
+
+    args.jobs, per_job = split_threads(args.jobs, args.threads)
     banner(f"2/4 distillation ({len(RUNS)} runs × {args.steps} steps, batch {args.batch}, {args.size} px, "
            f"{'bf16 autocast' if args.amp == 'bf16' else 'fp32'}) and 3/4 cached linear probes on toy scenes "
            f"(classification, segmentation, depth): {args.jobs} side by side, logs in {out}/logs and probes/")
@@ -199,9 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     dirs, jobs = train_jobs(args, out)
     targets = {"teacher DINOv2-S/14": "dinov2_small_imgfocus", "ViT-Ti random init": "random:vit_tiny"}
     folders, probes = probe_jobs(args, out, targets | {name: str(d) for name, d in dirs.items()})
-    from mdistiller.jobs import run_jobs
-
-    run_jobs(jobs + probes, workers=args.jobs, threads=max(1, args.threads // args.jobs))
+    run_jobs(jobs + probes, workers=args.jobs, threads=per_job)
     timings["runs_and_probes"] = time.perf_counter() - t
 
     banner("4/4 report")

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     dinov2_small_weights()
     t0 = time.perf_counter()
     all_runs = runs + extra
-    from mdistiller.jobs import Job, run_jobs
+    from mdistiller.jobs import Job, run_jobs, split_threads
 
     jobs = []
     for run in all_runs:
@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                 jobs.append(Job(f"probe {name} {label}", "mdistiller.eval.cli:main", (command, argv_p),
                                 str(result.with_suffix(".log")),  # depth reuses segmentation's features
                                 after=f"probe {name} toy seg mIoU" if command == "nyud" else f"train {name}"))
-    workers = max(1, min(args.jobs or (2 if args.device == "cpu" else 1), args.threads))
-    run_jobs(jobs, workers=workers, threads=max(1, args.threads // workers))
+    workers, per_job = split_threads(args.jobs or (2 if args.device == "cpu" else 1), args.threads)
+    run_jobs(jobs, workers=workers, threads=per_job)
     from mdistiller.analysis.inputs import load_toy_images
 
     images = load_toy_images(args.size, args.heldout)[0]

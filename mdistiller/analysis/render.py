@@ -57,13 +57,10 @@ def header(report: Mapping[str, Any], title: str) -> str:
     return f"{tag}{title}" + (f" — {where}" if where else "")
 
 
-def save_report(report: dict[str, Any], out_dir: str | Path, text: str,
-                figures: Sequence[str | Path] = ()) -> dict[str, Path]:
-    """Write ``<command>.json`` and ``<command>.txt`` (``text``, the command's tables) into ``out_dir``; ``figures``
-    are listed in the JSON (and should be in ``text``)."""
+def save_report(report: dict[str, Any], out_dir: str | Path, text: str) -> dict[str, Path]:
+    """Write ``<command>.json`` and ``<command>.txt`` (``text``, the command's tables) into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report["figures"] = [str(p) for p in figures]
     stem = report["command"].replace("-", "_")
     jpath, tpath = out_dir / f"{stem}.json", out_dir / f"{stem}.txt"
     jpath.write_text(json.dumps(to_jsonable(report), indent=2, ensure_ascii=False))

@@ -445,12 +445,12 @@ def _f(v: Any, spec: str) -> str:
 
 
 def _bench_table(result: dict[str, Any]) -> list[str]:
+    from mdistiller.bench.report import ratio_text
+
     lines = ["| item | step s | img/s | peak MiB | GFLOP/img | TFLOP/s | % of peak | × FitNet [95 %] | × FLOP bound |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, r in result["rows"].items():
-        ci = r.get("ratio_ci95")
-        ratio = (f"{r['ratio_to_fitnet']:.3f} [{ci[0]:.3f}–{ci[1]:.3f}]" if ci else _f(r.get("ratio_to_fitnet"),
-                                                                                        ".3f"))
+        ratio = ratio_text(r.get("ratio_to_fitnet"), r.get("ratio_ci95"), missing="–")
         frac = r.get("peak_fraction")
         lines.append(f"| {name} | {_f(r['step_s'], '.4f')} | {_f(r['images_per_s'], '.1f')} | "
                      f"{_f(r['peak_mem_mib'], '.0f')} | {_f(r.get('gflop_per_image'), '.3g')} | "

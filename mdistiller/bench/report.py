@@ -15,7 +15,7 @@ from .items import json_dict
 from .stats import bootstrap_interval
 from .timing import Item, MemoryMeter
 
-__all__ = ["BOOTSTRAP_RESAMPLES", "print_table", "summarise"]
+__all__ = ["BOOTSTRAP_RESAMPLES", "print_table", "ratio_text", "summarise"]
 
 #: resamples of the per-round ratios behind each 95 % interval
 BOOTSTRAP_RESAMPLES = 2000
@@ -111,9 +111,10 @@ def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
-def _ratio_text(median: float | None, ci: list[float] | None) -> str:
+def ratio_text(median: float | None, ci: list[float] | None, missing: str = "-") -> str:
+    """A paired ratio as ``median [low–high]`` (its 95 % interval when there is one), ``missing`` when absent."""
     if median is None:
-        return "-"
+        return missing
     return f"{median:.3f} [{ci[0]:.3f}–{ci[1]:.3f}]" if ci else f"{median:.3f}"
 
 
@@ -137,8 +138,8 @@ def print_table(result: dict) -> None:
     print("-" * len(head))
     for name, r in result["results"].items():
         ratio = result["ratios"].get(name)
-        rtxt = _ratio_text(ratio and ratio["paired_median"], ratio and ratio.get("paired_ci95"))
-        ctxt = _ratio_text(ratio and ratio.get("cpu_time_paired_median"), ratio and ratio.get("cpu_time_paired_ci95"))
+        rtxt = ratio_text(ratio and ratio["paired_median"], ratio and ratio.get("paired_ci95"))
+        ctxt = ratio_text(ratio and ratio.get("cpu_time_paired_median"), ratio and ratio.get("cpu_time_paired_ci95"))
         frac = r.get("peak_fraction")
         print(f"{name:<11} {_fmt(r['median_s'], '9.4f')} "
               f"{_fmt(r['min_s'], '.4f') + '–' + _fmt(r['max_s'], '.4f'):>15} {_fmt(r['cpu_time_median_s'], '7.3f')} "

@@ -56,4 +56,4 @@ def save_report(report: dict[str, Any], out_dir: str | Path, figures: Sequence[s
     from mdistiller.analysis.render import save_report as save
 
     report["figures"] = [str(p) for p in figures]
-    return save(report, out_dir, format_report(report), figures)
+    return save(report, out_dir, format_report(report))
