@@ -202,3 +202,22 @@ def test_user_errors_are_one_sentence(tmp_path, capsys):
 def test_to_jsonable_drops_private_keys_and_non_finite():
     out = to_jsonable({"a": torch.tensor([1.0, float("nan")]), "_raw": torch.zeros(3), "b": (float("inf"), 2)})
     assert out == {"a": [1.0, None], "b": [None, 2]}
+
+
+def test_loading_a_run_leaves_the_callers_random_streams_alone(runs):
+    """Loading seeds every RNG with the run's seed (a random-init teacher comes back identical); afterwards python,
+    numpy and torch continue exactly where the caller left them."""
+    import random
+
+    import numpy as np
+
+    from mdistiller.analysis.runs import load_run_seeded
+
+    def draws():
+        return random.random(), float(np.random.rand()), float(torch.rand(()))
+
+    random.seed(5), np.random.seed(5), torch.manual_seed(5)
+    expected = draws()
+    random.seed(5), np.random.seed(5), torch.manual_seed(5)
+    load_run_seeded(runs["singer"])
+    assert draws() == expected

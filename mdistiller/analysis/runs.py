@@ -13,18 +13,20 @@ from mdistiller.analysis.inputs import is_run_dir
 
 
 def load_run_seeded(run_dir: str | Path):
-    """``load_run`` with torch seeded by the run's ``EXPERIMENT.SEED`` first, as ``Trainer`` does before building,
-    so a random-init teacher comes back identical (the global RNG state is restored afterwards)."""
-    from mdistiller.config import load_config
+    """``load_run``, which seeds every RNG with the run's ``EXPERIMENT.SEED`` as ``Trainer`` does before building (a
+    random-init teacher comes back identical), with the caller's RNG states (python, numpy, torch, CUDA) restored
+    afterwards."""
+    from mdistiller.engine.checkpoint import rng_state, set_rng_state
     from mdistiller.engine.trainer import load_run
 
     if not is_run_dir(run_dir):
         raise FileNotFoundError(f"'{run_dir}' is not a run directory (no config.yaml); pass one written by "
                                 "tools/train.py.")
-    seed = int(load_config([Path(run_dir) / "config.yaml"]).EXPERIMENT.SEED)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    saved = rng_state()
+    try:
         return load_run(run_dir)
+    finally:
+        set_rng_state(saved)
 
 
 def run_name(cfg, run_dir: str | Path) -> str:
