@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -270,16 +269,6 @@ class Distiller(nn.Module):
         Load it with ``timm.create_model(timm_name, pretrained=True, num_classes=0,
         pretrained_cfg_overlay=dict(file=path), **kwargs)`` or ``mdistiller.models.build_model(name, path, ...)``.
         """
-        from safetensors.torch import save_file
+        from mdistiller.models.export import write_student_file
 
-        from mdistiller.fileio import atomic_write
-        from mdistiller.models import resolve_model_name
-
-        path = Path(path)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.student.model.state_dict().items()}
-        atomic_write(path, lambda tmp: save_file(state, str(tmp)))
-        meta = {"model": model_name, "timm_name": resolve_model_name(model_name).split(".")[0],
-                "create_kwargs": create_kwargs or {}, "num_classes": 0}
-        meta_path = path.with_suffix(path.suffix + ".json")
-        atomic_write(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
-        return path
+        return write_student_file(path, self.student.model.state_dict(), model_name, create_kwargs)
