@@ -48,6 +48,7 @@ setup(
             "mdistiller-train=mdistiller.cli:train",
             "mdistiller-lineval=mdistiller.cli:lineval",
             "mdistiller-analyze=mdistiller.cli:analyze",
+            "mdistiller-sync=mdistiller.cli:sync",
         ],
     },
 )
