@@ -113,7 +113,7 @@ def plot(report: Mapping[str, Any], out_dir: str | Path, max_images: int = 4) ->
     axes[0].set_ylabel("patch norm (log)")
     axes[0].set_yscale("log")
     axes[0].yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-    axes[0].yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    axes[0].yaxis.set_minor_formatter(matplotlib.ticker.LogFormatter(labelOnlyBase=False))  # thins itself
     axes[0].set_title("patch-norm level")
     axes[1].plot(layers, [r["max_median_ratio"] for r in rows], "o-", color="tab:red")
     axes[1].axhline(rec["thresholds"]["ratio_threshold"], color="k", ls=":", label="rule threshold")
