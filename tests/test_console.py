@@ -47,9 +47,8 @@ def test_piped_training_has_no_carriage_return(tmp_path: Path) -> None:
 def test_bar_on_a_terminal_and_no_plain_lines_there(tmp_path: Path, monkeypatch, capsys) -> None:
     """The same run with stderr on a terminal: tqdm draws there (carriage returns) and the step lines stay in
     train.log only."""
-    import pty
-
     import fcntl
+    import pty
     import struct
     import termios
 

@@ -169,6 +169,12 @@ def test_analysis_is_its_own_run_in_the_group(wandb_run: Path, capsys) -> None:
     figures = json.loads((wandb_run / "analysis/adapter.json").read_text())["figures"]
     assert figures and run["steps"] == [0]  # its figures: the one row of its own step axis
     assert any(k.startswith("analysis/adapter/") for k in run["history"][0])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(wandb_run / "tb/analysis"))  # and the run's TensorBoard, at its last step
+    acc.Reload()
+    tags = [t for t in acc.Tags()["images"] if t.startswith("analysis/adapter/")]
+    assert len(tags) == len(figures) and acc.Images(tags[0])[0].step == STEPS
 
 
 # ------------------------------------------------------------------------------------------------ mdistiller-sync

@@ -121,13 +121,12 @@ def test_readme_run_paths_are_made_by_the_readme() -> None:
 def demo_tree(tmp_path_factory) -> Path:
     import torch
 
+    from mdistiller.config import load_config
     from mdistiller.engine.distributed import DistEnv
     from mdistiller.engine.launch import parse_args
     from mdistiller.engine.trainer import Trainer
     from mdistiller.eval.cli import main as probe_main
     from tests.conftest import TINY_TEACHER, tiny_config
-
-    from mdistiller.config import load_config
 
     root = tmp_path_factory.mktemp("demo")
     env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend=None, is_main=True)

@@ -103,16 +103,13 @@ def log_to_run(run_dir: str | os.PathLike[str], metrics: Mapping[str, Any], summ
     ``train_step`` = the last step in ``metrics.jsonl``). ``metrics`` (numbers) and ``summary`` (any JSON) go to
     that run's summary, off any step axis; ``images`` (PNG paths) are its one history row, at its own step 0.
     Returns False (and says why) when ``run_dir`` has no wandb run."""
-    from mdistiller.engine.logging import read_metrics
-
     stored = stored_run(run_dir)
     if stored is None:
         warnings.warn(f"--wandb: {run_dir} has no wandb run ({ID_FILE}); train it with LOG.WANDB True first. "
                       "Results are in the JSON files only.", stacklevel=2)
         return False
-    steps = [r["step"] for r in read_metrics(run_dir) if isinstance(r.get("step"), int)]
     config = {"train_run_id": stored["id"], "train_run_name": stored.get("name"), "run_dir": str(Path(run_dir)),
-              "train_step": max(steps, default=0)}
+              "train_step": _last_step(run_dir)}
     run = _wandb_init(_new_id(), project=stored.get("project", "mdistiller"), group=run_group(stored),
                       job_type=job_type, name=f"{stored.get('name') or stored['id']}/{label or job_type}",
                       config=config, dir=str(run_dir))
@@ -143,8 +140,10 @@ def _numbers(node: Any, prefix: str, out: dict[str, float], depth: int = 0) -> N
 
 def log_analysis(run_dir: str | os.PathLike[str] | None, command: str, report_json: str | os.PathLike[str],
                  figures: list[Any] | tuple[Any, ...] = ()) -> bool:
-    """Log a ``tools/analyze.py`` report (``--wandb``) into the training run of ``run_dir``: its numeric entries as
-    ``analysis/<command>/...`` summary values, the whole report as a JSON file of the run, its figures as images."""
+    """Log a ``tools/analyze.py`` report (``--wandb``) beside the training run of ``run_dir``: a run of its own in
+    its group (:func:`log_to_run`, ``job_type`` analysis) with the numeric entries as ``analysis/<command>/...``
+    summary values and the figures as images; the figures also go to the run's TensorBoard (``RUN_DIR/tb/analysis``,
+    at the run's last logged step) when it has one."""
     if run_dir is None or not Path(run_dir).is_dir():
         warnings.warn("--wandb: the analysis has no run directory to log into (a model name was given); the report "
                       "is in its JSON file only.", stacklevel=2)
@@ -153,7 +152,30 @@ def log_analysis(run_dir: str | os.PathLike[str] | None, command: str, report_js
     numbers: dict[str, float] = {}
     _numbers({k: v for k, v in report.items() if k != "figures"}, f"analysis/{command}", numbers)
     images = {f"analysis/{command}/{Path(str(f)).stem}": f for f in figures if str(f).endswith(".png")}
+    if images and (Path(run_dir) / "tb").is_dir():
+        _tensorboard_images(Path(run_dir) / "tb" / "analysis", images, _last_step(run_dir))
     return log_to_run(run_dir, {}, summary=numbers, images=images, job_type="analysis", label=command)
+
+
+def _last_step(run_dir: str | os.PathLike[str]) -> int:
+    from mdistiller.engine.logging import read_metrics
+
+    return max((r["step"] for r in read_metrics(run_dir) if isinstance(r.get("step"), int)), default=0)
+
+
+def _tensorboard_images(log_dir: Path, images: Mapping[str, str | os.PathLike[str]], step: int) -> None:
+    """PNG files into a TensorBoard event file of ``log_dir`` (the IMAGES tab); a failure only warns."""
+    from mdistiller.engine.logging import add_png_images
+
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return
+    try:
+        with SummaryWriter(log_dir=str(log_dir)) as tb:
+            add_png_images(tb, images, step)
+    except Exception as e:  # noqa: BLE001 - a dashboard must never fail the analysis
+        warnings.warn(f"TensorBoard figures not written ({e}).", stacklevel=3)
 
 
 # ------------------------------------------------------------------------------------------------ offline reading

@@ -32,7 +32,7 @@ import torch
 
 from mdistiller.engine.checkpoint import atomic_write_text
 
-__all__ = ["MetricsWriter", "git_revision", "read_metrics", "truncate_metrics", "write_run_info"]
+__all__ = ["MetricsWriter", "add_png_images", "git_revision", "read_metrics", "truncate_metrics", "write_run_info"]
 
 
 def _plain(v: Any) -> Any:
@@ -167,12 +167,7 @@ class MetricsWriter:
         if not self.is_main or not paths:
             return
         if self._tb is not None:
-            import numpy as np
-            from PIL import Image
-
-            for k, p in paths.items():
-                with Image.open(p) as im:
-                    self._tb.add_image(k, np.asarray(im.convert("RGB")), global_step=step, dataformats="HWC")
+            add_png_images(self._tb, paths, step)
             self._tb.flush()
         if self._wandb_step(step):
             import wandb
@@ -196,6 +191,16 @@ class MetricsWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def add_png_images(writer: Any, paths: Mapping[str, Any], step: int | None) -> None:
+    """PNG files (``{tag: path}``) into a TensorBoard ``SummaryWriter`` as RGB images (its IMAGES tab)."""
+    import numpy as np
+    from PIL import Image
+
+    for tag, path in paths.items():
+        with Image.open(path) as im:
+            writer.add_image(tag, np.asarray(im.convert("RGB")), global_step=step, dataformats="HWC")
 
 
 def git_revision(repo_dir: str | os.PathLike[str] | None = None) -> str | None:

@@ -125,8 +125,8 @@ def build_parser(command: str, prog: str | None = None) -> argparse.ArgumentPars
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars for feature extraction (default: on when stderr is a terminal)")
     g.add_argument("--wandb", action="store_true",
-                   help="also log the result into the training run's wandb run (RUN_DIR/wandb_run.json, resumed by "
-                        "its id), so one run page holds the training curves and this Table-1 cell")
+                   help="also log the result to wandb: a run of its own in the training run's group "
+                        "(RUN_DIR/wandb_run.json), job type eval, the metrics as summary entries")
     if kind in ("seg", "depth"):
         g = p.add_argument_group("dense heads")
         g.add_argument("--loss-size", type=int, default=None,
