@@ -390,7 +390,9 @@ class Trainer:
             ("trainable", f"{format_count(n_train)} = " + " + ".join(f"{k} {format_count(v)}"
                                                                     for k, v in trainable.items())),
             ("frozen", f"{format_count(teacher + frozen_student)}"),
-            ("layers", f"{cfg.DISTILLER.TYPE}: " + ", ".join(f"teacher {t} → student {u}" for t, u in d.plan.pairs())),
+            ("layers", f"{cfg.DISTILLER.TYPE}: " + (", ".join(f"teacher {t} → student {u}" for t, u in d.plan.pairs())
+                                                    if d.teacher is not None else
+                                                    f"student block {d.plan.student[-1]}, no teacher")),
             ("data", f"{cfg.DATASET.TYPE}, {self.sampler.dataset_len} images at {cfg.DATASET.INPUT_SIZE} px, "
                      f"{cfg.DATASET.NUM_WORKERS} loader workers per rank"),
             ("batch", f"{self.batch} per rank × {env.world_size} = {self.batch * env.world_size} global"),
