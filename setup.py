@@ -49,6 +49,7 @@ setup(
             "mdistiller-lineval=mdistiller.cli:lineval",
             "mdistiller-analyze=mdistiller.cli:analyze",
             "mdistiller-export=mdistiller.cli:export",
+            "mdistiller-sync=mdistiller.cli:sync",
         ],
     },
 )

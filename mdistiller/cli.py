@@ -1,12 +1,13 @@
 """Console entry points installed with the package: ``mdistiller-train``, ``mdistiller-lineval``,
-``mdistiller-analyze``, ``mdistiller-export``. Each is a thin wrapper over the command of the same name in
-``tools/``, so both spellings take the same arguments::
+``mdistiller-analyze``, ``mdistiller-export``, ``mdistiller-sync``. Each is a thin wrapper over the command of the
+same name in ``tools/``, so both spellings take the same arguments::
 
     mdistiller-train --cfg configs/demo/singer.yaml          # = python tools/train.py --cfg ...
     mdistiller-lineval transfer RUN_DIR --dataset toy_scenes  # = python tools/lineval/transfer.py RUN_DIR ...
     mdistiller-lineval table RUN_A RUN_B                      # = python tools/lineval/table.py RUN_A RUN_B
     mdistiller-analyze artifacts --model dinov2_small_imgfocus
     mdistiller-export RUN_DIR --checkpoint last --out student.safetensors  # = python tools/export.py ...
+    mdistiller-sync RUN_DIR --dry-run                         # = python tools/sync.py RUN_DIR --dry-run
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-__all__ = ["train", "lineval", "analyze", "export", "LINEVAL_COMMANDS"]
+__all__ = ["train", "lineval", "analyze", "export", "sync", "LINEVAL_COMMANDS"]
 
 LINEVAL_COMMANDS = ("imagenet", "ade20k", "nyud", "transfer", "table")
 
@@ -32,6 +33,13 @@ def export(argv: list[str] | None = None) -> int:
     from mdistiller.engine.export import main
 
     return main(sys.argv[1:] if argv is None else argv, prog="mdistiller-export")
+
+
+def sync(argv: list[str] | None = None) -> int:
+    """``mdistiller-sync RUN_DIR``: :func:`mdistiller.engine.wandb_sync.main` (every offline segment, in order)."""
+    from mdistiller.engine.wandb_sync import main
+
+    return main(sys.argv[1:] if argv is None else argv, prog="mdistiller-sync")
 
 
 def lineval(argv: list[str] | None = None) -> int:

@@ -172,15 +172,19 @@ _C.LOG.AGREEMENT_EVERY_STEPS = 0  # teacher-student feature agreement on the hel
 # per-term gradient norms (‖∇ λ·L_term‖ on each parameter group: student, adapters) every N steps (0 → off); costs one
 # extra backward per loss term on those steps only
 _C.LOG.GRAD_TERMS_EVERY_STEPS = 50
-# wandb: off by default, offline unless WANDB_MODE says otherwise; the run id is kept in RUN_DIR/wandb_run.json so a
-# resumed run, `tools/lineval/*.py --wandb` and `tools/analyze.py --wandb` continue the same wandb run
+# wandb: off by default, offline unless WANDB_MODE says otherwise; the run id and group are kept in
+# RUN_DIR/wandb_run.json so a resumed run continues the same wandb run, and `tools/lineval/*.py --wandb` /
+# `tools/analyze.py --wandb` log runs of their own in its group; `mdistiller-sync RUN_DIR` uploads every segment
 _C.LOG.WANDB = False
 # feature-map figures (norm / PCA / similarity maps of teacher, refined teacher and student on held-out toy scenes, as
-# `tools/analyze.py figures`) logged to wandb at the end of the run (LOG.WANDB only) and every N steps (0 → end only)
+# `tools/analyze.py figures`) logged to wandb and TensorBoard (whichever is on) at the end of the run and every N steps
+# (0 → end only)
 _C.LOG.WANDB_FIGURES = True
 _C.LOG.WANDB_FIGURES_EVERY_STEPS = 0
 _C.LOG.TENSORBOARD = False
-_C.LOG.PROGRESS = True  # rank-0 tqdm bar; False: a plain line every LOG.FREQ steps (always also in RUN_DIR/train.log)
+# rank-0 tqdm bar, drawn only when stderr is a terminal; otherwise (a pipe, a log file) or with False: a plain line
+# every LOG.FREQ steps (always also in RUN_DIR/train.log)
+_C.LOG.PROGRESS = True
 
 
 def configs_dir() -> Path:

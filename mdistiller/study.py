@@ -241,32 +241,30 @@ def render_tables(summary: dict[str, Any], probes: Sequence[tuple[str, bool]], m
 
 def figure(summary: dict[str, Any], probes: Sequence[tuple[str, bool]], methods: Sequence[str], path: Path,
            title: str) -> Path:
-    """One panel per probe: mean ± std over seeds per method, clean vs emulated-artifact teacher."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """One panel per probe: mean ± std over seeds per method, clean vs emulated-artifact teacher (the analysis
+    figures' type sizes and resolution, :mod:`mdistiller.analysis.viz`)."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(probes), figsize=(3.3 * len(probes), 3.4), squeeze=False)
-    width = 0.38
-    for ax, (p, higher) in zip(axes[0], probes):
-        for k, (art, color) in enumerate(((False, "#4c72b0"), (True, "#dd8452"))):
-            xs, ms, ss = [], [], []
-            for i, m in enumerate(methods):
-                cell = summary["cells"].get((m, art), {}).get(p)
-                if cell:
-                    xs.append(i + (k - 0.5) * width)
-                    ms.append(cell[0])
-                    ss.append(cell[1])
-            ax.bar(xs, ms, width, yerr=ss, color=color, capsize=2,
-                   label="emulated artifacts" if art else "clean teacher")
-        ax.set_xticks(range(len(methods)))
-        ax.set_xticklabels([m.replace("singer_", "S-") for m in methods], rotation=35, ha="right", fontsize=8)
-        ax.set_title(f"{p} {'↑' if higher else '↓'}", fontsize=9)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    from mdistiller.analysis.viz import save_figure, style
+
+    with style():
+        fig, axes = plt.subplots(1, len(probes), figsize=(3.3 * len(probes), 3.4), squeeze=False)
+        width = 0.38
+        for ax, (p, higher) in zip(axes[0], probes):
+            for k, (art, color) in enumerate(((False, "#4c72b0"), (True, "#dd8452"))):
+                xs, ms, ss = [], [], []
+                for i, m in enumerate(methods):
+                    cell = summary["cells"].get((m, art), {}).get(p)
+                    if cell:
+                        xs.append(i + (k - 0.5) * width)
+                        ms.append(cell[0])
+                        ss.append(cell[1])
+                ax.bar(xs, ms, width, yerr=ss, color=color, capsize=2,
+                       label="emulated artifacts" if art else "clean teacher")
+            ax.set_xticks(range(len(methods)))
+            ax.set_xticklabels([m.replace("singer_", "S-") for m in methods], rotation=35, ha="right")
+            ax.set_title(f"{p} {'↑' if higher else '↓'}")
+        axes[0][0].legend()
+        fig.suptitle(title)
+        fig.tight_layout()
+        return save_figure(fig, path)

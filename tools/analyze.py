@@ -29,7 +29,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--wandb", action="store_true",
-                   help="also log the report and its figures into the (first) run directory's wandb training run")
+                   help="also log the report and its figures to wandb (a run of its own in the group of the (first) "
+                        "run directory's training run, job type analysis) and the figures to its TensorBoard")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

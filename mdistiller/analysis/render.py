@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from mdistiller.engine.console import format_table
 from mdistiller.models.emulated import ArtifactImplant
 
 EMULATED_LABEL = ArtifactImplant.label  # "emulated artifacts"
+__all__ = ["EMULATED_LABEL", "format_table", "header", "save_report", "to_jsonable"]
+
 
 def to_jsonable(obj: Any) -> Any:
     """Drop ``_``-prefixed keys, turn tensors/numpy scalars into Python numbers and non-finite floats into None."""
@@ -29,26 +32,6 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     return obj
-
-
-def _fmt(v: Any, spec: str) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "-"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if spec == "s" or not isinstance(v, int | float):
-        return str(v)
-    return format(v, spec)
-
-
-def format_table(rows: Sequence[Mapping[str, Any]], cols: Sequence[tuple[str, str, str]]) -> str:
-    """Fixed-width text table; ``cols`` are ``(key, header, format spec)``."""
-    cells = [[_fmt(row.get(k), spec) for k, _, spec in cols] for row in rows]
-    widths = [max([len(h), *(len(c[i]) for c in cells)]) for i, (_, h, _) in enumerate(cols)]
-    line = "  ".join(h.rjust(wd) for (_, h, _), wd in zip(cols, widths))
-    out = [line, "-" * len(line)]
-    out += ["  ".join(c.rjust(wd) for c, wd in zip(cell, widths)) for cell in cells]
-    return "\n".join(out)
 
 
 def header(report: Mapping[str, Any], title: str) -> str:

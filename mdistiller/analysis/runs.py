@@ -29,6 +29,17 @@ def load_run_seeded(run_dir: str | Path):
         set_rng_state(saved)
 
 
+def checkpoint_step(run_dir: str | Path) -> int | None:
+    """The optimizer step of ``RUN_DIR/checkpoints/last.pth`` (the weights :func:`load_run_seeded` loads), read
+    memory-mapped so no tensor data is loaded; None when the file or its step cannot be read."""
+    try:
+        state = torch.load(Path(run_dir) / "checkpoints" / "last.pth", map_location="cpu", mmap=True,
+                           weights_only=True)
+        return int(state["step"])
+    except Exception:  # noqa: BLE001 - a label only; load_run_seeded reports a bad checkpoint itself
+        return None
+
+
 def run_name(cfg, run_dir: str | Path) -> str:
     return str(cfg.EXPERIMENT.NAME or Path(run_dir).name)
 

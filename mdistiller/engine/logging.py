@@ -1,7 +1,11 @@
 """Run-directory logging: ``metrics.jsonl`` and ``train.log`` always, TensorBoard and wandb when asked for, plus run
 provenance. Everything :meth:`MetricsWriter.log` writes to ``metrics.jsonl`` (per-term losses, lr, grad norms,
 images/s, memory, ``grad/<term>/<group>``, ``agree/...``, SiNGER's ``refine/...`` statistics) also goes to
-TensorBoard and wandb as scalars.
+TensorBoard and wandb as scalars, and :meth:`MetricsWriter.images` sends figures to both.
+
+A resumed run logs into the same wandb run, as a new offline segment; steps an earlier segment already holds
+(replayed after a kill between a log line and its checkpoint) are not sent to wandb again, so across the segments
+every step is one history row (see :func:`mdistiller.engine.dashboards.last_logged_step`).
 
 Only the main process writes; on other ranks every call is a no-op, so the trainer can call them unconditionally.
 """
@@ -28,7 +32,7 @@ import torch
 
 from mdistiller.engine.checkpoint import atomic_write_text
 
-__all__ = ["MetricsWriter", "git_revision", "read_metrics", "truncate_metrics", "write_run_info"]
+__all__ = ["MetricsWriter", "add_png_images", "git_revision", "read_metrics", "truncate_metrics", "write_run_info"]
 
 
 def _plain(v: Any) -> Any:
@@ -81,6 +85,7 @@ class MetricsWriter:
         self._file = None
         self._tb: Any = None
         self._wandb: Any = None
+        self._wandb_floor: int | None = None  # steps up to this one are in an earlier offline segment already
         self._hparams = dict(wandb_config or {})
         if not self.is_main:
             return
@@ -99,8 +104,10 @@ class MetricsWriter:
     def _init_wandb(
         self, project: str | None, name: str | None, tags: Sequence[str] | None, config: Mapping[str, Any] | None
     ) -> None:
-        from mdistiller.engine.dashboards import init_run
+        from mdistiller.engine.dashboards import init_run, last_logged_step, stored_run
 
+        stored = stored_run(self.run_dir)
+        self._wandb_floor = last_logged_step(self.run_dir, stored["id"]) if stored else None
         self._wandb = init_run(self.run_dir, project=project or "mdistiller", name=name or self.run_dir.name,
                                config=config, tags=list(tags) if tags else None)
 
@@ -109,9 +116,18 @@ class MetricsWriter:
         """The open wandb run (None when wandb is off)."""
         return self._wandb
 
+    @property
+    def takes_images(self) -> bool:
+        """Whether :meth:`images` sends figures anywhere (wandb or TensorBoard is on)."""
+        return self._wandb is not None or self._tb is not None
+
+    def _wandb_step(self, step: int | None) -> bool:
+        """Whether a row at ``step`` goes to wandb: not when an earlier offline segment of the run holds it."""
+        return self._wandb is not None and (step is None or self._wandb_floor is None or step > self._wandb_floor)
+
     def summary(self, values: Mapping[str, Any]) -> None:
         """End-of-run values: the wandb run summary, and TensorBoard's hyper-parameters view (the scalar config
-        keys against these numbers)."""
+        keys against these numbers, under the same names, e.g. ``final/loss``)."""
         if not self.is_main:
             return
         plain = {str(k): _plain(v) for k, v in values.items()}
@@ -121,7 +137,7 @@ class MetricsWriter:
                 self._wandb.summary[k] = v
         if self._tb is not None and numbers:
             hp = {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in self._hparams.items()}
-            self._tb.add_hparams(hp, {f"final/{k}": v for k, v in numbers.items()}, run_name="hparams")
+            self._tb.add_hparams(hp, numbers, run_name="hparams")
 
     def log(self, metrics: Mapping[str, Any], step: int | None = None, **extra: Any) -> None:
         """Write ``{"step": step, "time": unix_time, **metrics, **extra}`` as one line and flush it."""
@@ -142,16 +158,21 @@ class MetricsWriter:
         if self._tb is not None:
             for k, v in scalars.items():
                 self._tb.add_scalar(k, v, global_step=step)
-        if self._wandb is not None:
+        if self._wandb_step(step):
             self._wandb.log(scalars, step=step)
 
     def images(self, paths: Mapping[str, Any], step: int | None = None) -> None:
-        """Log PNG files (``{key: path}``) to wandb as images (nothing when wandb is off)."""
-        if not self.is_main or self._wandb is None or not paths:
+        """Log PNG files (``{key: path}``) as images: ``wandb.Image`` into the wandb run, ``add_image`` into
+        TensorBoard (its IMAGES tab); nothing when both are off."""
+        if not self.is_main or not paths:
             return
-        import wandb
+        if self._tb is not None:
+            add_png_images(self._tb, paths, step)
+            self._tb.flush()
+        if self._wandb_step(step):
+            import wandb
 
-        self._wandb.log({k: wandb.Image(str(p)) for k, p in paths.items()}, step=step)
+            self._wandb.log({k: wandb.Image(str(p)) for k, p in paths.items()}, step=step)
 
     def close(self) -> None:
         """Flush and close every backend (safe to call twice)."""
@@ -170,6 +191,16 @@ class MetricsWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def add_png_images(writer: Any, paths: Mapping[str, Any], step: int | None) -> None:
+    """PNG files (``{tag: path}``) into a TensorBoard ``SummaryWriter`` as RGB images (its IMAGES tab)."""
+    import numpy as np
+    from PIL import Image
+
+    for tag, path in paths.items():
+        with Image.open(path) as im:
+            writer.add_image(tag, np.asarray(im.convert("RGB")), global_step=step, dataformats="HWC")
 
 
 def git_revision(repo_dir: str | os.PathLike[str] | None = None) -> str | None:

@@ -17,6 +17,7 @@ from mdistiller.distillers import Distiller, build_distiller
 from mdistiller.hooks import get_hook
 
 from . import checkpoint as ckpt
+from .console import ImageRate, format_count, key_value_block, layer_tables, progress_bar_allowed, wrap_items
 from .data import DeviceDecodedBatches, build_train_loader
 from .distributed import DistEnv, all_gather_object, barrier, reduce_mean_dict
 from .logging import MetricsWriter, truncate_metrics, write_run_info
@@ -330,9 +331,10 @@ class Trainer:
                 print(text, flush=True)
 
     def _log_figures(self, log: MetricsWriter) -> None:
-        """Feature-map figures of the distiller in memory (``tools/analyze.py figures``) into wandb, in eval mode and
-        with the training RNG streams left untouched; a failure only warns (figures must never stop a run)."""
-        if not (self.env.is_main and log.wandb_run is not None and self.cfg.LOG.WANDB_FIGURES):
+        """Feature-map figures of the distiller in memory (``tools/analyze.py figures``, titled with this step) into
+        wandb and TensorBoard, in eval mode and with the training RNG streams left untouched; a failure only warns
+        (figures must never stop a run)."""
+        if not (self.env.is_main and log.takes_images and self.cfg.LOG.WANDB_FIGURES):
             return
         draw = get_hook("run_figures")  # the analysis package's, registered in mdistiller/__init__.py
         if draw is None:
@@ -342,12 +344,12 @@ class Trainer:
         try:
             with torch.random.fork_rng(devices=rng_devices):
                 self.distiller.eval()
-                paths = draw(self.run_dir, self.cfg, self.distiller)
+                paths = draw(self.run_dir, self.cfg, self.distiller, step=self.step)
             log.images({f"figures/{Path(p).stem}": p for p in paths}, step=self.step)
         except Exception as e:  # noqa: BLE001
             import warnings
 
-            warnings.warn(f"feature-map figures for wandb failed at step {self.step} ({e}); training goes on.",
+            warnings.warn(f"feature-map figures for the dashboards failed at step {self.step} ({e}); training goes on.",
                           stacklevel=2)
         finally:
             self.distiller.train(was_training)
@@ -362,27 +364,73 @@ class Trainer:
             return {}
         return {"mem/rss_max_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
-    def _summary_block(self, last: dict[str, Any], wall_s: float, steps_run: int) -> tuple[str, dict[str, Any]]:
-        """The end-of-run block (final losses, agreement, wall time, throughput) and its values."""
+    def _start_block(self, bar: bool) -> str:
+        """The start-of-run block (as timm's ``train.py`` prints it): models and parameter counts, layers, data,
+        batch, steps, optimizer, precision, devices and the run directory."""
+        cfg, env, d, s = self.cfg, self.env, self.distiller, self.cfg.SOLVER
+        trainable: dict[str, int] = {}
+        for name, p in d.trainable_parameters():
+            trainable[name.split(".")[0]] = trainable.get(name.split(".")[0], 0) + p.numel()
+        teacher = sum(p.numel() for p in d.teacher.parameters()) if d.teacher is not None else 0
+        frozen_student = sum(p.numel() for p in d.student.parameters() if not p.requires_grad)
+        student = sum(p.numel() for p in d.student.parameters())
+        n_train = sum(trainable.values())
+        amp = s.AMP.lower()
+        precision = {"bf16": "bf16 autocast", "fp16": "fp16 autocast with loss scaling"}.get(amp, "fp32 (no autocast)")
+        device = env.device.type
+        if device == "cuda":
+            device += f" ({torch.cuda.get_device_name(env.device)})"
+        ckpts = f", checkpoint every {cfg.LOG.CKPT_EVERY_STEPS}" if cfg.LOG.CKPT_EVERY_STEPS else ""
+        rows: list[tuple[str, str | list[str]]] = [
+            ("run directory", f"{self.run_dir} ({f'resuming at step {self.step}' if self.step else 'new run'})"),
+            ("teacher", f"{cfg.DISTILLER.TEACHER}: {format_count(teacher)} parameters, frozen"
+                        if d.teacher is not None else "none"),
+            ("student", f"{cfg.DISTILLER.STUDENT}: {format_count(student)} parameters"
+                        + (f" ({format_count(frozen_student)} unused by the loss, frozen)" if frozen_student else "")),
+            ("trainable", f"{format_count(n_train)} = " + " + ".join(f"{k} {format_count(v)}"
+                                                                    for k, v in trainable.items())),
+            ("frozen", f"{format_count(teacher + frozen_student)}"),
+            ("layers", f"{cfg.DISTILLER.TYPE}: " + (", ".join(f"teacher {t} → student {u}" for t, u in d.plan.pairs())
+                                                    if d.teacher is not None else
+                                                    f"student block {d.plan.student[-1]}, no teacher")),
+            ("data", f"{cfg.DATASET.TYPE}, {self.sampler.dataset_len} images at {cfg.DATASET.INPUT_SIZE} px, "
+                     f"{cfg.DATASET.NUM_WORKERS} loader workers per rank"),
+            ("batch", f"{self.batch} per rank × {env.world_size} = {self.batch * env.world_size} global"),
+            ("steps", f"{self.total_steps} ({self.steps_per_epoch} per epoch, {self.epochs} epoch(s)); log every "
+                      f"{cfg.LOG.FREQ}{ckpts}"),
+            ("optimizer", f"{s.TYPE}, lr {s.LR:g} ({s.SCHEDULE}), weight decay {s.WEIGHT_DECAY:g}, gradient clip "
+                          f"{s.GRAD_CLIP:g}"),
+            ("precision", precision + (", torch.compile" if s.COMPILE else "")),
+            ("devices", f"{env.world_size} × {device} (world size {env.world_size})"),
+            ("console", "progress bar" if bar else f"a plain line every {cfg.LOG.FREQ} steps"),
+        ]
+        return key_value_block(f"{cfg.DISTILLER.TYPE} {cfg.DISTILLER.TEACHER} → {cfg.DISTILLER.STUDENT}", rows)
+
+    def _summary_block(self, last: dict[str, Any], wall_s: float, steps_run: int,
+                       img_s: float) -> tuple[str, dict[str, Any]]:
+        """The end-of-run block (final losses, agreement tables, wall time, throughput, memory, files) and its
+        values; ``img_s`` is the session's images per second (:class:`~mdistiller.engine.console.ImageRate`)."""
         cfg = self.cfg
-        images = steps_run * self.batch * self.env.world_size
-        values: dict[str, Any] = {"final_step": self.step, "wall_s": round(wall_s, 2),
-                                  "img_per_s_mean": images / max(wall_s, 1e-9)}
+        values: dict[str, Any] = {"final_step": self.step, "wall_s": round(wall_s, 2), "img_per_s": img_s}
         values |= {f"final/{k}": v for k, v in last.items() if k.startswith("loss") or k.startswith("agree/")}
         values |= self._memory()
-        losses = " ".join(f"{k.removeprefix('final/')} {v:.4g}" for k, v in values.items()
-                          if k.startswith("final/loss"))
-        agree = " ".join(f"{k.removeprefix('final/agree/')} {v:.4g}" for k, v in values.items()
-                         if k.startswith("final/agree/"))
-        mem = " ".join(f"{k.removeprefix('mem/')} {v:.2f}" for k, v in values.items() if k.startswith("mem/"))
-        lines = [f"== {cfg.DISTILLER.TYPE} {cfg.DISTILLER.TEACHER} → {cfg.DISTILLER.STUDENT}: done, step "
-                 f"{self.step}/{self.total_steps} ==",
-                 f"   final losses: {losses or '-'}",
-                 f"   agreement (held-out batch): {agree or '-'}",
-                 f"   wall time {wall_s:.1f} s for {steps_run} steps this session, {values['img_per_s_mean']:.1f} "
-                 f"img/s (world size {self.env.world_size}){'; ' + mem if mem else ''}",
-                 f"   student: {self.run_dir / 'student.safetensors'}; curves: {self.run_dir / 'metrics.jsonl'}"]
-        return "\n".join(lines), values
+        losses = [f"{k.removeprefix('final/')} {v:.4g}" for k, v in values.items() if k.startswith("final/loss")]
+        agree = {k.removeprefix("final/agree/"): v for k, v in values.items() if k.startswith("final/agree/")}
+        mem = [f"{k.removeprefix('mem/')} {v:.2f}" for k, v in values.items() if k.startswith("mem/")]
+        rows: list[tuple[str, str | list[str]]] = [
+            ("final losses", wrap_items(losses, width=90) or ["-"]),
+            ("agreement", (layer_tables(agree, {"": "held-out batch", "refine": "refinement (held-out batch)"},
+                                         indent="") if agree else ["-"])),
+            ("wall time", f"{wall_s:.1f} s for {steps_run} steps this session (start-up and export included)"),
+            ("throughput", f"{img_s:.1f} img/s (all ranks, over the training loop: the log lines' img/s weighted by "
+                            "their duration)"),
+            ("memory", " ".join(mem) or "-"),
+            ("student", str(self.run_dir / "student.safetensors")),
+            ("curves", f"{self.run_dir / 'metrics.jsonl'}, {self.run_dir / 'train.log'}"),
+        ]
+        title = (f"{cfg.DISTILLER.TYPE} {cfg.DISTILLER.TEACHER} → {cfg.DISTILLER.STUDENT}: done, step "
+                 f"{self.step}/{self.total_steps}")
+        return key_value_block(title, rows), values
 
     def fit(self, resume: str | Path | None = None) -> dict[str, Any]:
         """Train to ``total_steps``; returns the last logged metrics. A SIGINT/SIGTERM writes a checkpoint and
@@ -407,19 +455,19 @@ class Trainer:
                             wandb_tags=[t for t in cfg.EXPERIMENT.TAG.split(",") if t], wandb_config=hparams)
         previous_handlers = self._install_signal_handlers()
         fit_t0, first_step = time.perf_counter(), self.step
-        self._say(f"[mdistiller] {cfg.DISTILLER.TYPE} {cfg.DISTILLER.TEACHER} → {cfg.DISTILLER.STUDENT}: step "
-                  f"{self.step}/{self.total_steps}, {self.steps_per_epoch} steps/epoch, global batch "
-                  f"{self.batch * env.world_size}, world size {env.world_size}", console=False)
+        show_bar = env.is_main and progress_bar_allowed(cfg.LOG.PROGRESS)  # a terminal only: no \r in log files
+        if env.is_main:
+            self._say(self._start_block(show_bar))
         bar = None
-        if env.is_main and cfg.LOG.PROGRESS:
+        if show_bar:
             from tqdm import tqdm
 
-            bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{cfg.DISTILLER.TYPE}", dynamic_ncols=True)
+            bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{cfg.DISTILLER.TYPE}", dynamic_ncols=True,
+                       bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
         last: dict[str, Any] = {}
         window: list[dict[str, float]] = []
         epoch_steps: list[dict[str, float]] = []
-        epoch_t0 = time.perf_counter()
-        t0, seen = time.perf_counter(), 0
+        rate = ImageRate()  # the one img/s: images of all ranks per second of the loop's wall time
         agree_every = cfg.LOG.AGREEMENT_EVERY_STEPS or self.steps_per_epoch
         ckpt_every = cfg.LOG.CKPT_EVERY_STEPS
         try:
@@ -435,21 +483,21 @@ class Trainer:
                     if self.grad_terms:
                         log.log(self.grad_terms, step=self.step, epoch=epoch)
                         last.update(self.grad_terms)
-                    seen += images.shape[0] * env.world_size
+                    rate.add(images.shape[0] * env.world_size)
                     done_epoch = self.step % self.steps_per_epoch == 0
                     if self.step % cfg.LOG.FREQ == 0 or done_epoch or self.step == self.total_steps:
-                        last = self._log(log, window, epoch, seen / max(time.perf_counter() - t0, 1e-9), bar) | {
+                        last = self._log(log, window, epoch, rate.window(), bar) | {
                             k: v for k, v in last.items() if k.startswith(("agree/", "grad/"))}
-                        window, t0, seen = [], time.perf_counter(), 0
+                        window = []
                     if self.step % agree_every == 0 or self.step == self.total_steps:
                         agr = self.agreement()
                         if agr:
                             log.log(agr, step=self.step, epoch=epoch)
                             last.update(agr)
                     if done_epoch or self.step == self.total_steps:  # one summary record per (partial) epoch
-                        summary = self._epoch_summary(epoch_steps, epoch, time.perf_counter() - epoch_t0)
+                        summary = self._epoch_summary(epoch_steps, epoch, rate.epoch())
                         log.log(summary, step=self.step)
-                        epoch_steps, epoch_t0 = [], time.perf_counter()
+                        epoch_steps = []
                     if (ckpt_every and self.step % ckpt_every == 0) or done_epoch or self.step == self.total_steps:
                         self.save()
                     fig_every = cfg.LOG.WANDB_FIGURES_EVERY_STEPS
@@ -474,7 +522,7 @@ class Trainer:
                 bar.close()
                 bar = None
             self._log_figures(log)
-            block, values = self._summary_block(last, time.perf_counter() - fit_t0, self.step - first_step)
+            block, values = self._summary_block(last, time.perf_counter() - fit_t0, self.step - first_step, rate.rate)
             self._say(block)
             log.summary(values)
             return last
@@ -484,16 +532,18 @@ class Trainer:
             log.close()
             self._restore_signal_handlers(previous_handlers)
 
-    def _epoch_summary(self, steps: list[dict[str, float]], epoch: int, seconds: float) -> dict[str, Any]:
-        """``{"epoch_end": e, "epoch/<term>": mean over the epoch's steps (all ranks), ...}``."""
+    def _epoch_summary(self, steps: list[dict[str, float]], epoch: int, img_s: float) -> dict[str, Any]:
+        """``{"epoch_end": e, "epoch/<term>": mean over the epoch's steps (all ranks), ..., "epoch/img_per_s"}``
+        (``img_s``: :meth:`ImageRate.epoch <mdistiller.engine.console.ImageRate.epoch>`)."""
         keys = sorted({k for m in steps for k in m})
         means = reduce_mean_dict({k: sum(m.get(k, 0.0) for m in steps) / max(len(steps), 1) for k in keys},
                                  len(steps))
-        img_s = len(steps) * self.batch * self.env.world_size / max(seconds, 1e-9)
         return {"epoch_end": epoch, "steps": len(steps), **{f"epoch/{k}": v for k, v in means.items()},
                 "epoch/img_per_s": img_s}
 
     def _log(self, log: MetricsWriter, window: list[dict[str, float]], epoch: int, img_s: float, bar) -> dict:
+        """One record of the window's mean metrics (all ranks) to the writer, the bar's postfix and a plain line;
+        ``img_s`` is the window's :meth:`ImageRate.window <mdistiller.engine.console.ImageRate.window>`."""
         keys = sorted({k for m in window for k in m})
         means = {k: sum(m.get(k, 0.0) for m in window) / len(window) for k in keys}
         means = reduce_mean_dict(means, len(window))

@@ -125,8 +125,8 @@ def build_parser(command: str, prog: str | None = None) -> argparse.ArgumentPars
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars for feature extraction (default: on when stderr is a terminal)")
     g.add_argument("--wandb", action="store_true",
-                   help="also log the result into the training run's wandb run (RUN_DIR/wandb_run.json, resumed by "
-                        "its id), so one run page holds the training curves and this Table-1 cell")
+                   help="also log the result to wandb: a run of its own in the training run's group "
+                        "(RUN_DIR/wandb_run.json), job type eval, the metrics as summary entries")
     if kind in ("seg", "depth"):
         g = p.add_argument_group("dense heads")
         g.add_argument("--loss-size", type=int, default=None,
@@ -355,8 +355,9 @@ def run_command(command: str, args: argparse.Namespace) -> int:
 
 
 def log_result_to_wandb(run_dir: str, result: dict[str, Any], online: bool = False) -> bool:
-    """Log a probe result into the wandb run of the training run ``run_dir``: ``lineval/<task>/<metric>`` scalars
-    and the summary entry ``lineval/<task>[.online]`` that ``tools/lineval/table.py --wandb`` reads."""
+    """Log a probe result beside the wandb run of the training run ``run_dir`` (a run of its own in its group,
+    ``job_type`` eval): the summary entries ``lineval/<task>/<metric>`` and ``lineval/<task>[.online]``, which
+    ``tools/lineval/table.py --wandb`` reads."""
     from mdistiller.engine.dashboards import log_to_run
 
     if not Path(run_dir).is_dir():
@@ -371,7 +372,7 @@ def log_result_to_wandb(run_dir: str, result: dict[str, Any], online: bool = Fal
                     if isinstance(v, int | float) and not isinstance(v, bool)}
     cell = json.loads(json.dumps({k: result.get(k) for k in ("metrics", "extra_tests", "chosen_lr", "task_kind")}
                                  | {"protocol": result["protocol"]["name"]}, default=_json_default))
-    return log_to_run(run_dir, scalars, summary={f"lineval/{task}": cell}, job_type="lineval")
+    return log_to_run(run_dir, scalars, summary={f"lineval/{task}": cell}, job_type="eval", label=f"lineval/{task}")
 
 
 def _json_default(obj: Any) -> Any:

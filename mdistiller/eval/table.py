@@ -136,28 +136,26 @@ def _fill(row: Row, load: Callable[[str], tuple[dict[str, Any] | None, str]], co
 
 
 def wandb_summaries(source: str) -> list[tuple[str, dict[str, Any]]]:
-    """``[(run name, summary)]`` of the wandb runs in ``source``: a folder holding offline runs (``RUN_DIR`` or its
-    ``wandb/`` folder, searched recursively; runs sharing an id are merged in time order) or an ``entity/project``
-    read through the wandb API (needs a network and a login)."""
+    """``[(run name, summary)]`` per training run in ``source``, its probes' results included: a folder holding offline
+    runs (``RUN_DIR`` or its ``wandb/`` folder, searched recursively; the segments of a run and the probe runs of its
+    wandb group are merged in time order) or an ``entity/project`` read through the wandb API (needs a network and
+    a login; runs merged by group the same way)."""
     p = Path(source).expanduser()
     if p.is_dir():
-        from mdistiller.engine.dashboards import offline_runs, read_offline_run
+        from mdistiller.engine.dashboards import group_summaries
 
-        out = []
-        for run_id, folders in offline_runs(p).items():
-            summary: dict[str, Any] = {}
-            name = None
-            for f in folders:
-                run = read_offline_run(f)
-                summary.update(run["summary"])
-                name = name or run["name"]
-            out.append((str(name or run_id), summary))
+        out = group_summaries(p)
         if not out:
             raise FileNotFoundError(f"no offline wandb runs under '{p}'; train with LOG.WANDB True first.")
         return out
     import wandb
 
-    return [(r.name, dict(r.summary)) for r in wandb.Api().runs(source)]
+    groups: dict[str, tuple[str, dict[str, Any]]] = {}
+    for r in sorted(wandb.Api().runs(source), key=lambda r: str(r.created_at)):
+        name, summary = groups.get(r.group or r.id, (r.name, {}))
+        summary.update(dict(r.summary))
+        groups[r.group or r.id] = (r.name if r.job_type in (None, "", "train") else name, summary)
+    return list(groups.values())
 
 
 def collect_wandb(source: str, protocol: str = "auto",

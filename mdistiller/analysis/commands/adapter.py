@@ -119,16 +119,16 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
             ax.scatter(i + jitter, out, s=9, c=out / np.median(vals), cmap=cmap, norm=ratio_norm, zorder=3)
     sm = plt.cm.ScalarMappable(cmap=cmap, norm=ratio_norm)
     cb = plt.colorbar(sm, ax=ax, pad=0.01)
-    cb.set_label("outlier norm / median of its box", fontsize=8)
+    cb.set_label("outlier norm / median of its box")
     ax.set_xticks(range(1, len(names) + 1), names)
     ax.set_ylabel("patch norm ‖F_i‖")
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-    ax.tick_params(axis="y", which="minor", labelsize=7)
+    ax.tick_params(axis="y", which="minor", labelsize="small")
     ax.grid(alpha=0.3, axis="y", which="both")
     title = f"{report['run_name']}: patch norms before (F) / after (F̂) the adapter (Figure 6 style)"
-    ax.set_title(figure_title(title, emu), fontsize=9)
+    ax.set_title(figure_title(title, emu))
     fig.tight_layout()
     paths.append(save_figure(fig, out_dir / "adapter_norms.png"))
 
@@ -140,18 +140,18 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     ax.bar(x - 0.2, [r["E_safe"] for r in rows], 0.4, label="E_safe (null basis)", color="tab:green")
     ax.bar(x + 0.2, [r["E_prob"] for r in rows], 0.4, label="E_prob (principal basis)", color="tab:red")
     ax.axhline(rows[0]["random_reference"], color="k", ls=":", label="random ≈ sqrt(r/d)")
-    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_xticks(x, labels)
     ax.set_ylim(0, 1.3)
     ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_ylabel("alignment (eq. 13)")
-    ax.legend(fontsize=7, ncol=3, loc="upper center")
-    ax.set_title("adapter alignment with W̃ of the next block (1 / 0 at init)", fontsize=9)
+    ax.legend(ncol=3, loc="upper center")
+    ax.set_title("adapter alignment with W̃ of the next block (1 / 0 at init)")
     ax = axes[1]
     cos: dict[str, torch.Tensor] = report["_cos"]
     ax.boxplot([v.numpy() for v in cos.values()], widths=0.5)
-    ax.set_xticks(range(1, len(cos) + 1), list(cos), fontsize=8)
+    ax.set_xticks(range(1, len(cos) + 1), list(cos))
     ax.set_ylabel("per-image mean patch cosine")
-    ax.set_title("information preservation (Table 3)", fontsize=9)
+    ax.set_title("information preservation (Table 3)")
     ax.grid(alpha=0.3, axis="y")
     title = f"{report['run_name']}: SiNGER adapters ({report['num_images']} held-out images)"
     paths.append(finish_figure(fig, title, emu, out_dir / "adapter_alignment.png"))
@@ -161,25 +161,34 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     return paths
 
 
+#: legend labels of the refinement curves (``agree/refine/L<l>/<stat>``), ``l`` the layer and ``n`` = l + 1
+REFINEMENT_LABELS = {
+    "ratio_after_max": "layer {l}: worst outlier ‖F̂‖ / α-quantile",
+    "cos_inlier": "layer {l}: inlier cos(F̂, F)",
+    "cos_next": "layer {l}: inlier cos after block {n}",
+}
+
+
 def plot_refinement_curve(curve: list[dict[str, Any]], run_name: str, emu: bool, path: Path) -> Path:
     """Outlier ratio after refinement (left) and inlier cosines (right) per layer over the logged training steps."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    layers = sorted({k.split("/")[0] for row in curve for k in row if k.startswith("L")})
+    layers = sorted({k.split("/")[0] for row in curve for k in row if k.startswith("L")}, key=lambda s: int(s[1:]))
     for layer in layers:
         steps = [r["step"] for r in curve if f"{layer}/cos_inlier" in r]
+        block = int(layer[1:])
         for key, ax, style in (("ratio_after_max", axes[0], "-"), ("cos_inlier", axes[1], "-"),
                                ("cos_next", axes[1], "--")):
             vals = [r.get(f"{layer}/{key}") for r in curve if f"{layer}/cos_inlier" in r]
             if any(v is not None for v in vals):
-                ax.plot(steps, vals, style, marker="o", ms=3, label=f"{layer} {key}")
-    axes[0].axhline(ACCEPT_MAX_RATIO, color="k", ls=":", label="acceptance")
+                ax.plot(steps, vals, style, marker="o", ms=3, label=REFINEMENT_LABELS[key].format(l=block, n=block + 1))
+    axes[0].axhline(ACCEPT_MAX_RATIO, color="k", ls=":", label=f"acceptance (≤ {ACCEPT_MAX_RATIO:g})")
     axes[0].set_ylabel("worst outlier ‖F̂‖ / α-quantile")
-    axes[1].axhline(ACCEPT_MIN_COS, color="k", ls=":", label="acceptance")
-    axes[1].set_ylabel("inlier cos(F̂, F)")
+    axes[1].axhline(ACCEPT_MIN_COS, color="k", ls=":", label=f"acceptance (≥ {ACCEPT_MIN_COS:g})")
+    axes[1].set_ylabel("inlier cosine to the teacher")
     for ax in axes:
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend()
     return finish_figure(fig, f"{run_name}: refinement over training (held-out batch)", emu, path)
 
 

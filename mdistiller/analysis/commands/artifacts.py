@@ -113,18 +113,24 @@ def plot(report: Mapping[str, Any], out_dir: str | Path, max_images: int = 4) ->
     axes[0].set_ylabel("patch norm (log)")
     axes[0].set_yscale("log")
     axes[0].yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-    axes[0].set_title("patch-norm level", fontsize=9)
+    axes[0].yaxis.set_minor_formatter(matplotlib.ticker.LogFormatter(labelOnlyBase=False))  # thins itself
+    axes[0].set_title("patch-norm level")
     axes[1].plot(layers, [r["max_median_ratio"] for r in rows], "o-", color="tab:red")
     axes[1].axhline(rec["thresholds"]["ratio_threshold"], color="k", ls=":", label="rule threshold")
     axes[1].set_ylabel("max / median (mean over images)")
-    axes[1].set_title("outlier strength", fontsize=9)
-    for kk in report["k"]:
-        key = f"share_above_{kk:g}x"
-        axes[2].plot(layers, [max(r[key], 1e-5) for r in rows], "o-", label=f"> {kk:g}x median")
-    axes[2].axhline(rec["thresholds"]["share_threshold"], color="k", ls=":", label="rule threshold")
-    axes[2].set_yscale("log")
-    axes[2].set_ylabel("share of patches")
-    axes[2].set_title("share of high-norm patches (floor 1e-5)", fontsize=9)
+    axes[1].set_title("outlier strength")
+    # shares are 0 or at least one patch in all of them: a log axis above that, linear (with 0 itself) below
+    one_patch = 1.0 / max(1, report["num_images"] * report["grid"][0] * report["grid"][1])
+    shares = {kk: [r[f"share_above_{kk:g}x"] for r in rows] for kk in report["k"]}
+    for i, (kk, vals) in enumerate(shares.items()):  # shrinking markers: curves lying on each other stay visible
+        axes[2].plot(layers, vals, marker="osD^v"[i % 5], ms=max(3.0, 8.0 - 2.0 * i), label=f"> {kk:g}x median")
+    share_threshold = rec["thresholds"]["share_threshold"]
+    axes[2].axhline(share_threshold, color="k", ls=":", label="rule threshold")
+    axes[2].set_yscale("symlog", linthresh=one_patch, linscale=0.6)
+    top = max([share_threshold, *(v for vals in shares.values() for v in vals)])
+    axes[2].set_ylim(0, min(1.0, top * 3))
+    axes[2].set_ylabel("share of patches (0 = none)")
+    axes[2].set_title(f"share of high-norm patches (log above 1 patch in {round(1 / one_patch)})")
     for ax in axes:
         rec_label = "recommended" if rec["artifacts_found"] else "default layers (no artifacts)"
         for i, layer in enumerate(rec["layers"]):
@@ -133,9 +139,8 @@ def plot(report: Mapping[str, Any], out_dir: str | Path, max_images: int = 4) ->
             ax.axvline(implant, color="tab:purple", ls="--", label="implanted")
         ax.set_xlabel("block (0-based)")
         ax.set_xticks(layers)
-        ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend()
     title = (f"{report['model']}: patch-norm artifacts on {report['num_images']} {report['images']} "
              f"images ({report['image_size']} px)")
     paths.append(finish_figure(fig, title, emu, out_dir / "artifacts_trend.png"))
@@ -157,11 +162,10 @@ def plot(report: Mapping[str, Any], out_dir: str | Path, max_images: int = 4) ->
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.axvline(rec["thresholds"]["share_k"], color="tab:red", ls=":", label=f"{rec['thresholds']['share_k']:g}x")
-        ax.set_title(f"block {layer}", fontsize=9)
-        ax.set_xlabel("‖F_i‖ / image median", fontsize=8)
-        ax.tick_params(labelsize=7)
+        ax.set_title(f"block {layer}")
+        ax.set_xlabel("‖F_i‖ / image median")
     axes[0][0].set_ylabel("patches")
-    axes[0][0].legend(fontsize=7)
+    axes[0][0].legend()
     paths.append(finish_figure(fig, f"{report['model']}: patch-norm distributions", emu,
                                out_dir / "artifacts_hist.png"))
 

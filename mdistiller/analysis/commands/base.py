@@ -33,7 +33,11 @@ class Command:
         return self.impl.format_text(report)
 
     def plot(self, report: Mapping[str, Any], out_dir: Path) -> list[Path]:
-        return self.impl.plot(report, out_dir)
+        """The command's figures, drawn in the shared type sizes (:func:`mdistiller.analysis.viz.style`)."""
+        from mdistiller.analysis.viz import style
+
+        with style():
+            return self.impl.plot(report, out_dir)
 
 
 class UsageError(ValueError):

@@ -18,7 +18,7 @@ import torch
 from mdistiller.analysis import viz
 from mdistiller.analysis.inputs import load_toy_images, stamp
 from mdistiller.analysis.render import header
-from mdistiller.analysis.runs import load_run_seeded, run_features, run_name, teacher_emulation
+from mdistiller.analysis.runs import checkpoint_step, load_run_seeded, run_features, run_name, teacher_emulation
 
 
 def _marked_patch(mask: torch.Tensor | None, grid: tuple[int, int], patch: tuple[int, int] | None) -> tuple[int, int]:
@@ -41,13 +41,16 @@ def figures_report(
     image_indices: Sequence[int] = (0,),
     patch: tuple[int, int] | None = None,
     loaded: Mapping[str, tuple[Any, Any]] | None = None,
+    loaded_step: int | None = None,
 ) -> dict[str, Any]:
     """Per-image feature maps of one or more runs on held-out toy scenes (Figure 2, 9, 11, 12).
 
     For every run and image, per distilled layer: ``F^T``, ``F̂^T`` and ``ΔF^T = F̂^T − F^T`` (SiNGER) and the
     student ``F^S``, all patch tokens on the student grid (the maps are drawn by :mod:`viz`: norm, PCA and
     similarity to a marked patch). SiNGER runs also carry ``F_{l+1}``/``F̂_{l+1}`` (Figure 11). ``loaded`` maps a run
-    directory to its ``(cfg, distiller)`` already in memory (the trainer's), which is then used instead of loading it.
+    directory to its ``(cfg, distiller)`` already in memory (the trainer's, at training step ``loaded_step``),
+    which is then used instead of loading it. Each run records which weights it shows (``"weights"``: the step and
+    ``checkpoints/last.pth`` or "in training"), and every figure says it.
     """
     if not run_dirs:
         raise ValueError("figures needs at least one RUN_DIR.")
@@ -56,7 +59,11 @@ def figures_report(
         raise ValueError(f"--image-index must be >= 0, got {min(idx)}.")
     runs, any_emulated = [], False
     for run_dir in run_dirs:
-        cfg, distiller = (loaded or {}).get(str(run_dir)) or load_run_seeded(run_dir)
+        in_memory = (loaded or {}).get(str(run_dir))
+        cfg, distiller = in_memory or load_run_seeded(run_dir)
+        step = loaded_step if in_memory else checkpoint_step(run_dir)
+        weights = (f"step {step if step is not None else '?'} "
+                   + ("(in training)" if in_memory else "(checkpoints/last.pth)"))
         size = int(cfg.DATASET.INPUT_SIZE)
         images, _, masks = load_toy_images(size, max(idx) + 1, with_masks=True)  # type: ignore[misc]
         images, masks = images[idx], masks[idx]
@@ -66,6 +73,7 @@ def figures_report(
         any_emulated |= emulation is not None
         runs.append({
             "run": str(run_dir), "name": run_name(cfg, run_dir), "distiller": cfg.DISTILLER.TYPE,
+            "step": step, "weights": weights,
             "emulated_artifacts": emulation is not None, "grid": list(grid), "layers": list(distiller.plan.teacher),
             "student_layers": list(distiller.plan.student),
             "marked": [list(_marked_patch(masks[j], grid, patch)) for j in range(len(idx))],
@@ -74,13 +82,13 @@ def figures_report(
     return {"command": "figures", **stamp(any_emulated, None), "image_indices": idx, "runs": runs}
 
 
-def run_figures(run_dir: str | Path, cfg: Any, distiller: Any) -> list[Path]:
-    """The feature-map figures of the training run's ``distiller`` in memory (``figures`` on its first held-out
-    scene) written to ``RUN_DIR/analysis/wandb_figures``: the trainer's ``"run_figures"`` hook
-    (``LOG.WANDB_FIGURES``)."""
+def run_figures(run_dir: str | Path, cfg: Any, distiller: Any, step: int | None = None) -> list[Path]:
+    """The feature-map figures of the training run's ``distiller`` in memory at training step ``step``
+    (``figures`` on its first held-out scene) written to ``RUN_DIR/analysis/wandb_figures``: the trainer's
+    ``"run_figures"`` hook (``LOG.WANDB_FIGURES``)."""
     from . import write_figures
 
-    report = figures_report([run_dir], loaded={str(run_dir): (cfg, distiller)})
+    report = figures_report([run_dir], loaded={str(run_dir): (cfg, distiller)}, loaded_step=step)
     return write_figures(report, Path(run_dir) / "analysis" / "wandb_figures")
 
 
@@ -107,7 +115,7 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
                     viz.show_image(ax0, run["_images"][j], f"input (toy val {img_idx})")
                 else:
                     ax0.axis("off")
-                    ax0.text(0.5, 0.5, label, ha="center", va="center", fontsize=10)
+                    ax0.text(0.5, 0.5, label, ha="center", va="center")
                 for c_i, (t, s) in enumerate(zip(run["layers"], run["student_layers"])):
                     f = feats[t]
                     name = f"S{s}" if key == "s" else f"T{t}"
@@ -122,8 +130,9 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
                         viz.show_map(axes[r_i][1 + 2 * c_i], viz.norm_map(x, grid), f"{name} {label} norm",
                                      cmap="inferno")
                     viz.show_map(axes[r_i][2 + 2 * c_i], viz.pca_map(x, grid), f"{name} PCA", colorbar=False)
-            paths.append(viz.finish_figure(fig, f"{run['name']} ({run['distiller']}): feature maps (Figure 9 style)",
-                                 run["emulated_artifacts"], out_dir / f"maps_{run['name']}_img{img_idx}.png"))
+            paths.append(viz.finish_figure(
+                fig, f"{run['name']} ({run['distiller']}) at {run['weights']}: feature maps (Figure 9 style)",
+                run["emulated_artifacts"], out_dir / f"maps_{run['name']}_img{img_idx}.png"))
 
             if singer and any("t_next" in feats[t] for t in run["layers"]):
                 inter = [t for t in run["layers"] if "t_next" in feats[t]]
@@ -138,7 +147,7 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
                     viz.show_map(axes[r_i][2], viz.similarity_map(b, idx, grid, other=a),
                                  f"$\\hat{{F}}_{{{t + 1}}}$ × → $F_{{{t + 1}}}$", cmap="RdBu_r", vmin=-1, vmax=1,
                                  mark=mark)
-                title = f"{run['name']}: cross-similarity after the next block (Figure 11 style)"
+                title = f"{run['name']} at {run['weights']}: cross-similarity after the next block (Figure 11 style)"
                 paths.append(viz.finish_figure(fig, title, run["emulated_artifacts"],
                                                out_dir / f"crosssim_{run['name']}_img{img_idx}.png"))
 
@@ -157,20 +166,23 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
             grid, mark = run["grid"], run["marked"][j]
             idx = mark[0] * grid[1] + mark[1]
             f = run["_feats"][t]
-            viz.show_image(axes[r_i][0], run["_images"][j], f"{run['name']} T{t}/S{s}", mark=mark, grid=grid)
+            viz.show_image(axes[r_i][0], run["_images"][j], f"{run['name']} T{t}/S{s}\nstep {run['step']}", mark=mark,
+                           grid=grid)
             for g_i, (key, label) in enumerate(groups):
                 a1, a2 = axes[r_i][1 + 2 * g_i], axes[r_i][2 + 2 * g_i]
                 if key not in f:
                     for ax in (a1, a2):
                         ax.axis("off")
-                        ax.text(0.5, 0.5, "n/a", ha="center", va="center", fontsize=9)
+                        ax.text(0.5, 0.5, "n/a", ha="center", va="center")
                     continue
                 x = f[key][j]
                 viz.show_map(a1, viz.norm_map(x, grid), f"{label} norm", cmap="inferno", mark=mark)
                 viz.show_map(a2, viz.similarity_map(x, idx, grid), f"{label} sim to ×", cmap="RdBu_r", vmin=-1, vmax=1,
                              mark=mark)
+        shown = ", ".join(f"{run['name']} at {run['weights']}" for run in report["runs"])
         paths.append(viz.finish_figure(fig, f"norm maps and similarity to the ×-marked patch, toy val image {img_idx} "
-                                       "(Figure 2 / 12 style)", emu, out_dir / f"similarity_img{img_idx}.png"))
+                                       f"(Figure 2 / 12 style)\n{shown}", emu,
+                                       out_dir / f"similarity_img{img_idx}.png"))
     return paths
 
 
@@ -178,6 +190,6 @@ def format_text(report: Mapping[str, Any]) -> str:
     lines: list[str] = []
     lines.append(header(report, "Feature-map figures (Figure 2, 9, 11, 12)"))
     for run in report["runs"]:
-        lines.append(f"{run['name']} ({run['distiller']}): layers {run['layers']}, grid "
+        lines.append(f"{run['name']} ({run['distiller']}) at {run['weights']}: layers {run['layers']}, grid "
                      f"{run['grid'][0]}x{run['grid'][1]}, marked patches {run['marked']}")
     return "\n".join(lines)

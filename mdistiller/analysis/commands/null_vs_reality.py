@@ -239,15 +239,14 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
         ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(minor_log_label))
-        ax.tick_params(axis="y", which="minor", labelsize=6)
-        ax.set_xlabel("‖ΔF_i‖ / ‖F_i‖", fontsize=8)
-        ax.set_title(label, fontsize=9)
+        ax.tick_params(axis="y", which="minor", labelsize="small")
+        ax.set_xlabel("‖ΔF_i‖ / ‖F_i‖")
+        ax.set_title(label)
         ax.grid(alpha=0.3, which="both")
-        ax.tick_params(labelsize=7)
     axes[-1].axis("off")
     handles, labels = axes[0].get_legend_handles_labels()
     h2, l2 = axes[2].get_legend_handles_labels()
-    axes[-1].legend(handles + h2[-1:], labels + l2[-1:], loc="center", fontsize=9, title="perturbation basis")
+    axes[-1].legend(handles + h2[-1:], labels + l2[-1:], loc="center", title="perturbation basis")
     return [finish_figure(fig, f"{report['model']}: perturbing F_{report['layer']} along rank-{report['rank']} bases, "
                           f"effect on block {report['next_block']} ({report['num_images']} images)", emu,
                           out_dir / "null_vs_reality.png")]

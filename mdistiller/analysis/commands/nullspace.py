@@ -112,12 +112,11 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
             ax.axvline(row["k_eps"], color="tab:red", lw=1.2, label=f"k_ε = {row['k_eps']} (r_ε = {row['r_eps']})")
         else:
             ax.plot([], [], color="tab:red", lw=1.2, label="k_ε: no σ ≤ ε (r_ε = 0)")
-        ax.set_title(f"W̃ of block {layer} (d = {row['d']})", fontsize=9)
-        ax.set_xlabel("index k", fontsize=8)
-        ax.set_ylabel("singular value σ_k", fontsize=8)
-        ax.legend(fontsize=7, loc="lower left")
+        ax.set_title(f"W̃ of block {layer} (d = {row['d']})")
+        ax.set_xlabel("index k")
+        ax.set_ylabel("singular value σ_k")
+        ax.legend(loc="lower left")
         ax.grid(alpha=0.3, which="both")
-        ax.tick_params(labelsize=7)
     for ax in flat[len(report["representative_layers"]) : 4]:
         ax.axis("off")
     ax = flat[4]
@@ -129,10 +128,10 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     ax.axhline(eps, color="tab:green", lw=1.2)
     sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, max(1, n_layers - 1)))
     cb = plt.colorbar(sm, ax=ax, ticks=sorted(spectra))
-    cb.set_label("block", fontsize=8)
-    ax.set_title("all blocks", fontsize=9)
-    ax.set_xlabel("index k", fontsize=8)
-    ax.set_ylabel("σ_k", fontsize=8)
+    cb.set_label("block")
+    ax.set_title("all blocks")
+    ax.set_xlabel("index k")
+    ax.set_ylabel("σ_k")
     ax.grid(alpha=0.3, which="both")
     ax = flat[5]
     layers = sorted(table)
@@ -141,10 +140,10 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
             label="k_ε")
     ax.plot(layers, [table[x]["r_eps"] for x in layers], "^-", label="r_ε")
     ax.axhline(table[layers[0]]["d"], color="k", ls=":", label="d")
-    ax.set_xlabel("block", fontsize=8)
-    ax.set_ylabel("index / dimension", fontsize=8)
-    ax.set_title(f"ρ = {report['rho']:g}, ε = {eps:g}", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_xlabel("block")
+    ax.set_ylabel("index / dimension")
+    ax.set_title(f"ρ = {report['rho']:g}, ε = {eps:g}")
+    ax.legend()
     ax.grid(alpha=0.3)
     paths.append(finish_figure(fig, f"{report['model']}: singular spectra of the linearised FFN W̃ = W_FFN1 W_FFN2", emu,
                                out_dir / "nullspace_spectra.png"))
@@ -158,11 +157,10 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
         for ax, (key, label) in zip(axes, keys):
             ax.boxplot([sub[x][key].numpy() for x in layers], positions=layers, widths=0.6, showfliers=True,
                        flierprops={"markersize": 2})
-            ax.set_title(label, fontsize=9)
-            ax.set_xlabel("block", fontsize=8)
-            ax.tick_params(labelsize=7)
+            ax.set_title(label)
+            ax.set_xlabel("block")
             ax.grid(alpha=0.3)
-        axes[0].set_ylabel("per-image mean over patches", fontsize=8)
+        axes[0].set_ylabel("per-image mean over patches")
         paths.append(finish_figure(fig, f"{report['model']}: sub-layer changes on {report['num_images']} images", emu,
                                    out_dir / "nullspace_sublayer.png"))
     return paths

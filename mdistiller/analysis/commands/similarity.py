@@ -87,17 +87,20 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     paths = []
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
     width = 0.8 / max(1, len(runs))
-    for ax, key, label in ((axes[0], "gd", "Gram distance (cosine Grams, RMS) ↓"), (axes[1], "cka", "linear CKA ↑")):
+    for ax, key, label, ylabel in ((axes[0], "gd", "Gram distance (cosine Grams, RMS) ↓", "Gram distance (RMS)"),
+                                   (axes[1], "cka", "linear CKA ↑", "linear CKA")):
         for j, run in enumerate(runs):
             vals = []
             for p in pairs:
                 hit = [r[key] for r in rows if r["run"] == run and (r["teacher_layer"], r["student_layer"]) == p]
                 vals.append(hit[0] if hit else np.nan)
             ax.bar(np.arange(len(pairs)) + (j - (len(runs) - 1) / 2) * width, vals, width, label=run)
-        ax.set_xticks(range(len(pairs)), [f"T{t} ↔ S{s}" for t, s in pairs], fontsize=8)
-        ax.set_title(label, fontsize=9)
+        ax.set_xticks(range(len(pairs)), [f"T{t} ↔ S{s}" for t, s in pairs])
+        ax.set_xlabel("teacher block ↔ student block")
+        ax.set_ylabel(ylabel)
+        ax.set_title(label)
         ax.grid(alpha=0.3, axis="y")
-    axes[1].legend(fontsize=7)
+    axes[1].legend()
     paths.append(finish_figure(fig, f"teacher–student similarity on {report['num_images']} held-out toy scenes", emu,
                                out_dir / "similarity.png"))
 

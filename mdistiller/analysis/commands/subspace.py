@@ -117,13 +117,12 @@ def plot(report: Mapping[str, Any], out_dir: str | Path, max_points: int = 2000)
                 ax.scatter(n[keep].numpy(), e[keep].numpy(), s=3, alpha=0.5, color=cmap(j / max(1, len(ranks) - 1)),
                            label=f"r = {r}")
             ax.set_yscale("log")
-            ax.set_xlabel("patch norm ‖F_i‖", fontsize=8)
-            ax.set_ylabel(f"E_{kind} (energy share)", fontsize=8)
-            ax.set_title(f"block {layer}: {'null' if kind == 'null' else 'principal'} basis", fontsize=9)
-            ax.tick_params(labelsize=7)
+            ax.set_xlabel("patch norm ‖F_i‖")
+            ax.set_ylabel(f"E_{kind} (energy share)")
+            ax.set_title(f"block {layer}: {'null' if kind == 'null' else 'principal'} basis")
             ax.grid(alpha=0.3)
             if row == 0 and col == 0:
-                ax.legend(fontsize=7, markerscale=3)
+                ax.legend(markerscale=3)
         ax = axes[row][2]
         sel = [r for r in report["table"] if r["layer"] == layer]
         ax.plot([r["r"] for r in sel], [r["corr_null"] for r in sel], "o-", color="tab:green",
@@ -134,12 +133,11 @@ def plot(report: Mapping[str, Any], out_dir: str | Path, max_points: int = 2000)
         ax.set_xscale("log", base=2)
         ax.set_xticks(ranks, [str(r) for r in ranks])
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xlabel("rank r", fontsize=8)
-        ax.set_ylabel("Pearson correlation", fontsize=8)
-        ax.set_title(f"block {layer}: correlations (W̃ of block {sel[0]['basis_block']})", fontsize=9)
-        ax.legend(fontsize=7)
+        ax.set_xlabel("rank r")
+        ax.set_ylabel("Pearson correlation")
+        ax.set_title(f"block {layer}: correlations (W̃ of block {sel[0]['basis_block']})")
+        ax.legend()
         ax.grid(alpha=0.3)
-        ax.tick_params(labelsize=7)
     return [finish_figure(fig, f"{report['model']}: subspace energy vs patch norm ({report['num_images']} images)", emu,
                           out_dir / "subspace.png")]
 
