@@ -106,6 +106,10 @@ def test_config_changes_sort_keys_into_free_allowable_and_never():
     # a teacher file may move (its bytes are checked separately); a switch to another kind of weights may not
     moved = config_changes({"DISTILLER.TEACHER_WEIGHTS": "/a/t.pth"}, {"DISTILLER.TEACHER_WEIGHTS": "/b/t.pth"})
     assert moved == []
+    # keys added to or removed from the defaults since a checkpoint was written are not changes; open-node keys are
+    assert config_changes({"SOLVER.OLD_KEY": 1}, {"SOLVER.LR": 0.0001}) == []
+    assert [c.key for c in config_changes({"DISTILLER.STUDENT_KWARGS.depth": 3}, {})] == \
+        ["DISTILLER.STUDENT_KWARGS.depth"]
     assert config_changes({"DISTILLER.TEACHER_WEIGHTS": "random"}, {"DISTILLER.TEACHER_WEIGHTS": "pretrained"})
 
 

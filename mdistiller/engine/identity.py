@@ -82,14 +82,16 @@ def _is_file(value: Any) -> bool:
 
 def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
     """The keys outside :data:`~mdistiller.config.RESUME_FREE_KEYS` whose values differ between two flat configs, in
-    the order of ``new``. A default key absent from ``old`` (added to the defaults after it was written) is skipped;
-    a key under an open node (``DISTILLER.TEACHER_KWARGS.depth``) present on one side only is a change. A teacher
+    the order of ``new``. A default key absent from ``old`` (added to the defaults after it was written) or from
+    ``new`` (removed since) is skipped; a key under an open node (``DISTILLER.TEACHER_KWARGS.depth``) present on one
+    side only is a change. A teacher
     weights file may move (``DISTILLER.TEACHER_WEIGHTS`` path to path): the checkpoint's record of the file's bytes
     decides that one (:meth:`mdistiller.engine.trainer.Trainer.check_resumable`)."""
-    defaults = flatten(get_default_config())
+    defaults = get_default_config()
+    known = flatten(defaults)
     out = []
     for key in [*new, *(k for k in old if k not in new)]:
-        if resume_free(key) or (key not in old and key in defaults):
+        if resume_free(key) or (key not in old and key in known) or (key not in new and not _open(defaults, key)):
             continue
         a, b = old.get(key, _UNSET), new.get(key, _UNSET)
         if key == "DISTILLER.TEACHER_WEIGHTS" and _is_file(a) and _is_file(b):
@@ -97,6 +99,17 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Chang
         if not _same(a, b):
             out.append(Change(key, a, b))
     return out
+
+
+def _open(cfg: CN, key: str) -> bool:
+    """Whether ``key`` lies under a node that takes new keys (``DISTILLER.TEACHER_KWARGS``): only such a key can be
+    set in one config and unset in another; any other key missing here was removed from the defaults."""
+    node: Any = cfg
+    for part in key.split(".")[:-1]:
+        if not isinstance(node, CN) or part not in node:
+            return False
+        node = node[part]
+    return isinstance(node, CN) and node.is_new_allowed()
 
 
 def _listing(keys: Sequence[str]) -> str:
