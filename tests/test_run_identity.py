@@ -336,3 +336,24 @@ def test_the_fingerprint_is_the_same_from_memory_checkpoint_and_export(tmp_path)
         weights_fingerprint(loaded.student.model.state_dict())
     shutil.copy(tmp_path / "run/student.safetensors", tmp_path / "copy.safetensors")
     assert student_fingerprint(tmp_path / "copy.safetensors") == in_memory
+
+
+def test_the_key_table_of_the_docs_mirrors_the_code():
+    from mdistiller.config import RESUME_ALLOWABLE_KEYS, RESUME_FREE_KEYS, RESUME_SCHEDULE_KEYS
+
+    doc = (Path(__file__).resolve().parents[1] / "docs/reliability.md").read_text()
+    section = doc.split("### Which keys a resume may change", 1)[1].split("\n### ", 1)[0]
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1] for line in section.splitlines()
+            if line.startswith("| ") and " | " in line and not line.startswith("| ---")}
+
+    def keys(cell: str) -> set[str]:
+        out = set()
+        for prefix, names, plain in re.findall(r"`([A-Za-z]+)\.\{([A-Z_,]+)\}`|`([A-Za-z_]+\.[A-Za-z_.]+)`", cell):
+            out |= {f"{prefix}.{n}" for n in names.split(",")} if prefix else {plain}
+        return out
+
+    free = keys(rows["free: may differ, nothing recorded"]) - {"DISTILLER.TEACHER_WEIGHTS"}
+    assert free == {k for k in RESUME_FREE_KEYS if not k.endswith(".")} and "every `LOG.*` key" in section
+    assert keys(rows["free when the past is unchanged, recorded"]) == set(RESUME_SCHEDULE_KEYS)
+    allowable = keys(rows["allowable: refused unless `EXPERIMENT.RESUME_ALLOW_CHANGES` lists them, then recorded"])
+    assert allowable | set(RESUME_SCHEDULE_KEYS) == set(RESUME_ALLOWABLE_KEYS)
