@@ -258,7 +258,7 @@ def test_a_missing_or_unreadable_last_checkpoint_resumes_from_prev_and_loses_not
 # ------------------------------------------------------------------------------------------------ derived results
 def test_overwrite_moves_derived_results_aside_and_the_table_marks_stale_results(tmp_path, train_tool, capsys):
     from mdistiller.eval.cli import main as lineval_main
-    from mdistiller.eval.table import collect_results, render_markdown
+    from mdistiller.eval.table import collect_results, current_result, render_markdown
     from mdistiller.eval.table import main as table_main
 
     files, run = _files(tmp_path), tmp_path / "run"
@@ -271,6 +271,7 @@ def test_overwrite_moves_derived_results_aside_and_the_table_marks_stale_results
     outside = tmp_path / "probes/run"  # results kept elsewhere (the demo's --out layout)
     assert lineval_main("transfer", [*probe, "--out", str(outside / "toy_scenes_cls.json")]) == 0
     assert collect_results([run])[0].cells["toy cls top-1"][0] == pytest.approx(result["metrics"]["top1"])
+    assert current_result(outside / "toy_scenes_cls.json")  # what tools/demo.py and tools/study.py skip on a rerun
     capsys.readouterr()
 
     code, err = _cli(train_tool, capsys, ["--cfg", *files, "--run-dir", str(run), "--resume", "none", "--overwrite",
@@ -282,6 +283,7 @@ def test_overwrite_moves_derived_results_aside_and_the_table_marks_stale_results
 
     rows = collect_results([outside])
     assert rows[0].cells["toy cls top-1"] == (None, {"stale"}) and "toy_scenes_cls" in rows[0].stale
+    assert not current_result(outside / "toy_scenes_cls.json")  # a rerun of the demo probes the new student
     assert "| run | stale |" in render_markdown(rows)
     assert table_main([str(outside)]) == 0
     out = capsys.readouterr()

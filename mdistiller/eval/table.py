@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PAPER_COLUMNS", "TOY_COLUMNS", "Column", "Row", "collect_results", "render_csv", "render_markdown",
-           "stale_reason"]
+__all__ = ["PAPER_COLUMNS", "TOY_COLUMNS", "Column", "Row", "collect_results", "current_result", "render_csv",
+           "render_markdown", "stale_reason"]
 
 FG_TASKS = ("transfer_aircraft", "transfer_pets", "transfer_food101", "transfer_flowers102")
 
@@ -79,6 +79,18 @@ class Row:
     folder: Path
     cells: dict[str, tuple[float | None, set[str]]] = field(default_factory=dict)
     stale: dict[str, str] = field(default_factory=dict)
+
+
+def current_result(path: str | Path) -> bool:
+    """Whether the probe result file ``path`` exists and still describes its run's student (:func:`stale_reason`):
+    what a batch of probes (``tools/demo.py``, ``tools/study.py``) may skip on a rerun."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        return stale_reason(json.loads(path.read_text())) is None
+    except ValueError:  # a torn or foreign file: probe again
+        return False
 
 
 def _run_of(target: str | Path, folder: Path) -> Path | None:
