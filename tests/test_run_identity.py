@@ -193,6 +193,12 @@ def test_a_longer_cosine_needs_permission_and_a_shorter_total_is_refused(tmp_pat
     line = _error(err)
     assert code == 2 and "is at step 2, beyond the 1 steps this config trains (SOLVER.MAX_STEPS 1)" in line
     assert "done" not in err and _snapshot(run) == before
+    # a checkpoint without its config is compared with the run's config.yaml
+    last = run / "checkpoints/last.pth"
+    state = ckpt.load_checkpoint(last)
+    del state["config"]
+    with pytest.raises(ckpt.CheckpointMismatchError, match="SOLVER.LR 0.001 → 0.005"):
+        Trainer(load_config(files, ["SOLVER.LR", "5e-3"]), cpu_env(), run).check_resumable(state, last)
 
 
 def test_resume_path_of_a_finished_run_into_a_new_dir(tmp_path, train_tool, capsys):

@@ -199,8 +199,9 @@ class Trainer:
     def check_resumable(self, state: dict[str, Any], path: Path) -> list[dict[str, Any]]:
         """Refuse, in one sentence (:class:`~mdistiller.engine.checkpoint.CheckpointMismatchError`, exit 2), a
         checkpoint this run may not continue: other trainable parameters, a step beyond this config's total, a
-        config that differs in a key that changes what is trained (:mod:`mdistiller.engine.identity`), or another
-        teacher file. Returns the accepted changes as ``run_info.json`` records (key, old, new, step).
+        config that differs in a key that changes what is trained (:mod:`mdistiller.engine.identity`; the config the
+        checkpoint stores, else the run's ``config.yaml``), or another teacher file. Returns the accepted changes
+        as ``run_info.json`` records (key, old, new, step).
 
         A change of the learning-rate schedule's keys is accepted without ``EXPERIMENT.RESUME_ALLOW_CHANGES`` when
         every step already trained keeps its learning rate (e.g. a longer ``SOLVER.MAX_STEPS`` under a constant or
@@ -215,7 +216,9 @@ class Trainer:
                 f"trained run cannot be cut back, so resume with SOLVER.MAX_STEPS {step} or more, or start a new run "
                 f"(another EXPERIMENT.NAME or --run-dir) to train {self.total_steps} steps.")
         accepted: list[identity.Change] = []
-        dump = state.get("config")
+        dump, recorded = state.get("config"), self.run_dir / "config.yaml"
+        if not isinstance(dump, str) and recorded.is_file():  # a checkpoint without its config: the run's record
+            dump = recorded.read_text(encoding="utf-8")
         if isinstance(dump, str):
             changes = identity.config_changes(identity.flat_config(dump), identity.flat_config(self.cfg))
             schedule, saved = identity.schedule_changes(changes), state.get("scheduler")
