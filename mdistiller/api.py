@@ -30,61 +30,69 @@ def _opts(overrides: Mapping[str, Any] | Sequence[Any] | None) -> list[Any]:
 
 
 def train(cfg_or_paths: Any, overrides: Mapping[str, Any] | Sequence[Any] | None = None,
-          run_dir: str | os.PathLike[str] | None = None, resume: str = "auto", device: str | None = None) -> dict:
+          run_dir: str | os.PathLike[str] | None = None, resume: str = "auto", device: str | None = None,
+          overwrite: bool = False) -> dict:
     """Distil one run and return ``{"run_dir", "step", "student", "metrics", "interrupted"}``.
 
     Args:
         cfg_or_paths: a config (:func:`mdistiller.config.load_config`'s result, a ``CfgNode``) or one YAML path or a
             list of them (merged left to right; ``configs/...`` paths also resolve inside an installed package).
         overrides: ``{"SOLVER.LR": 1e-4}`` or ``["SOLVER.LR", 1e-4]``, applied last.
-        run_dir: the run directory (default ``EXPERIMENT.OUTPUT_DIR/PROJECT/NAME``).
-        resume: ``"auto"`` continues ``RUN_DIR/checkpoints/last.pth`` when it exists, ``"none"`` starts over, or a
-            checkpoint path.
+        run_dir: the run directory, taken as given (default ``EXPERIMENT.OUTPUT_DIR/PROJECT/NAME``, the name
+            extended by the overrides that change what is trained, as ``tools/train.py`` does).
+        resume: ``"auto"`` continues ``RUN_DIR/checkpoints/last.pth`` (``prev.pth`` when ``last.pth`` is unreadable)
+            when there is one, ``"none"`` starts over, or a checkpoint path.
         device: ``cpu`` | ``cuda`` (default ``EXPERIMENT.DEVICE``).
+        overwrite: with ``resume="none"``, replace a run already in ``run_dir`` (``--overwrite``).
 
-    Raises :class:`~mdistiller.config.ConfigError` for a bad config, ``FileExistsError`` for ``resume="none"`` into
-    a directory that holds a run, ``RunLockedError`` while another process uses it, and the trainer's errors. The
-    SIGINT/SIGTERM handlers of the caller are restored when it returns.
+    Raises :class:`~mdistiller.config.ConfigError` for a bad config, ``FileExistsError``
+    (:class:`~mdistiller.engine.rundir.RunDirError`) for a start that would replace or mix a run's history,
+    ``RunLockedError`` while another process uses the directory, and the trainer's errors (a resume that changes
+    what is trained: ``CheckpointMismatchError``). The SIGINT/SIGTERM handlers of the caller are restored when it
+    returns.
     """
     from mdistiller.config import CN, load_config
-    from mdistiller.engine.distributed import cleanup, init_distributed
-    from mdistiller.engine.runlock import RunLock
+    from mdistiller.engine.distributed import broadcast_object, cleanup, init_distributed
+    from mdistiller.engine.rundir import RunDirError, named_config, open_run_dir, say
     from mdistiller.engine.trainer import Trainer, run_dir_for
 
+    opts = _opts(overrides)
     if isinstance(cfg_or_paths, CN):
         from mdistiller.config import apply_overrides, validate_config
 
+        base = cfg_or_paths
         cfg = cfg_or_paths.clone()
         cfg.defrost()
-        apply_overrides(cfg, _opts(overrides))
+        apply_overrides(cfg, opts)
         validate_config(cfg)  # the registered checks include those against the architectures
         cfg.freeze()
     else:
         paths = [cfg_or_paths] if isinstance(cfg_or_paths, str | os.PathLike) else list(cfg_or_paths)
-        cfg = load_config(paths, _opts(overrides))
+        cfg = load_config(paths, opts)
+        base = load_config(paths, [], validate=False)
+    if run_dir is None:
+        cfg = named_config(cfg, base, [str(k) for k in opts[0::2]])
+    if overwrite and resume not in ("none", ""):
+        raise ValueError("overwrite=True only applies to a fresh start; pass resume='none' too.")
     env = init_distributed(device or cfg.EXPERIMENT.DEVICE)
     out = Path(run_dir) if run_dir else run_dir_for(cfg)
-    if resume in ("none", "") and env.is_main:
-        from mdistiller.engine.launch import _previous_run
-
-        if found := _previous_run(out):
-            cleanup()
-            raise FileExistsError(f"run directory {out} already holds a run ({', '.join(found)}); resume it with "
-                                  "resume='auto' or pick another run_dir.")
-    lock = RunLock(out) if env.is_main else None
-    if lock is not None:
-        lock.acquire()
+    start, refused = None, None
+    if env.is_main:
+        try:
+            start = open_run_dir(out, resume, overwrite)
+            say(start.notes)
+        except Exception as e:  # noqa: BLE001 (re-raised below, after the other ranks have heard of it)
+            refused = e
+    ckpt = broadcast_object(None if start is None else start.checkpoint)
+    if broadcast_object(None if refused is None else str(refused)) is not None:
+        cleanup()
+        raise refused if refused is not None else RunDirError("the main process refused the run directory")
     try:
         trainer = Trainer(cfg, env, out)
-        ckpt = None
-        if resume == "auto":
-            ckpt = trainer.ckpt_path if trainer.ckpt_path.exists() else None
-        elif resume not in ("none", ""):
-            ckpt = Path(resume)
         metrics = trainer.fit(ckpt)
     finally:
-        if lock is not None:
-            lock.release()
+        if start is not None:
+            start.release()
         cleanup()
     student = out / "student.safetensors"
     return {"run_dir": out, "step": trainer.step, "student": student if student.is_file() else None,

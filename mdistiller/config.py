@@ -23,8 +23,9 @@ from yacs.config import CfgNode as CN
 
 from mdistiller.hooks import resolve
 
-__all__ = ["CN", "ConfigError", "apply_overrides", "configs_dir", "flatten", "get_default_config", "load_config",
-           "register_check", "resolve_config_path", "validate_config"]
+__all__ = ["CN", "ConfigError", "RESUME_ALLOWABLE_KEYS", "RESUME_FREE_KEYS", "RESUME_SCHEDULE_KEYS", "apply_overrides",
+           "configs_dir", "flatten", "get_default_config", "load_config", "register_check", "resolve_config_path",
+           "resume_free", "validate_config"]
 
 
 class ConfigError(ValueError):
@@ -41,8 +42,9 @@ _C.EXPERIMENT.TAG = "default"  # comma-separated tags (wandb); run-dir name when
 _C.EXPERIMENT.OUTPUT_DIR = "output"  # runs live in OUTPUT_DIR/PROJECT/NAME
 _C.EXPERIMENT.SEED = 0  # global seed; each rank uses SEED + rank for augmentation randomness
 _C.EXPERIMENT.DEVICE = "auto"  # auto | cpu | cuda
-# Keys that may differ from the checkpoint's when resuming (allowed: SOLVER.BATCH_SIZE, SOLVER.AMP); a change of
-# any of them is refused otherwise, as is a change of SOLVER.TYPE or of the teacher weights file (never allowed).
+# Keys of RESUME_ALLOWABLE_KEYS (below) that this resume may change from the checkpoint's values, e.g.
+# ['SOLVER.LR']; the change is recorded in run_info.json with the step it took effect from. Every other key that
+# changes what is trained is refused on resume (docs/reliability.md, "Run identity").
 _C.EXPERIMENT.RESUME_ALLOW_CHANGES = []
 
 # ---------------------------------------------------------------------------------------------- data
@@ -185,6 +187,46 @@ _C.LOG.TENSORBOARD = False
 # rank-0 tqdm bar, drawn only when stderr is a terminal; otherwise (a pipe, a log file) or with False: a plain line
 # every LOG.FREQ steps (always also in RUN_DIR/train.log)
 _C.LOG.PROGRESS = True
+
+
+# ---------------------------------------------------------------------------------------------- run identity
+# A run is what its config says. On resume every key is compared with the checkpoint's config; the keys below are the
+# only ones that may differ (the table in docs/reliability.md, "Run identity", mirrors these two constants).
+#: keys (or ``SECTION.`` prefixes) that never change what is trained: logging, workers, paths, names, device, kernels
+RESUME_FREE_KEYS: dict[str, str] = {
+    "EXPERIMENT.PROJECT": "a name", "EXPERIMENT.NAME": "a name", "EXPERIMENT.TAG": "a name",
+    "EXPERIMENT.OUTPUT_DIR": "a path", "EXPERIMENT.DEVICE": "where the same steps run",
+    "EXPERIMENT.RESUME_ALLOW_CHANGES": "the permission itself",
+    "DATASET.ROOT": "a path (the same images moved)",
+    "DATASET.NUM_WORKERS": "augmentation is seeded per sample, not per worker",
+    "DATASET.PIN_MEMORY": "loader plumbing", "DATASET.PERSISTENT_WORKERS": "loader plumbing",
+    "DATASET.PREFETCH_FACTOR": "loader plumbing", "DATASET.WORKER_START": "loader plumbing",
+    "DATASET.VAL_SIZE": "the held-out batch is only measured",
+    "DATASET.SKIP_BAD_IMAGES": "the steps trained so far met no undecodable image (the run would have stopped)",
+    "SOLVER.FUSED": "the same update in other kernels", "SOLVER.COMPILE": "the same model compiled",
+    "LOG.": "logging, checkpoint cadence and dashboards",
+}
+#: keys EXPERIMENT.RESUME_ALLOW_CHANGES may list: the saved state stays valid and the change is well defined from the
+#: resumed step on (what it changes). SOLVER.TYPE never may: one optimizer's state cannot drive another.
+RESUME_ALLOWABLE_KEYS: dict[str, str] = {
+    "SOLVER.BATCH_SIZE": "the sample stream and the LR scaling",
+    "SOLVER.AMP": "the numerics (and the fp16 loss scaler)",
+    "DISTILLER.TEACHER_DTYPE": "the teacher's numerics",
+    "DATASET.DECODE": "the decoder of the training images",
+    **{f"SOLVER.{k}": "the learning rate from the resumed step on" for k in
+       ("LR", "FINAL_LR", "EPOCHS", "MAX_STEPS", "WARMUP_EPOCHS", "SCHEDULE", "MILESTONES", "GAMMA")},
+    **{f"SOLVER.{k}": "the optimizer update from the resumed step on" for k in
+       ("WEIGHT_DECAY", "MOMENTUM", "BETAS", "EPS", "GRAD_CLIP")},
+}
+#: the keys the learning-rate schedule is made of: a change that leaves the rate of every step already trained
+#: unchanged (e.g. a longer SOLVER.MAX_STEPS under a constant or multistep schedule, or while still warming up) is free
+RESUME_SCHEDULE_KEYS = ("SOLVER.LR", "SOLVER.FINAL_LR", "SOLVER.EPOCHS", "SOLVER.MAX_STEPS", "SOLVER.WARMUP_EPOCHS",
+                        "SOLVER.SCHEDULE", "SOLVER.MILESTONES", "SOLVER.GAMMA")
+
+
+def resume_free(key: str) -> bool:
+    """Whether ``key`` (flat, e.g. ``LOG.FREQ``) may change freely on resume (:data:`RESUME_FREE_KEYS`)."""
+    return key in RESUME_FREE_KEYS or any(p.endswith(".") and key.startswith(p) for p in RESUME_FREE_KEYS)
 
 
 def configs_dir() -> Path:
@@ -405,9 +447,11 @@ def validate_config(cfg: CN) -> None:
     betas = list(cfg.SOLVER.BETAS)
     if len(betas) != 2 or not all(isinstance(b, int | float) and 0.0 <= b < 1.0 for b in betas):
         raise ConfigError(f"SOLVER.BETAS is {betas} but must be two numbers in [0, 1), e.g. [0.9, 0.999].")
-    bad = [k for k in cfg.EXPERIMENT.RESUME_ALLOW_CHANGES if str(k).upper() not in ("SOLVER.BATCH_SIZE", "SOLVER.AMP")]
+    allowable = {k.upper() for k in RESUME_ALLOWABLE_KEYS}
+    bad = [k for k in cfg.EXPERIMENT.RESUME_ALLOW_CHANGES if str(k).upper() not in allowable]
     if bad:
-        raise ConfigError(f"EXPERIMENT.RESUME_ALLOW_CHANGES may only list SOLVER.BATCH_SIZE and SOLVER.AMP, not {bad}.")
+        raise ConfigError(f"EXPERIMENT.RESUME_ALLOW_CHANGES may only list keys whose change within a run is sound "
+                          f"({', '.join(RESUME_ALLOWABLE_KEYS)}), not {bad}; a change of any other key is a new run.")
     q = cfg.SiNGER.OUTLIER_Q
     if not 0.0 < q < 1.0:
         raise ConfigError(f"SiNGER.OUTLIER_Q is {q} but must lie strictly inside (0, 1), e.g. 0.95.")

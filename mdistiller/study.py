@@ -153,15 +153,23 @@ def probe_argv(command: str, input_size: int, num_train: int, num_test: int, cac
 def refinement_run(run_dir: Path, images: Any, device: str = "cpu", q: float = 0.95) -> dict[int, dict[str, float]]:
     """``SiNGER.refinement_stats`` of a finished run on ``images`` at the α-quantile ``q`` (the paper's 0.95 for
     every mode, so the released preset's α = 0.97 does not move the yardstick); cached in
-    ``RUN_DIR/refinement.json``."""
+    ``RUN_DIR/refinement.json`` with the fingerprint of the student it measured, and recomputed when the run's
+    ``student.safetensors`` is another (the run was overwritten or trained further)."""
+    from mdistiller.engine.fingerprint import student_fingerprint, weights_fingerprint
+
     path = Path(run_dir) / "refinement.json"
     if path.exists():
-        return {int(k): v for k, v in json.loads(path.read_text()).items()}
+        cached = json.loads(path.read_text())
+        if cached.get("student_fingerprint") == student_fingerprint(run_dir) and "layers" in cached:
+            return {int(k): v for k, v in cached["layers"].items()}
     from mdistiller.engine.trainer import load_run
+    from mdistiller.fileio import atomic_write
 
     _, distiller = load_run(run_dir, device=device)
     stats = distiller.refinement_stats(images.to(device), q=q)
-    path.write_text(json.dumps(stats, indent=1))
+    record = {"student_fingerprint": weights_fingerprint(distiller.student.model.state_dict()), "q": q,
+              "layers": stats}
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))
     return stats
 
 

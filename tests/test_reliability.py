@@ -119,12 +119,12 @@ def test_resume_refuses_another_teacher_file_batch_precision_and_optimizer(tmp_p
     with pytest.raises(ckpt.CheckpointMismatchError, match=r"teacher weights .*a\.safetensors.*different file") as e:
         resume("DISTILLER.TEACHER_WEIGHTS", str(b))
     assert e.value.exit_code == 2
-    with pytest.raises(ckpt.CheckpointMismatchError, match=r"SOLVER.BATCH_SIZE 16 but this run has 8.*ALLOW"):
+    with pytest.raises(ckpt.CheckpointMismatchError, match=r"SOLVER.BATCH_SIZE 16 → 8\).*RESUME_ALLOW_CHANGES"):
         resume("SOLVER.BATCH_SIZE", "8")
     resume("SOLVER.BATCH_SIZE", "8", "EXPERIMENT.RESUME_ALLOW_CHANGES", "['SOLVER.BATCH_SIZE']")
-    with pytest.raises(ckpt.CheckpointMismatchError, match=r"SOLVER.AMP none but this run has bf16"):
+    with pytest.raises(ckpt.CheckpointMismatchError, match=r"SOLVER.AMP none → bf16"):
         resume("SOLVER.AMP", "bf16")
-    with pytest.raises(ckpt.CheckpointMismatchError, match=r"SOLVER.TYPE adamw but this run has sgd"):
+    with pytest.raises(ckpt.CheckpointMismatchError, match=r"SOLVER.TYPE adamw → sgd.*cannot change within a run"):
         resume("SOLVER.TYPE", "sgd")
 
 
@@ -140,7 +140,9 @@ def test_lr300_stops_keeps_finite_checkpoints_and_resumes_with_sane_lr(tmp_path)
     for name in ("last.pth", "prev.pth"):  # every checkpoint on disk is finite
         state = ckpt.load_checkpoint(tmp_path / "run/checkpoints" / name)
         assert ckpt.nonfinite_tensors({"model": state["model"], "optimizer": state["optimizer"]}) == []
-    sane = Trainer(load_config([y], ["SOLVER.LR", "1e-3", "SOLVER.GRAD_CLIP", "1.0", *common]), cpu_env(),
+    assert "EXPERIMENT.RESUME_ALLOW_CHANGES" in str(e.value)  # a deliberate change of a run, recorded
+    allow = ["EXPERIMENT.RESUME_ALLOW_CHANGES", "['SOLVER.LR', 'SOLVER.GRAD_CLIP']"]
+    sane = Trainer(load_config([y], ["SOLVER.LR", "1e-3", "SOLVER.GRAD_CLIP", "1.0", *common, *allow]), cpu_env(),
                    tmp_path / "run")
     result = sane.fit(advised)
     assert sane.step == 6 and torch.isfinite(torch.tensor(result["loss"]))
@@ -230,7 +232,8 @@ def test_disk_full_while_saving_is_one_sentence_and_exit_1(tmp_path, train_tool,
 
     monkeypatch.setattr(ckpt, "_write_payload", full)
     code, err = _cli(train_tool, capsys, ["--cfg", str(tiny_yaml(tmp_path)), "--run-dir", str(run),
-                                          "SOLVER.MAX_STEPS", "2"])
+                                          "SOLVER.MAX_STEPS", "2", "EXPERIMENT.RESUME_ALLOW_CHANGES",
+                                          "['SOLVER.MAX_STEPS']"])
     line = _one_error_line(err)
     assert code == 1 and "Traceback" not in err
     assert line.startswith(f"error: no space left on device while writing {run / 'checkpoints/last.pth'}; the "
@@ -285,7 +288,7 @@ BAD_OVERRIDES = [
     (["LOG.CKPT_EVERY_STEPS", "-5"], "LOG.CKPT_EVERY_STEPS is -5 but must not be negative"),
     (["DATASET.PREFETCH_FACTOR", "0"], "DATASET.PREFETCH_FACTOR is 0 but must be an integer of at least 1"),
     (["SiNGER.M_LAYERS", "[-1]"], r"SiNGER.M_LAYERS \[-1\] names only the teacher's last block \(3\)"),
-    (["EXPERIMENT.RESUME_ALLOW_CHANGES", "['SOLVER.LR']"], "may only list"),
+    (["EXPERIMENT.RESUME_ALLOW_CHANGES", "['SiNGER.OUTLIER_Q']"], "may only list"),
 ]
 
 
@@ -316,7 +319,7 @@ def test_resume_after_optimizer_change_exits_2(tmp_path, train_tool, capsys):
     assert _cli(train_tool, capsys, ["--cfg", y, "--run-dir", run, "SOLVER.MAX_STEPS", "1"])[0] == 0
     code, err = _cli(train_tool, capsys, ["--cfg", y, "--run-dir", run, "SOLVER.MAX_STEPS", "2",
                                           "SOLVER.TYPE", "sgd"])
-    assert code == 2 and "SOLVER.TYPE adamw but this run has sgd" in _one_error_line(err)
+    assert code == 2 and "SOLVER.TYPE adamw → sgd" in _one_error_line(err)
 
 
 # ------------------------------------------------------------------------------------------------ 7. images

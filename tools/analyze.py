@@ -60,9 +60,9 @@ def _out_dir(args: argparse.Namespace) -> Path:
 
 def build_report(args: argparse.Namespace) -> dict:
     """Run the chosen analysis (the library does the work; this only dispatches)."""
-    from mdistiller.analysis.commands import COMMANDS
+    from mdistiller.analysis.commands import run_report
 
-    return COMMANDS[args.what].run(args)
+    return run_report(args.what, args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -91,6 +91,7 @@ def train_jobs(args: argparse.Namespace, out: Path) -> tuple[dict[str, Path], li
 
 def probe_jobs(args: argparse.Namespace, out: Path, targets: dict[str, str]) -> tuple[dict[str, Path], list]:
     """Result folders of every probed model, and the probe jobs not done yet (each after its model's training)."""
+    from mdistiller.eval.table import current_result
     from mdistiller.jobs import Job
     from mdistiller.study import DEMO_DENSE_LRS, probe_argv, probe_input_size
 
@@ -99,7 +100,7 @@ def probe_jobs(args: argparse.Namespace, out: Path, targets: dict[str, str]) -> 
         folder = folders[label] = out / "probes" / "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
         for command, kind in PROBES:
             result = folder / f"toy_scenes_{kind}.json"
-            if result.exists():
+            if current_result(result):  # done before, on the run's current student
                 print(f"{label} {kind}: done before, skipped")
                 continue
             argv = [target, "--dataset", "toy_scenes", "--out", str(result), *probe_argv(

@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     dinov2_small_weights()
     t0 = time.perf_counter()
     all_runs = runs + extra
+    from mdistiller.eval.table import current_result
     from mdistiller.jobs import Job, run_jobs, split_threads
 
     jobs = []
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             folder = out / "probes" / name
             result = folder / f"{dataset}_{command}.json"
             results[key, label] = result, metric
-            if not result.exists():
+            if not current_result(result):  # not yet, or measured on a student the run no longer has
                 argv_p = [target, "--dataset", dataset, "--out", str(result),
                           *study.probe_argv(command, size, n_tr, n_te, folder / f"cache_{dataset}", seed=seed)]
                 jobs.append(Job(f"probe {name} {label}", "mdistiller.eval.cli:main", (command, argv_p),

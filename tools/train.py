@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mdistiller.engine.launch import RUN_FILES, main, parse_args  # noqa: E402,F401
+from mdistiller.engine.launch import main, parse_args  # noqa: E402,F401
 
 if __name__ == "__main__":
     sys.exit(main(prog="tools/train.py"))

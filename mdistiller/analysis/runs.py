@@ -11,12 +11,18 @@ import torch
 from mdistiller.analysis.artifacts import patch_norms
 from mdistiller.analysis.inputs import is_run_dir
 
+#: run directory → fingerprint of the student weights :func:`load_run_seeded` loaded from it
+#: (:mod:`mdistiller.engine.fingerprint`); :func:`mdistiller.analysis.commands.run_report` puts them in the report,
+#: so every analysis result says which weights it measured
+MEASURED: dict[str, str] = {}
+
 
 def load_run_seeded(run_dir: str | Path):
     """``load_run``, which seeds every RNG with the run's ``EXPERIMENT.SEED`` as ``Trainer`` does before building (a
     random-init teacher comes back identical), with the caller's RNG states (python, numpy, torch, CUDA) restored
-    afterwards."""
+    afterwards. The student's fingerprint is recorded in :data:`MEASURED`."""
     from mdistiller.engine.checkpoint import rng_state, set_rng_state
+    from mdistiller.engine.fingerprint import weights_fingerprint
     from mdistiller.engine.trainer import load_run
 
     if not is_run_dir(run_dir):
@@ -24,9 +30,11 @@ def load_run_seeded(run_dir: str | Path):
                                 "tools/train.py.")
     saved = rng_state()
     try:
-        return load_run(run_dir)
+        cfg, distiller = load_run(run_dir)
     finally:
         set_rng_state(saved)
+    MEASURED[str(Path(run_dir).resolve())] = weights_fingerprint(distiller.student.model.state_dict())
+    return cfg, distiller
 
 
 def checkpoint_step(run_dir: str | Path) -> int | None:

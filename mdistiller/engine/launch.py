@@ -8,16 +8,18 @@ The same command runs in one process (CPU or one GPU) and under torchrun, single
 
 The run directory (``EXPERIMENT.OUTPUT_DIR/PROJECT/NAME`` or ``--run-dir``) receives ``config.yaml``,
 ``run_info.json``, ``metrics.jsonl``, ``checkpoints/{last,prev}.pth`` and, at the end, ``student.safetensors``.
-One run at a time may use a run directory (a lock file, ``RUN_DIR/.lock``); ``--resume none`` into a directory that
-already holds a run needs ``--overwrite``. Exit codes: 0 done, 1 failed while running, 2 refused before any compute
-(bad config, weights or resume), 130 stopped by a signal (a checkpoint was written).
+Without ``--run-dir`` or an ``EXPERIMENT.NAME`` override, overrides that change what is trained extend the name
+(``singer,SOLVER.LR=0.001``): each value of a sweep gets its own run. Resuming compares the config with the
+checkpoint's key by key and refuses a change of what is trained (``EXPERIMENT.RESUME_ALLOW_CHANGES`` permits the
+sound ones). One run at a time may use a run directory (a lock file, ``RUN_DIR/.lock``); ``--resume none`` into a
+directory that already holds a run needs ``--overwrite``. Exit codes: 0 done, 1 failed while running, 2 refused
+before any compute (bad config, weights or resume), 130 stopped by a signal (a checkpoint was written).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -26,10 +28,14 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cfg", nargs="+", default=[], metavar="YAML", help="config files, merged left to right")
     p.add_argument("--resume", default="auto", metavar="auto|none|PATH",
-                   help="auto: continue from RUN_DIR/checkpoints/last.pth when it exists (default); none: start over")
-    p.add_argument("--run-dir", default=None, help="override EXPERIMENT.OUTPUT_DIR/PROJECT/NAME")
+                   help="auto: continue from RUN_DIR/checkpoints/last.pth (prev.pth when last.pth is unreadable) "
+                        "when there is one (default); none: start over; PATH: that checkpoint")
+    p.add_argument("--run-dir", default=None,
+                   help="use this run directory as given (default: EXPERIMENT.OUTPUT_DIR/PROJECT/NAME, the name "
+                        "extended by the overrides that change what is trained)")
     p.add_argument("--overwrite", action="store_true",
-                   help="with --resume none: delete the previous run's checkpoints, metrics and student first")
+                   help="with --resume none: delete the previous run's checkpoints, metrics and student first, and "
+                        "move its probe and analysis results into RUN_DIR/.overwritten-<time>/")
     p.add_argument("--device", default=None, help="cpu | cuda (default: EXPERIMENT.DEVICE)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides, e.g. SOLVER.LR 1e-4")
@@ -43,38 +49,6 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     return args
 
 
-# What a run leaves in its directory; --overwrite removes exactly these.
-RUN_FILES = ("config.yaml", "run_info.json", "metrics.jsonl", "checkpoints", "student.safetensors",
-             "student.safetensors.json", "tb", "wandb", "wandb_run.json", "train.log")
-
-
-def _previous_run(run_dir: Path) -> list[str]:
-    return [name for name in RUN_FILES if (run_dir / name).exists()]
-
-
-def _claim_run_dir(args: argparse.Namespace, run_dir: Path):
-    """Main rank: lock ``run_dir`` and apply --resume none / --overwrite. Returns ``(lock, error sentence)``."""
-    from mdistiller.engine.runlock import RunLock, RunLockedError
-
-    lock = RunLock(run_dir)
-    try:
-        lock.acquire()
-    except RunLockedError as e:
-        return None, str(e)
-    if lock.stale:
-        print(f"[mdistiller] note: took over the lock of a run that is gone (pid {lock.stale.get('pid')} on "
-              f"{lock.stale.get('host')})", file=sys.stderr)
-    if args.resume in ("none", "") and (found := _previous_run(run_dir)):
-        if not args.overwrite:
-            lock.release()
-            return None, (f"run directory {run_dir} already holds a run ({', '.join(found)}); resume it with "
-                          "--resume auto, pick another --run-dir, or pass --overwrite to delete it and start over")
-        for name in found:
-            path = run_dir / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-    return lock, None
-
-
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """The command line of ``tools/train.py`` and ``mdistiller-train``; returns the exit status."""
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -83,6 +57,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
     try:
         cfg = load_config(args.cfg, args.opts)
+        if not args.run_dir:  # the overrides that change what is trained name the run (a sweep: one run per value)
+            from mdistiller.engine.rundir import named_config
+
+            cfg = named_config(cfg, load_config(args.cfg, [], validate=False), [str(k) for k in args.opts[0::2]])
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -95,24 +73,28 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from mdistiller.dataset.bad_images import BadImageError, bad_image_sentence
     from mdistiller.engine.checkpoint import CheckpointError
     from mdistiller.engine.distributed import broadcast_object, cleanup, init_distributed
+    from mdistiller.engine.rundir import RunDirError, open_run_dir, say
+    from mdistiller.engine.runlock import RunLockedError
     from mdistiller.engine.trainer import NonFiniteLossError, Trainer, run_dir_for
 
     env = init_distributed(args.device or cfg.EXPERIMENT.DEVICE)
     run_dir = Path(args.run_dir) if args.run_dir else run_dir_for(cfg)
-    lock, refused = _claim_run_dir(args, run_dir) if env.is_main else (None, None)
+    start, refused = None, None
+    if env.is_main:
+        try:
+            start = open_run_dir(run_dir, args.resume, args.overwrite)
+            say(start.notes)
+        except (RunLockedError, RunDirError) as e:
+            refused = str(e)
+    resume = broadcast_object(None if start is None else start.checkpoint)
     refused = broadcast_object(refused)
     if refused:
         if env.is_main:
-            print(f"error: {refused}.", file=sys.stderr)
+            print(f"error: {refused.rstrip('.')}.", file=sys.stderr)
         cleanup()
         return 2
     try:
         trainer = Trainer(cfg, env, run_dir)
-        resume = None
-        if args.resume == "auto":
-            resume = trainer.ckpt_path if trainer.ckpt_path.exists() else None
-        elif args.resume not in ("none", ""):
-            resume = Path(args.resume)
         if env.is_main:
             where = f"resuming from {resume}" if resume else "starting"
             print(f"[mdistiller] {cfg.DISTILLER.TYPE} {cfg.DISTILLER.TEACHER} → {cfg.DISTILLER.STUDENT} "
@@ -126,13 +108,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(f"error: {bad_image_sentence(e)}", file=sys.stderr)
         cleanup()
         return 1
-    except (FileNotFoundError, CheckpointError, NonFiniteLossError, ValueError, IndexError) as e:
+    except (FileNotFoundError, RunDirError, CheckpointError, NonFiniteLossError, ValueError, IndexError) as e:
         print(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", file=sys.stderr)
         cleanup()
         return getattr(e, "exit_code", 1)
     finally:
-        if lock is not None:
-            lock.release()
+        if start is not None:
+            start.release()
     cleanup()
     if "interrupted" in result:
         if env.is_main:

@@ -18,6 +18,7 @@ per-GPU batch, which made the schedule ``world_size`` times too long and turned 
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from bisect import bisect_right
@@ -260,10 +261,21 @@ class IterationScheduler:
             "warmup_start_factor": self.warmup_start_factor,
         }
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Resume at the saved step; settings that differ from the saved ones are kept from this run, with a warning."""
+    def same_rates(self, saved: Mapping[str, Any], steps: int) -> bool:
+        """Whether the schedule ``saved`` (a :meth:`state_dict`) gave each of the optimizer steps ``0 … steps-1``
+        exactly the learning rate this schedule gives it (then a run that trained those steps under ``saved`` is
+        the same as one trained under this schedule from the start)."""
+        other = copy.copy(self)
+        for key, value in saved.items():
+            if key != "last_step" and hasattr(other, key):
+                setattr(other, key, list(value) if key == "milestones" else value)
+        return all(other.lr_at(step) == self.lr_at(step) for step in range(int(steps)))
+
+    def load_state_dict(self, state: Mapping[str, Any], quiet: bool = False) -> None:
+        """Resume at the saved step; settings that differ from the saved ones are kept from this run, with a warning
+        (``quiet``: none, for a caller that has checked and reported the change itself)."""
         changed = [k for k, v in self.state_dict().items() if k != "last_step" and k in state and state[k] != v]
-        if changed:
+        if changed and not quiet:
             warnings.warn(
                 f"LR schedule settings changed since the checkpoint ({', '.join(changed)}); continuing with the new "
                 "ones from the saved step.",

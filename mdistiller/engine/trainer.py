@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +19,14 @@ from mdistiller.distillers import Distiller, build_distiller
 from mdistiller.hooks import get_hook
 
 from . import checkpoint as ckpt
+from . import identity
 from .console import ImageRate, format_count, key_value_block, layer_tables, progress_bar_allowed, wrap_items
 from .data import DeviceDecodedBatches, build_train_loader
-from .distributed import DistEnv, all_gather_object, barrier, reduce_mean_dict
+from .distributed import DistEnv, all_gather_object, barrier, broadcast_object, reduce_mean_dict
+from .fingerprint import weights_fingerprint
 from .logging import MetricsWriter, truncate_metrics, write_run_info
 from .optim import IterationScheduler, build_optimizer, clip_grad
+from .rundir import RunDirError, run_history
 from .sampler import ResumableDistributedSampler
 
 __all__ = ["Trainer", "NonFiniteLossError", "run_dir_for", "load_run", "checkpoint_meta"]
@@ -29,25 +34,6 @@ __all__ = ["Trainer", "NonFiniteLossError", "run_dir_for", "load_run", "checkpoi
 
 class NonFiniteLossError(RuntimeError):
     """A loss term, an update or the state to checkpoint became NaN/inf; the last finite checkpoint is kept."""
-
-
-# Config keys a resumed run must share with its checkpoint: (key, may EXPERIMENT.RESUME_ALLOW_CHANGES allow it, why)
-_RESUME_KEYS = (
-    ("SOLVER.TYPE", False, "the optimizer state of one optimizer cannot drive another"),
-    ("SOLVER.BATCH_SIZE", True, "the sample stream and the LR scaling change"),
-    ("SOLVER.AMP", True, "the numerics (and the fp16 loss scaler) change"),
-)
-
-
-def _config_value(dump: str, key: str) -> Any:
-    import yaml
-
-    node: Any = yaml.safe_load(dump) or {}
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 def run_dir_for(cfg: CN) -> Path:
@@ -123,6 +109,8 @@ class Trainer:
         self.teacher_file = self._teacher_file_identity()
         self.bad_images = getattr(train_set, "skipped", None)  # DATASET.SKIP_BAD_IMAGES counter (shared by workers)
         self.grad_terms: dict[str, float] = {}  # per-term gradient norms of the last step that measured them
+        self.changes: list[dict[str, Any]] = []  # accepted config changes of a resumed run, with their steps
+        self.student_fingerprint: str | None = None  # of the exported student (engine/fingerprint.py)
 
     # ---------------------------------------------------------------------------------------------- pieces
     def _train_loader(self, train_set: Any, device_decode: bool) -> tuple[Any, ResumableDistributedSampler]:
@@ -179,7 +167,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "step": self.step, "epoch": epoch, "step_in_epoch": in_epoch,
                 "rng": all_gather_object(ckpt.rng_state()), "config": self.cfg.dump(),
-                "teacher_file": self.teacher_file}
+                "teacher_file": self.teacher_file, "changes": self.changes}
 
     def save(self) -> None:
         """Write ``last.pth`` (the one it replaces becomes ``prev.pth``), only from a finite state: every rank holds
@@ -202,26 +190,45 @@ class Trainer:
         fix = "lower SOLVER.LR or enable SOLVER.GRAD_CLIP"
         if not last.exists():
             return f"no checkpoint was written yet: {fix} and start again"
+        fix += (f" (with --run-dir {self.run_dir} and the changed keys in EXPERIMENT.RESUME_ALLOW_CHANGES, e.g. "
+                "\"['SOLVER.LR']\", to continue this run)")
         if self.saved_step == failing_step - 1 and prev.exists():
             return (f"the last checkpoint ({last}, step {self.saved_step}) is finite but this step diverged from it, "
                     f"so {fix} and resume from the checkpoint before it with --resume {prev}")
         return f"the last finite checkpoint ({last}) is kept: {fix}, then rerun to resume from it"
 
-    def check_resumable(self, state: dict[str, Any], path: Path) -> None:
-        """Refuse (one sentence, :class:`~mdistiller.engine.checkpoint.CheckpointMismatchError`) a checkpoint whose
-        optimizer, batch size or precision differ from this run (the last two unless
-        ``EXPERIMENT.RESUME_ALLOW_CHANGES`` lists them), or that was trained against a different teacher file."""
+    def check_resumable(self, state: dict[str, Any], path: Path) -> list[dict[str, Any]]:
+        """Refuse, in one sentence (:class:`~mdistiller.engine.checkpoint.CheckpointMismatchError`, exit 2), a
+        checkpoint this run may not continue: other trainable parameters, a step beyond this config's total, a
+        config that differs in a key that changes what is trained (:mod:`mdistiller.engine.identity`; the config the
+        checkpoint stores, else the run's ``config.yaml``), or another teacher file. Returns the accepted changes
+        as ``run_info.json`` records (key, old, new, step).
+
+        A change of the learning-rate schedule's keys is accepted without ``EXPERIMENT.RESUME_ALLOW_CHANGES`` when
+        every step already trained keeps its learning rate (e.g. a longer ``SOLVER.MAX_STEPS`` under a constant or
+        multistep schedule): the run then equals one configured that way from the start."""
         ckpt.check_compatible(state, checkpoint_meta(self.cfg, self.distiller), path=path)
-        allowed = {str(k).upper() for k in self.cfg.EXPERIMENT.RESUME_ALLOW_CHANGES}
-        dump = state.get("config")
-        for key, may_allow, why in _RESUME_KEYS if isinstance(dump, str) else ():
-            old, new = _config_value(dump, key), _config_value(self.cfg.dump(), key)
-            if old is None or str(old).lower() == str(new).lower() or (may_allow and key in allowed):
-                continue
-            fix = (f"resume with {key} {old}, or add {key} to EXPERIMENT.RESUME_ALLOW_CHANGES" if may_allow
-                   else f"resume with {key} {old} or start a new run dir")
+        step, where = int(state.get("step", 0)), f"checkpoint {path}"
+        if step > self.total_steps:
+            s = self.cfg.SOLVER
+            length = f"SOLVER.MAX_STEPS {s.MAX_STEPS}" if s.MAX_STEPS else f"SOLVER.EPOCHS {s.EPOCHS}"
             raise ckpt.CheckpointMismatchError(
-                f"checkpoint {path} was trained with {key} {old} but this run has {new} ({why}); {fix}.")
+                f"{where} is at step {step}, beyond the {self.total_steps} steps this config trains ({length}); a "
+                f"trained run cannot be cut back, so resume with SOLVER.MAX_STEPS {step} or more, or start a new run "
+                f"(another EXPERIMENT.NAME or --run-dir) to train {self.total_steps} steps.")
+        accepted: list[identity.Change] = []
+        dump, recorded = state.get("config"), self.run_dir / "config.yaml"
+        if not isinstance(dump, str) and recorded.is_file():  # a checkpoint without its config: the run's record
+            dump = recorded.read_text(encoding="utf-8")
+        if isinstance(dump, str):
+            changes = identity.config_changes(identity.flat_config(dump), identity.flat_config(self.cfg))
+            schedule, saved = identity.schedule_changes(changes), state.get("scheduler")
+            if schedule and isinstance(saved, Mapping) and self.scheduler.same_rates(saved, step):
+                accepted, changes = schedule, [c for c in changes if c not in schedule]
+            ok, refused = identity.permitted(changes, self.cfg.EXPERIMENT.RESUME_ALLOW_CHANGES)
+            if refused:
+                raise ckpt.CheckpointMismatchError(identity.refusal(where, step, refused))
+            accepted += ok
         old_t, new_t = state.get("teacher_file"), self.teacher_file
         ident = [None if t is None else (t["size"], t["hash"]) for t in (old_t, new_t)]
         same = ident[0] == ident[1]
@@ -231,20 +238,45 @@ class Trainer:
             raise ckpt.CheckpointMismatchError(
                 f"checkpoint {path} was trained against teacher weights {before} but DISTILLER.TEACHER_WEIGHTS now "
                 f"gives {now}, a different file; resume with the original teacher file or start a new run dir.")
+        return [c.record(step) for c in accepted]
 
     def resume(self, path: str | Path) -> None:
-        """Continue exactly where ``path`` stopped: weights, optimizer, schedule, scaler, RNG and sample stream."""
+        """Continue exactly where ``path`` stopped: weights, optimizer, schedule, scaler, RNG and sample stream.
+
+        The optimizer's hyper-parameters (weight decay, betas, ...) are this config's, not the checkpoint's, so a
+        change :meth:`check_resumable` accepted takes effect; it is recorded in ``self.changes`` (checkpoints and
+        ``run_info.json``) with the step it took effect from."""
         path = Path(path)
         state = ckpt.load_checkpoint(path, map_location="cpu")
-        self.check_resumable(state, path)
+        accepted = self.check_resumable(state, path)
+        own = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         self.distiller.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        for group, settings in zip(self.optimizer.param_groups, own):
+            group.update(settings)
+        self.scheduler.load_state_dict(state["scheduler"], quiet=True)
         self.scaler.load_state_dict(state["scaler"])
         self.step = self.saved_step = int(state["step"])
         rngs = state["rng"]
         if len(rngs) == self.env.world_size:
             ckpt.set_rng_state(rngs[self.env.rank])
+        history = [c for c in state.get("changes") or [] if isinstance(c, dict) and int(c.get("step", 0)) <= self.step]
+        if path.resolve().parent != self.ckpt_path.parent.resolve():
+            history.append({"step": self.step, "resumed_from": str(path.resolve())})
+        self.changes = history + accepted
+        if accepted and self.env.is_main:
+            shown = ", ".join(f"{c['key']} {identity.show(c['old'])} → {identity.show(c['new'])}" for c in accepted)
+            print(f"[mdistiller] note: continuing from step {self.step} with {shown} (recorded in run_info.json).",
+                  file=sys.stderr, flush=True)
+
+    def _refuse_restart(self) -> None:
+        """A fresh start (no checkpoint to resume) must not replace a run's history in ``run_dir``."""
+        found = broadcast_object(run_history(self.run_dir) if self.env.is_main else None)
+        if found:
+            raise RunDirError(
+                f"run directory {self.run_dir} already holds a run ({', '.join(found)}); a fresh start would replace "
+                "its history, so resume it, use another run directory, or clear it with tools/train.py --resume none "
+                "--overwrite")
 
     # ---------------------------------------------------------------------------------------------- loop
     def train_step(self, images: torch.Tensor, targets: Any = None) -> dict[str, float]:
@@ -414,6 +446,8 @@ class Trainer:
         values: dict[str, Any] = {"final_step": self.step, "wall_s": round(wall_s, 2), "img_per_s": img_s}
         values |= {f"final/{k}": v for k, v in last.items() if k.startswith("loss") or k.startswith("agree/")}
         values |= self._memory()
+        if self.student_fingerprint:
+            values["student_fingerprint"] = self.student_fingerprint
         losses = [f"{k.removeprefix('final/')} {v:.4g}" for k, v in values.items() if k.startswith("final/loss")]
         agree = {k.removeprefix("final/agree/"): v for k, v in values.items() if k.startswith("final/agree/")}
         mem = [f"{k.removeprefix('mem/')} {v:.2f}" for k, v in values.items() if k.startswith("mem/")]
@@ -425,7 +459,8 @@ class Trainer:
             ("throughput", f"{img_s:.1f} img/s (all ranks, over the training loop: the log lines' img/s weighted by "
                             "their duration)"),
             ("memory", " ".join(mem) or "-"),
-            ("student", str(self.run_dir / "student.safetensors")),
+            ("student", str(self.run_dir / "student.safetensors")
+                        + (f" (fingerprint {self.student_fingerprint})" if self.student_fingerprint else "")),
             ("curves", f"{self.run_dir / 'metrics.jsonl'}, {self.run_dir / 'train.log'}"),
         ]
         title = (f"{cfg.DISTILLER.TYPE} {cfg.DISTILLER.TEACHER} → {cfg.DISTILLER.STUDENT}: done, step "
@@ -438,6 +473,8 @@ class Trainer:
         cfg, env = self.cfg, self.env
         if resume:
             self.resume(resume)
+        else:
+            self._refuse_restart()
         if env.is_main:
             ckpt.clean_stale_temps(self.ckpt_path.parent)
             truncate_metrics(self.run_dir / "metrics.jsonl", self.step)  # each step once: drop replayed records
@@ -448,7 +485,8 @@ class Trainer:
             n_params = sum(p.numel() for _, p in self.distiller.trainable_parameters())
             info = write_run_info(self.run_dir, cfg.dump(), {"distiller": cfg.DISTILLER.TYPE,
                                                             "plan": repr(self.distiller.plan),
-                                                            "trainable_params": n_params})
+                                                            "trainable_params": n_params,
+                                                            "changes": self.changes})
             hparams = flatten(cfg) | {k: info[k] for k in ("git", "host", "world_size")}
         log = MetricsWriter(self.run_dir, env.is_main, tensorboard=cfg.LOG.TENSORBOARD, wandb=cfg.LOG.WANDB,
                             wandb_project=cfg.EXPERIMENT.PROJECT, wandb_name=cfg.EXPERIMENT.NAME or self.run_dir.name,
@@ -568,6 +606,7 @@ class Trainer:
         d = self.cfg.DISTILLER
         kwargs = dict(d.STUDENT_KWARGS) | {"img_size": int(self.cfg.DATASET.INPUT_SIZE)}
         path = self.distiller.export_student(self.run_dir / "student.safetensors", d.STUDENT, kwargs)
+        self.student_fingerprint = weights_fingerprint(self.distiller.student.model.state_dict())
         barrier()
         return path
 

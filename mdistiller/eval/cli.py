@@ -371,7 +371,9 @@ def log_result_to_wandb(run_dir: str, result: dict[str, Any], online: bool = Fal
         scalars |= {f"lineval/{task}/{name}/{k}": v for k, v in metrics.items()
                     if isinstance(v, int | float) and not isinstance(v, bool)}
     cell = json.loads(json.dumps({k: result.get(k) for k in ("metrics", "extra_tests", "chosen_lr", "task_kind")}
-                                 | {"protocol": result["protocol"]["name"]}, default=_json_default))
+                                 | {"protocol": result["protocol"]["name"],
+                                    "student_fingerprint": result["model"].get("student_fingerprint")},
+                                 default=_json_default))
     return log_to_run(run_dir, scalars, summary={f"lineval/{task}": cell}, job_type="eval", label=f"lineval/{task}")
 
 

@@ -99,7 +99,9 @@ class Backbone:
     """A frozen backbone plus where it came from.
 
     ``info`` holds ``source`` ("run_dir" | "model" | "random"), ``name``, ``timm_name``, ``weights`` and the
-    number of parameters; ``fingerprint`` identifies the weights (caches built from other weights are never
+    number of parameters, and for a run directory ``student_fingerprint`` (the content hash of its
+    ``student.safetensors``, :mod:`mdistiller.engine.fingerprint`; ``tools/lineval/table.py`` compares it with the
+    run's current student); ``fingerprint`` identifies the weights (caches built from other weights are never
     reused); ``default_input_size`` is the run's training resolution, or 224 for a model name.
     """
 
@@ -138,9 +140,11 @@ def load_backbone(target: str | os.PathLike[str], *, seed: int = 0) -> Backbone:
         kwargs = dict(meta.get("create_kwargs") or {})
         kwargs.pop("dynamic_img_size", None)
         model = build_model(meta["model"], weights, num_classes=0, dynamic_img_size=True, **kwargs)
+        from mdistiller.engine.fingerprint import student_fingerprint
+
         info = {"source": "run_dir", "run_dir": str(path.resolve()), "name": meta["model"],
                 "timm_name": meta.get("timm_name"), "create_kwargs": meta.get("create_kwargs"),
-                "weights": _file_id(weights)}
+                "weights": _file_id(weights), "student_fingerprint": student_fingerprint(weights)}
         default_size = int(kwargs.get("img_size") or 224)
         label = path.resolve().name
     else:

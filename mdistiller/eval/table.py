@@ -7,6 +7,11 @@ those results. A combined cell (DS, FG) is shown only when all of its parts exis
 
 For each task a run may hold ``<task>.json`` (cached protocol) and ``<task>.online.json`` (online protocol):
 ``protocol="auto"`` prefers the online result (the headline protocol) and marks those cells with ``†``.
+
+A result measured on other weights than the run's current student (the run was overwritten, or trained further,
+since the probe) is never shown as the run's number: the cell reads ``stale`` (:func:`stale_reason` compares the
+result's ``student_fingerprint`` with the run's ``student.safetensors``; for the ``--wandb`` rows, with the run
+summary's ``student_fingerprint``).
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PAPER_COLUMNS", "TOY_COLUMNS", "Column", "Row", "collect_results", "render_csv", "render_markdown"]
+__all__ = ["PAPER_COLUMNS", "TOY_COLUMNS", "Column", "Row", "collect_results", "current_result", "render_csv",
+           "render_markdown", "stale_reason"]
 
 FG_TASKS = ("transfer_aircraft", "transfer_pets", "transfer_food101", "transfer_flowers102")
 
@@ -66,11 +72,67 @@ TOY_COLUMNS = (
 
 @dataclass
 class Row:
-    """One run: its label, the lineval folder, and per column ``(value or None, set of protocols used)``."""
+    """One run: its label, the lineval folder, per column ``(value or None, set of protocols used)``, and the
+    stale results left out (``{task: why}``; their columns hold ``None`` and the protocol ``"stale"``)."""
 
     name: str
     folder: Path
     cells: dict[str, tuple[float | None, set[str]]] = field(default_factory=dict)
+    stale: dict[str, str] = field(default_factory=dict)
+
+
+def current_result(path: str | Path) -> bool:
+    """Whether the probe result file ``path`` exists and still describes its run's student (:func:`stale_reason`):
+    what a batch of probes (``tools/demo.py``, ``tools/study.py``) may skip on a rerun."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        return stale_reason(json.loads(path.read_text())) is None
+    except ValueError:  # a torn or foreign file: probe again
+        return False
+
+
+def _run_of(target: str | Path, folder: Path) -> Path | None:
+    """The run directory a target names (the directory itself or the parent of its ``lineval/`` folder)."""
+    for cand in (Path(target).expanduser(), folder.parent if folder.name == "lineval" else None):
+        if cand is not None and ((cand / "config.yaml").is_file() or (cand / "student.safetensors").exists()):
+            return cand
+    return None
+
+
+def stale_reason(result: dict[str, Any], run_dir: str | Path | None = None,
+                 fingerprints: dict[str, str | None] | None = None) -> str | None:
+    """Why ``result`` (a probe result JSON) no longer describes its run's student, or None when it does or cannot be
+    checked. The run is ``run_dir`` (the table's target) or the ``model.run_dir`` the result names; its current
+    student is fingerprinted (:func:`mdistiller.engine.fingerprint.student_fingerprint`, cached in
+    ``fingerprints``) and compared with the result's ``student_fingerprint`` (results written before fingerprints:
+    the size and mtime of the weights file they recorded)."""
+    from mdistiller.engine.fingerprint import STUDENT_FILE, student_fingerprint
+
+    model = result.get("model") or {}
+    if model.get("source") != "run_dir":
+        return None
+    run = Path(run_dir) if run_dir is not None else Path(str(model.get("run_dir") or ""))
+    if not str(run) or not run.is_dir():
+        return None  # the results travelled without their run: nothing to compare with
+    student = run / STUDENT_FILE
+    if not student.is_file():
+        return f"{run} has no {STUDENT_FILE} any more (overwritten or still training)"
+    measured = model.get("student_fingerprint")
+    if measured is None:
+        recorded = model.get("weights") or {}
+        st = student.stat()
+        if (recorded.get("bytes"), recorded.get("mtime_ns")) == (st.st_size, st.st_mtime_ns):
+            return None
+        return f"{student} changed after this probe"
+    cache = fingerprints if fingerprints is not None else {}
+    key = str(student.resolve())
+    if key not in cache:
+        cache[key] = student_fingerprint(student)
+    if cache[key] == measured:
+        return None
+    return f"measured student {str(measured)[:12]}, but {student} is now {str(cache[key])[:12]}"
 
 
 def lineval_dir(target: str | Path) -> Path:
@@ -107,25 +169,37 @@ def collect_results(targets: Sequence[str | Path], names: Sequence[str] | None =
     if names is not None and len(names) != len(targets):
         raise ValueError(f"got {len(names)} --names for {len(targets)} runs; give one name per run or none.")
     rows = []
+    fingerprints: dict[str, str | None] = {}
     for i, t in enumerate(targets):
         folder = lineval_dir(t)
         default = Path(t).name if Path(t).is_dir() else str(t)
         if default == "lineval":
             default = Path(t).resolve().parent.name
         row = Row(name=names[i] if names else default, folder=folder)
-        _fill(row, lambda task, folder=folder: _load(folder, task, protocol), columns)
+        run = _run_of(t, folder)
+        _fill(row, lambda task, folder=folder: _load(folder, task, protocol), columns,
+              lambda res, run=run: stale_reason(res, run, fingerprints))
         rows.append(row)
     return rows
 
 
-def _fill(row: Row, load: Callable[[str], tuple[dict[str, Any] | None, str]], columns: Sequence[Column]) -> None:
+def _fill(row: Row, load: Callable[[str], tuple[dict[str, Any] | None, str]], columns: Sequence[Column],
+          stale: Callable[[dict[str, Any]], str | None] = lambda res: None) -> None:
     cache: dict[str, tuple[dict[str, Any] | None, str]] = {}
     for col in columns:
         values, protos = [], set()
         for task, get in col.parts:
             if task not in cache:
-                cache[task] = load(task)
+                res, proto = load(task)
+                why = stale(res) if res is not None else None
+                if why:
+                    row.stale[task] = why
+                    res, proto = None, "stale"
+                cache[task] = res, proto
             res, proto = cache[task]
+            if proto == "stale":
+                values, protos = [], {"stale"}
+                break
             v = get(res) if res is not None else None
             if v is None or (isinstance(v, float) and math.isnan(v)):
                 values = []
@@ -175,14 +249,21 @@ def collect_wandb(source: str, protocol: str = "auto",
                     return res, proto
             return None, ""
 
+        def stale(res: dict[str, Any], summary: dict[str, Any] = summary) -> str | None:
+            measured, current = res.get("student_fingerprint"), summary.get("student_fingerprint")
+            if measured and current and measured != current:
+                return f"measured student {str(measured)[:12]}, but the run's student is now {str(current)[:12]}"
+            return None
+
         row = Row(name=name, folder=Path(source))
-        _fill(row, load, columns)
+        _fill(row, load, columns, stale)
         rows.append(row)
     return rows
 
 
 def _active(rows: Sequence[Row], columns: Sequence[Column]) -> bool:
-    return any(r.cells.get(c.title, (None, set()))[0] is not None for r in rows for c in columns)
+    cells = [r.cells.get(c.title, (None, set())) for r in rows for c in columns]
+    return any(v is not None or "stale" in protos for v, protos in cells)
 
 
 def _tables(rows: Sequence[Row]) -> list[tuple[str, tuple[Column, ...]]]:
@@ -197,7 +278,7 @@ def _tables(rows: Sequence[Row]) -> list[tuple[str, tuple[Column, ...]]]:
 def render_markdown(rows: Sequence[Row]) -> str:
     """Markdown tables (paper columns and, when present, toy-scene columns); ``†`` marks online results."""
     parts = []
-    any_online = False
+    any_online = any_stale = False
     tables = _tables(rows)
     for title, cols in tables:
         head = "| Model | " + " | ".join(f"{c.title} {'↑' if c.higher_is_better else '↓'}" for c in cols) + " |"
@@ -209,7 +290,8 @@ def render_markdown(rows: Sequence[Row]) -> str:
                 v, protos = r.cells.get(c.title, (None, set()))
                 mark = "†" if "online" in protos else ""
                 any_online |= bool(mark)
-                cells.append("—" if v is None else f"{v:.{c.digits}f}{mark}")
+                any_stale |= "stale" in protos
+                cells.append("stale" if "stale" in protos else "—" if v is None else f"{v:.{c.digits}f}{mark}")
             lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
     notes = ["— = not evaluated."]
@@ -218,6 +300,9 @@ def render_markdown(rows: Sequence[Row]) -> str:
                         "Flowers-102 top-1;")
     if any_online:
         notes.append("† online protocol (augmented, backbone every step); other cells: cached protocol.")
+    if any_stale:
+        notes.append("stale = the result measured other weights than the run's current student (the run was "
+                     "overwritten or trained further since): rerun that probe.")
     return "\n\n".join(parts) + "\n\n" + " ".join(notes) + "\n"
 
 
@@ -271,6 +356,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    for r in rows:
+        for task, why in r.stale.items():
+            print(f"warning: {r.name}: the {task} result is stale ({why}); it is not shown, rerun that probe.",
+                  file=sys.stderr)
     md = render_markdown(rows)
     print(md, end="")
     for o in args.out:

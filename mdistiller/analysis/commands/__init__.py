@@ -15,7 +15,7 @@ from typing import Any
 from . import options as _o
 from .base import Command
 
-__all__ = ["COMMANDS", "NAMES", "Command", "format_report", "save_report", "write_figures"]
+__all__ = ["COMMANDS", "NAMES", "Command", "format_report", "run_report", "save_report", "write_figures"]
 
 #: the commands in the order ``tools/analyze.py`` lists them; each one's module is its name with ``_`` for ``-``
 NAMES = ("artifacts", "nullspace", "null-vs-reality", "subspace", "adapter", "similarity", "figures")
@@ -49,6 +49,19 @@ def format_report(report: Mapping[str, Any]) -> str:
 def write_figures(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     """Write every figure of ``report`` (by its ``command``) into ``out_dir``; returns the PNG paths."""
     return _of(report).plot(report, Path(out_dir))
+
+
+def run_report(name: str, args: Any) -> dict[str, Any]:
+    """Run the command ``name`` on parsed ``args``; a report of trained runs carries ``student_weights``
+    (``{run directory: fingerprint of the student it measured}``, the fingerprint ``tools/lineval`` results and
+    ``student.safetensors`` use too)."""
+    from mdistiller.analysis.runs import MEASURED
+
+    MEASURED.clear()
+    report = COMMANDS[name].run(args)
+    if MEASURED:
+        report["student_weights"] = dict(MEASURED)
+    return report
 
 
 def save_report(report: dict[str, Any], out_dir: str | Path, figures: Sequence[str | Path] = ()) -> dict[str, Path]:
