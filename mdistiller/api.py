@@ -62,7 +62,7 @@ def train(cfg_or_paths: Any, overrides: Mapping[str, Any] | Sequence[Any] | None
     else:
         paths = [cfg_or_paths] if isinstance(cfg_or_paths, str | os.PathLike) else list(cfg_or_paths)
         cfg = load_config(paths, _opts(overrides))
-    env = init_distributed(device or cfg.EXPERIMENT.DEVICE)
+    env = init_distributed(device or cfg.EXPERIMENT.DEVICE, timeout_minutes=cfg.EXPERIMENT.DIST_TIMEOUT_MIN)
     out = Path(run_dir) if run_dir else run_dir_for(cfg)
     if resume in ("none", "") and env.is_main:
         from mdistiller.engine.launch import _previous_run

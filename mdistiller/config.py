@@ -41,6 +41,10 @@ _C.EXPERIMENT.TAG = "default"  # comma-separated tags (wandb); run-dir name when
 _C.EXPERIMENT.OUTPUT_DIR = "output"  # runs live in OUTPUT_DIR/PROJECT/NAME
 _C.EXPERIMENT.SEED = 0  # global seed; each rank uses SEED + rank for augmentation randomness
 _C.EXPERIMENT.DEVICE = "auto"  # auto | cpu | cuda
+# Process-group timeout (minutes): a rank that waits longer than this for a peer (one that hangs; a killed one is
+# noticed at once) stops with one sentence and exit 3. Long enough for the main rank's checkpoint writes and exports
+# while the others wait; torch's default is 30.
+_C.EXPERIMENT.DIST_TIMEOUT_MIN = 10.0
 # Keys that may differ from the checkpoint's when resuming (allowed: SOLVER.BATCH_SIZE, SOLVER.AMP); a change of
 # any of them is refused otherwise, as is a change of SOLVER.TYPE or of the teacher weights file (never allowed).
 _C.EXPERIMENT.RESUME_ALLOW_CHANGES = []
@@ -415,7 +419,7 @@ def validate_config(cfg: CN) -> None:
                           "paper's single learning rate.")
     if not 0.0 < cfg.VITKD.MASK_RATIO < 1.0:
         raise ConfigError(f"VITKD.MASK_RATIO is {cfg.VITKD.MASK_RATIO} but must lie inside (0, 1), e.g. 0.5.")
-    for key in ("SOLVER.LR", "SOLVER.BATCH_SIZE", "DATASET.INPUT_SIZE"):
+    for key in ("SOLVER.LR", "SOLVER.BATCH_SIZE", "DATASET.INPUT_SIZE", "EXPERIMENT.DIST_TIMEOUT_MIN"):
         if not flat[key] > 0:
             raise ConfigError(f"{key} is {flat[key]} but must be positive.")
     if cfg.SOLVER.EPOCHS < 1 and cfg.SOLVER.MAX_STEPS < 1:
