@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from mdistiller.config import ConfigError, load_config, validate_config
 from mdistiller.engine.checkpoint import load_checkpoint
+from tests.conftest import tiny_config
 from tests.test_train import ROOT, tiny_yaml
 
 #: a rank must be gone this many seconds after the signal (typically well under 1 s; the machine may be shared)
@@ -106,6 +108,14 @@ def _signal_at(run: Path, pid: int, sig: int, step: int = 2, timeout: float = 12
     return time.monotonic()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _students_equal(a: Path, b: Path) -> None:
     from safetensors.torch import load_file
 
@@ -163,6 +173,48 @@ def test_kill9_of_rank1_ends_rank0_with_one_sentence(ranks, setup):
     assert err.count("\n") == 0 and "Traceback" not in err, err[-3000:]
     assert err.startswith("error: rank 0 lost its peers after step ") and "closed its connection" in err
     assert "rerun the same command to resume from it" in err and "last.pth" in err
+
+
+def test_a_hung_rank1_ends_rank0_after_the_process_group_timeout(ranks, setup):
+    """SIGSTOP (a rank that hangs): rank 0 gives up after EXPERIMENT.DIST_TIMEOUT_MIN, in one sentence."""
+    tmp, cfg, opts, _ = setup
+    run = tmp / "stop1"
+    timeout_s = 9.0
+    opts = [*opts, "EXPERIMENT.DIST_TIMEOUT_MIN", str(timeout_s / 60)]
+    pids = ranks.start(["--cfg", str(cfg), "--run-dir", str(run), "--resume", "none", *opts], tmp / "stop1_logs")
+    sent = _signal_at(run, pids[1], signal.SIGSTOP)
+    deadline = time.monotonic() + timeout_s + EXIT_BOUND_S
+    while _alive(pids[0]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    gave_up = time.monotonic() - sent
+    os.kill(pids[1], signal.SIGKILL)  # the stopped rank never ends by itself
+    codes, ended = ranks.wait()
+    assert codes[0] == 3, (codes, ranks.err(0)[-2000:])
+    assert timeout_s - 1 <= gave_up < timeout_s + EXIT_BOUND_S, gave_up
+    err = ranks.err(0).strip()
+    assert err.count("\n") == 0 and err.startswith("error: rank 0 lost its peers after step "), err[-3000:]
+    assert "did not answer within the process-group timeout" in err
+
+
+def test_peer_failures_are_told_apart_from_other_errors():
+    from mdistiller.engine.distributed import peer_failure
+
+    closed = RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:925: "
+                          "Connection reset by peer. This is typically caused by a remote worker hanging")
+    hung = RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting "
+                        "3000ms for recv operation to complete")
+    assert "closed its connection" in peer_failure(closed)
+    assert "did not answer" in peer_failure(hung)
+    assert peer_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+    assert peer_failure(ValueError("gloo")) is None
+
+
+def test_dist_timeout_must_be_positive():
+    assert load_config([], ["EXPERIMENT.DIST_TIMEOUT_MIN", "2"], validate=False).EXPERIMENT.DIST_TIMEOUT_MIN == 2.0
+    cfg = tiny_config()
+    cfg.EXPERIMENT.DIST_TIMEOUT_MIN = 0.0
+    with pytest.raises(ConfigError, match="EXPERIMENT.DIST_TIMEOUT_MIN is 0.0 but must be positive"):
+        validate_config(cfg)
 
 
 _SECOND_SIGNAL = textwrap.dedent(
