@@ -293,12 +293,13 @@ _CLOSED = ("connection reset", "connection closed", "broken pipe", "connection r
 _TIMEOUT = ("timed out", "timeout")
 
 
-def peer_failure(error: BaseException) -> str | None:
+def peer_failure(error: BaseException, timeout_minutes: float | None = None) -> str | None:
     """Why a collective failed because of a peer, as a phrase for a sentence, or ``None`` for any other error.
 
     gloo raises a plain ``RuntimeError`` naming ``gloo/transport`` when a peer's socket closes (a peer killed, out
     of memory or crashed: noticed within milliseconds) and when no answer came within the process-group timeout;
     newer torch versions raise :class:`torch.distributed.DistError` subclasses, and NCCL names itself.
+    ``timeout_minutes`` (``EXPERIMENT.DIST_TIMEOUT_MIN``) is named in the phrase for a timeout.
     """
     if not isinstance(error, RuntimeError):
         return None
@@ -308,7 +309,8 @@ def peer_failure(error: BaseException) -> str | None:
             or (dist_error is not None and isinstance(error, dist_error))):
         return None
     if any(k in text for k in _TIMEOUT):
-        return "a peer did not answer within the process-group timeout (it hangs or is too slow)"
+        limit = f" (EXPERIMENT.DIST_TIMEOUT_MIN {timeout_minutes:g} min)" if timeout_minutes else ""
+        return f"a peer did not answer within the process-group timeout{limit}: it hangs or is too slow"
     if any(k in text for k in _CLOSED):
         return "a peer closed its connection (killed, out of memory or crashed)"
     return "a collective failed on the process group"

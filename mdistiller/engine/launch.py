@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         cleanup()
         return getattr(e, "exit_code", 1)
     except RuntimeError as e:
-        why = peer_failure(e) if env.distributed else None
+        why = peer_failure(e, cfg.EXPERIMENT.DIST_TIMEOUT_MIN) if env.distributed else None
         if why is None:
             raise
         # no cleanup(): the process group is broken, and destroying it could wait on the lost peer
