@@ -179,7 +179,7 @@ def print_table(result: dict) -> None:
     sync = result.get("stop_sync")
     if sync:
         c = sync["per_call_s"]
-        print(f"stop agreement per step ({sync['mode']}): {_fmt(_us(c['median']), '.1f')} µs, min–max "
+        print(f"stop agreement per step [{sync['mode']}]: {_fmt(_us(c['median']), '.1f')} µs, min–max "
               f"{_fmt(_us(c['min']), '.1f')}–{_fmt(_us(c['max']), '.1f')} µs over {s['steps']} rounds of "
               f"{sync['calls_per_round']} calls")
         for name, r in sync["with_vs_without"].items():

@@ -41,11 +41,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _init(rank: int, world: int, port: int, backend: str) -> None:
+#: how long the two processes wait for each other to join (a peer that cannot start fails the item after this)
+JOIN_TIMEOUT = datetime.timedelta(minutes=2)
+#: how long one call may wait for the other rank: a whole round of the other items runs between two calls
+CALL_TIMEOUT = datetime.timedelta(minutes=30)
+
+
+def _init(store, rank: int, world: int, backend: str) -> None:
     import torch.distributed as dist
 
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(minutes=30))
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=CALL_TIMEOUT)
 
 
 def serve_peer(port: int) -> None:
@@ -56,7 +61,8 @@ def serve_peer(port: int) -> None:
     from mdistiller.engine.stopping import agree_step_flags
 
     torch.set_num_threads(1)
-    _init(1, 2, port, "gloo")
+    store = dist.TCPStore("127.0.0.1", port, 2, is_master=False, timeout=JOIN_TIMEOUT)
+    _init(store, 1, 2, "gloo")
     try:
         while agree_step_flags(False, None, torch.device("cpu"), True)[1] != END:
             pass
@@ -74,19 +80,27 @@ def stop_sync_item(device) -> Iterator[Item]:
 
     if dist.is_initialized():
         raise BenchError("stop_sync needs its own process group, but one is already initialised; leave it out.")
-    port = _free_port()
     peer = None
-    if device.type == "cuda":
-        mode = "1-rank NCCL on the device (launch and device sync; no interconnect)"
-        torch.cuda.set_device(device)
-        _init(0, 1, port, "nccl")
-    else:
-        mode = "2-rank gloo over loopback (a peer process answers each call)"
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")])),
-                   OMP_NUM_THREADS="1")
-        peer = subprocess.Popen([sys.executable, "-c", f"from mdistiller.bench.stop_sync import serve_peer; "
-                                 f"serve_peer({port})"], env=env)
-        _init(0, 2, port, "gloo")
+    try:
+        if device.type == "cuda":
+            mode = "1-rank NCCL on the device (launch and device sync; no interconnect)"
+            torch.cuda.set_device(device.index if device.index is not None else torch.cuda.current_device())
+            _init(dist.HashStore(), 0, 1, "nccl")
+        else:
+            mode = "2-rank gloo over loopback (a peer process answers each call)"
+            port = _free_port()
+            env = dict(os.environ, OMP_NUM_THREADS="1",
+                       PYTHONPATH=os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")])))
+            peer = subprocess.Popen([sys.executable, "-c", "from mdistiller.bench.stop_sync import serve_peer; "
+                                     f"serve_peer({port})"], env=env)
+            store = dist.TCPStore("127.0.0.1", port, 2, is_master=True, timeout=JOIN_TIMEOUT)
+            _init(store, 0, 2, "gloo")
+    except (RuntimeError, ValueError) as e:
+        if peer is not None:
+            peer.kill()
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BenchError(f"stop_sync could not set up its process group ({reason}); leave it out with --components "
+                         "teacher,student_fb,loader.") from None
 
     def run() -> None:
         for _ in range(CALLS):
