@@ -44,7 +44,9 @@ def train(cfg_or_paths: Any, overrides: Mapping[str, Any] | Sequence[Any] | None
 
     Raises :class:`~mdistiller.config.ConfigError` for a bad config, ``FileExistsError`` for ``resume="none"`` into
     a directory that holds a run, ``RunLockedError`` while another process uses it, and the trainer's errors. The
-    SIGINT/SIGTERM handlers of the caller are restored when it returns.
+    SIGINT/SIGTERM handlers of the caller are restored when it returns. A first SIGINT/SIGTERM stops the run after
+    a checkpoint (``"interrupted"``); a second one more than 2 s later ends the process at once (in a notebook, its
+    kernel), so that a run blocked in a collective can always be stopped.
     """
     from mdistiller.config import CN, load_config
     from mdistiller.engine.distributed import cleanup, init_distributed

@@ -180,3 +180,20 @@ def test_bootstrap_interval_contains_the_median_and_narrows_with_rounds():
     many = [1.1 + rng.gauss(0, 0.05) for _ in range(200)]
     width = [bootstrap_interval(v)[1] - bootstrap_interval(v)[0] for v in (few, many)]
     assert width[1] < width[0]
+
+
+def test_stop_sync_that_cannot_set_up_is_skipped_with_one_line(monkeypatch, capsys):
+    import torch
+
+    from mdistiller.bench import stop_sync
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no backend here\nsecond line")
+
+    monkeypatch.setattr(torch.distributed, "TCPStore", lambda *a, **k: None)  # no wait for the peer to join
+    monkeypatch.setattr(stop_sync, "_init", broken)
+    with stop_sync.stop_sync_item(torch.device("cpu")) as item:
+        assert item is None
+    assert capsys.readouterr().err == ("bench.py: stop_sync not measured: its process group could not be set up "
+                                       "(no backend here).\n")
+    assert not torch.distributed.is_initialized()

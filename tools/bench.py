@@ -178,8 +178,9 @@ def _main(args: argparse.Namespace) -> dict:
                                   device)
     meter = MemoryMeter(device)
     with contextlib.ExitStack() as stack:
-        if "stop_sync" in components:  # its process group (and CPU peer) end with the rotation
-            items.append(stack.enter_context(stop_sync_item(device)))
+        sync = stack.enter_context(stop_sync_item(device)) if "stop_sync" in components else None
+        if sync is not None:  # its process group (and CPU peer) end with the rotation
+            items.append(sync)
         for item in items:  # first call (compilation, allocator warm-up), then the remaining warm-up rounds
             first_call(item, device, args.compile, args.compile_timeout)
         if args.warmup > 1:
