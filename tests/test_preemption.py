@@ -27,7 +27,6 @@ from tests.test_train import ROOT, tiny_yaml
 #: a rank must be gone this many seconds after the signal (typically well under 1 s; the machine may be shared)
 EXIT_BOUND_S = 20.0
 STEPS = 12
-pytestmark = pytest.mark.slow
 
 
 class Ranks:
@@ -153,14 +152,17 @@ def _stop_then_resume(ranks: Ranks, setup, name: str, signalled_rank: int) -> No
     _students_equal(ref, run)
 
 
+@pytest.mark.slow
 def test_sigterm_to_rank1_stops_both_ranks_at_one_step_and_resumes_exactly(ranks, setup):
     _stop_then_resume(ranks, setup, "term1", signalled_rank=1)
 
 
+@pytest.mark.slow
 def test_sigterm_to_rank0_stops_both_ranks_at_one_step_and_resumes_exactly(ranks, setup):
     _stop_then_resume(ranks, setup, "term0", signalled_rank=0)
 
 
+@pytest.mark.slow
 def test_kill9_of_rank1_ends_rank0_with_one_sentence(ranks, setup):
     tmp, cfg, opts, _ = setup
     run = tmp / "kill1"
@@ -175,6 +177,7 @@ def test_kill9_of_rank1_ends_rank0_with_one_sentence(ranks, setup):
     assert "rerun the same command to resume from it" in err and "last.pth" in err
 
 
+@pytest.mark.slow
 def test_a_hung_rank1_ends_rank0_after_the_process_group_timeout(ranks, setup):
     """SIGSTOP (a rank that hangs): rank 0 gives up after EXPERIMENT.DIST_TIMEOUT_MIN, in one sentence."""
     tmp, cfg, opts, _ = setup
@@ -229,6 +232,7 @@ _SECOND_SIGNAL = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_second_signal_ends_a_blocked_process_but_a_quick_repeat_does_not(tmp_path):
     """A repeat within the grace (a launcher forwarding the same signal) is ignored; a later one ends the process
     at once with 128 + N, even while the main thread is blocked where Python signal handlers cannot run."""
