@@ -79,7 +79,7 @@ def setup(tmp_path_factory, ranks):
     tmp = tmp_path_factory.mktemp("preempt")
     cfg = tiny_yaml(tmp, "FitNet")
     # checkpoints at epoch ends only (every 4 steps), so the stop writes its own
-    opts = ["SOLVER.MAX_STEPS", str(STEPS), "LOG.CKPT_EVERY_STEPS", "0", "EXPERIMENT.DIST_TIMEOUT_MIN", "0.5"]
+    opts = ["SOLVER.MAX_STEPS", str(STEPS), "LOG.CKPT_EVERY_STEPS", "0", "EXPERIMENT.DIST_TIMEOUT_MIN", "1"]
     ref = tmp / "ref"
     ranks.start(["--cfg", str(cfg), "--run-dir", str(ref), "--resume", "none", *opts], tmp / "ref_logs")
     codes, _ = ranks.wait()
