@@ -49,7 +49,9 @@ def train(cfg_or_paths: Any, overrides: Mapping[str, Any] | Sequence[Any] | None
     (:class:`~mdistiller.engine.rundir.RunDirError`) for a start that would replace or mix a run's history,
     ``RunLockedError`` while another process uses the directory, and the trainer's errors (a resume that changes
     what is trained: ``CheckpointMismatchError``). The SIGINT/SIGTERM handlers of the caller are restored when it
-    returns.
+    returns. A first SIGINT/SIGTERM stops the run after a checkpoint (``"interrupted"``); a second one more than 2 s
+    later ends the process at once (in a notebook, its kernel), so that a run blocked in a collective can always be
+    stopped.
     """
     from mdistiller.config import CN, load_config
     from mdistiller.engine.distributed import broadcast_object, cleanup, init_distributed
@@ -74,7 +76,7 @@ def train(cfg_or_paths: Any, overrides: Mapping[str, Any] | Sequence[Any] | None
         cfg = named_config(cfg, base, [str(k) for k in opts[0::2]])
     if overwrite and resume not in ("none", ""):
         raise ValueError("overwrite=True only applies to a fresh start; pass resume='none' too.")
-    env = init_distributed(device or cfg.EXPERIMENT.DEVICE)
+    env = init_distributed(device or cfg.EXPERIMENT.DEVICE, timeout_minutes=cfg.EXPERIMENT.DIST_TIMEOUT_MIN)
     out = Path(run_dir) if run_dir else run_dir_for(cfg)
     start, refused = None, None
     if env.is_main:

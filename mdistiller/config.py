@@ -42,6 +42,10 @@ _C.EXPERIMENT.TAG = "default"  # comma-separated tags (wandb); run-dir name when
 _C.EXPERIMENT.OUTPUT_DIR = "output"  # runs live in OUTPUT_DIR/PROJECT/NAME
 _C.EXPERIMENT.SEED = 0  # global seed; each rank uses SEED + rank for augmentation randomness
 _C.EXPERIMENT.DEVICE = "auto"  # auto | cpu | cuda
+# Process-group timeout (minutes): a rank that waits longer than this for a peer (one that hangs; a killed one is
+# noticed at once) stops with one sentence and exit 3. Long enough for the main rank's checkpoint writes and exports
+# while the others wait; torch's default is 30.
+_C.EXPERIMENT.DIST_TIMEOUT_MIN = 10.0
 # Keys of RESUME_ALLOWABLE_KEYS (below) that this resume may change from the checkpoint's values, e.g.
 # ['SOLVER.LR']; the change is recorded in run_info.json with the step it took effect from. Every other key that
 # changes what is trained is refused on resume (docs/reliability.md, "Run identity").
@@ -197,6 +201,7 @@ RESUME_FREE_KEYS: dict[str, str] = {
     "EXPERIMENT.PROJECT": "a name", "EXPERIMENT.NAME": "a name", "EXPERIMENT.TAG": "a name",
     "EXPERIMENT.OUTPUT_DIR": "a path", "EXPERIMENT.DEVICE": "where the same steps run",
     "EXPERIMENT.RESUME_ALLOW_CHANGES": "the permission itself",
+    "EXPERIMENT.DIST_TIMEOUT_MIN": "how long a rank waits for a lost peer",
     "DATASET.ROOT": "a path (the same images moved)",
     "DATASET.NUM_WORKERS": "augmentation is seeded per sample, not per worker",
     "DATASET.PIN_MEMORY": "loader plumbing", "DATASET.PERSISTENT_WORKERS": "loader plumbing",
@@ -463,7 +468,7 @@ def validate_config(cfg: CN) -> None:
                           "paper's single learning rate.")
     if not 0.0 < cfg.VITKD.MASK_RATIO < 1.0:
         raise ConfigError(f"VITKD.MASK_RATIO is {cfg.VITKD.MASK_RATIO} but must lie inside (0, 1), e.g. 0.5.")
-    for key in ("SOLVER.LR", "SOLVER.BATCH_SIZE", "DATASET.INPUT_SIZE"):
+    for key in ("SOLVER.LR", "SOLVER.BATCH_SIZE", "DATASET.INPUT_SIZE", "EXPERIMENT.DIST_TIMEOUT_MIN"):
         if not flat[key] > 0:
             raise ConfigError(f"{key} is {flat[key]} but must be positive.")
     if cfg.SOLVER.EPOCHS < 1 and cfg.SOLVER.MAX_STEPS < 1:

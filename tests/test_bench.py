@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from mdistiller.bench.flops import method_flops
+from mdistiller.bench.stop_sync import CALLS
 from mdistiller.models.flops import ViTShape, block_flops, forward_flops, gram_flops, linear_flops, vit_shape
 from tests.helpers import load_tool
 
@@ -100,6 +101,15 @@ def test_tiny_json(capsys, tmp_path):
     # SiNGER runs the same teacher depth as FitNet plus its extras: its FLOP bound is strictly larger
     assert result["ratios"]["SiNGER"]["flop_bound"] > 1.0
     assert result["setup"]["fused_attn"]["teacher"] is True
+    # the stop agreement: timed in the same rounds, each round's ratio is (its step + its agreement) / its step
+    sync = result["stop_sync"]
+    assert sync["calls_per_round"] == CALLS and len(sync["per_call_times_s"]) == 2 and "gloo" in sync["mode"]
+    for name in ("FitNet", "ViTKD", "SiNGER", "student"):
+        r = sync["with_vs_without"][name]
+        steps = result["results"][name]["times_s"]
+        assert r["paired_ratios"] == pytest.approx([(s + c) / s for s, c in zip(steps, sync["per_call_times_s"])])
+        assert r["paired_min"] <= r["paired_median"] <= r["paired_max"]
+    assert "stop_sync" not in result["results"] and not torch.distributed.is_initialized()  # its group is gone
 
 
 def test_bad_method_is_one_sentence(capsys):
@@ -170,3 +180,20 @@ def test_bootstrap_interval_contains_the_median_and_narrows_with_rounds():
     many = [1.1 + rng.gauss(0, 0.05) for _ in range(200)]
     width = [bootstrap_interval(v)[1] - bootstrap_interval(v)[0] for v in (few, many)]
     assert width[1] < width[0]
+
+
+def test_stop_sync_that_cannot_set_up_is_skipped_with_one_line(monkeypatch, capsys):
+    import torch
+
+    from mdistiller.bench import stop_sync
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no backend here\nsecond line")
+
+    monkeypatch.setattr(torch.distributed, "TCPStore", lambda *a, **k: None)  # no wait for the peer to join
+    monkeypatch.setattr(stop_sync, "_init", broken)
+    with stop_sync.stop_sync_item(torch.device("cpu")) as item:
+        assert item is None
+    assert capsys.readouterr().err == ("bench.py: stop_sync not measured: its process group could not be set up "
+                                       "(no backend here).\n")
+    assert not torch.distributed.is_initialized()

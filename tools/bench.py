@@ -11,7 +11,10 @@ Every timed item is built once, warmed up, then timed in alternation (round r ru
 * components ``teacher`` (frozen teacher forward up to the deepest block any chosen method needs) and
   ``student_fb`` (student forward + backward, no optimizer), timed in the same rotation;
 * component ``loader``: the data loader alone (toy scenes, or an ImageNet-style folder with ``--data``), timed
-  after the rotation so its workers do not compete with the model steps.
+  after the rotation so its workers do not compete with the model steps;
+* component ``stop_sync``: the trainer's per-step stop agreement (:mod:`mdistiller.bench.stop_sync`: a 2-rank gloo
+  all-reduce over loopback on CPU, a 1-rank NCCL one on CUDA), timed in the same rotation and reported as the ratio
+  "step with it / step without it" for every timed method.
 
 Printed per item: median and min–max step time, images/s, peak memory (CUDA: max allocated; CPU: the process's
 peak RSS during the item's steps, reset through ``/proc/self/clear_refs``), the FLOP bound per image
@@ -39,12 +42,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the hub: the benchmark uses random weights by default
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import warnings  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
 from mdistiller.bench.items import COMPONENTS, METHODS, build_items, parse_names, resolve_device, time_loader  # noqa: E402
 from mdistiller.bench.report import print_table, summarise  # noqa: E402
+from mdistiller.bench.stop_sync import stop_sync_item  # noqa: E402
 from mdistiller.bench.timing import BenchError, MemoryMeter, first_call, rotate  # noqa: E402
 
 TINY = {
@@ -76,8 +81,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "least once before timing (default: 1 on CPU, 3 on CUDA)")
     p.add_argument("--methods", default="fitnet,vitkd,singer,student",
                    help="comma-separated training steps to time: fitnet, vitkd, singer, student (no distillation)")
-    p.add_argument("--components", default="teacher,student_fb,loader",
-                   help="comma-separated parts timed alone: teacher, student_fb, loader; 'none' for no parts")
+    p.add_argument("--components", default="teacher,student_fb,loader,stop_sync",
+                   help="comma-separated parts timed alone: teacher, student_fb, loader, stop_sync (the per-step "
+                        "stop agreement of distributed training); 'none' for no parts")
     p.add_argument("--m-layers", default="auto",
                    help="SiNGER/FitNet intermediate teacher layers (comma-separated, 0-based) or 'auto' = the "
                         "block at relative depth 17/23 (layer 17 of 24, layer 8 of 12)")
@@ -168,15 +174,20 @@ def _main(args: argparse.Namespace) -> dict:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        items, info = build_items(args, methods, [c for c in components if c != "loader"], device)
+        items, info = build_items(args, methods, [c for c in components if c not in ("loader", "stop_sync")],
+                                  device)
     meter = MemoryMeter(device)
-    for item in items:  # first call (compilation, allocator warm-up), then the remaining warm-up rounds
-        first_call(item, device, args.compile, args.compile_timeout)
-    if args.warmup > 1:
-        rotate(items, args.warmup - 1, device, meter)
-    for item in items:
-        item.times.clear(), item.cpu_times.clear(), item.peaks.clear(), item.deltas.clear()
-    rotate(items, args.steps, device, meter)
+    with contextlib.ExitStack() as stack:
+        sync = stack.enter_context(stop_sync_item(device)) if "stop_sync" in components else None
+        if sync is not None:  # its process group (and CPU peer) end with the rotation
+            items.append(sync)
+        for item in items:  # first call (compilation, allocator warm-up), then the remaining warm-up rounds
+            first_call(item, device, args.compile, args.compile_timeout)
+        if args.warmup > 1:
+            rotate(items, args.warmup - 1, device, meter)
+        for item in items:
+            item.times.clear(), item.cpu_times.clear(), item.peaks.clear(), item.deltas.clear()
+        rotate(items, args.steps, device, meter)
     if "loader" in components:
         items.append(time_loader(args, device, args.steps, max(1, args.warmup)))
     result = summarise(items, args, device, meter, info)

@@ -21,9 +21,9 @@ __all__ = ["COMPONENTS", "METHODS", "REFERENCE_RELATIVE_DEPTH", "build_config", 
            "parse_names", "resolve_device", "resolve_m_layers", "time_loader"]
 
 METHODS = ("FitNet", "ViTKD", "SiNGER", "student")
-COMPONENTS = ("teacher", "student_fb", "loader")
+COMPONENTS = ("teacher", "student_fb", "loader", "stop_sync")
 _ALIASES = {"fitnet": "FitNet", "vitkd": "ViTKD", "singer": "SiNGER", "student": "student",
-            "teacher": "teacher", "student_fb": "student_fb", "loader": "loader"}
+            "teacher": "teacher", "student_fb": "student_fb", "loader": "loader", "stop_sync": "stop_sync"}
 #: SiNGER's default intermediate layer 17 of a 24-block ViT-L, as relative depth 17/23 (used by --m-layers auto)
 REFERENCE_RELATIVE_DEPTH = 17 / 23
 

@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .items import json_dict
+from .items import METHODS, json_dict
 from .stats import bootstrap_interval
 from .timing import Item, MemoryMeter
 
@@ -28,10 +28,13 @@ def _stats(values: list[float]) -> dict[str, float | None]:
 
 
 def summarise(items: list[Item], args: argparse.Namespace, device, meter: MemoryMeter, info: dict) -> dict:
-    """The JSON-ready result: machine, setup, per-item statistics and ratios to the reference method."""
+    """The JSON-ready result: machine, setup, per-item statistics and ratios to the reference method, and, when the
+    ``stop_sync`` item was timed, the per-step cost of the stop agreement (``"stop_sync"``)."""
     import timm
     import torch
 
+    sync = next((i for i in items if i.name == "stop_sync"), None)
+    items = [i for i in items if i is not sync]
     ref_name = "FitNet" if any(i.name == "FitNet" for i in items) else (items[0].name if items else None)
     ref = next((i for i in items if i.name == ref_name), None)
     results: dict[str, Any] = {}
@@ -88,7 +91,26 @@ def summarise(items: list[Item], args: argparse.Namespace, device, meter: Memory
         "interval": f"percentile bootstrap 95 % of the median paired ratio ({BOOTSTRAP_RESAMPLES} resamples, seed "
                     f"{args.seed})", **info,
     }
-    return {"machine": machine, "setup": setup, "reference": ref_name, "results": results, "ratios": ratios}
+    out = {"machine": machine, "setup": setup, "reference": ref_name, "results": results, "ratios": ratios}
+    if sync is not None:
+        out["stop_sync"] = _stop_sync(sync, items, args.seed)
+    return out
+
+
+def _stop_sync(sync: Item, items: list[Item], seed: int) -> dict[str, Any]:
+    """Per-call time of the stop agreement and, per timed training step, the paired per-round ratio
+    ``(t_step + t_call) / t_step``: the step with the agreement against the step without it."""
+    calls = sync.info["calls_per_round"]
+    per_call = [t / calls for t in sync.times]
+    with_vs_without: dict[str, Any] = {}
+    for item in items:
+        if item.name not in METHODS or not item.times:
+            continue
+        paired = [(step + call) / step for step, call in zip(item.times, per_call)]
+        with_vs_without[item.name] = {**{f"paired_{k}": v for k, v in _stats(paired).items()},
+                                      "paired_ci95": _interval(paired, seed), "paired_ratios": paired}
+    return {"mode": sync.info["mode"], "calls_per_round": calls, "per_call_s": _stats(per_call),
+            "per_call_times_s": per_call, "with_vs_without": with_vs_without, "error": sync.error}
 
 
 def _interval(values: list[float], seed: int) -> list[float] | None:
@@ -154,3 +176,18 @@ def print_table(result: dict) -> None:
     print(f"memory: {m['memory_source']}; ratios ×{ref}: median of the {s['steps']} per-round paired wall-time "
           "ratios and of the paired CPU-time ratios (steadier on a shared CPU), each with its bootstrap 95 % interval "
           "[low–high] (2000 resamples, seeded); FLOP-bound ratio")
+    sync = result.get("stop_sync")
+    if sync:
+        c = sync["per_call_s"]
+        print(f"stop agreement per step [{sync['mode']}]: {_fmt(_us(c['median']), '.1f')} µs, min–max "
+              f"{_fmt(_us(c['min']), '.1f')}–{_fmt(_us(c['max']), '.1f')} µs over {s['steps']} rounds of "
+              f"{sync['calls_per_round']} calls")
+        for name, r in sync["with_vs_without"].items():
+            print(f"  {name} step with / without it: {r['paired_median']:.5f} [95 % "
+                  f"{_fmt(r['paired_ci95'] and r['paired_ci95'][0], '.5f')}–"
+                  f"{_fmt(r['paired_ci95'] and r['paired_ci95'][1], '.5f')}], min–max "
+                  f"{r['paired_min']:.5f}–{r['paired_max']:.5f}")
+
+
+def _us(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1e6

@@ -41,6 +41,7 @@ __all__ = [
     "broadcast_object",
     "all_gather_object",
     "cleanup",
+    "peer_failure",
 ]
 
 
@@ -286,3 +287,30 @@ def cleanup() -> None:
     """Destroy the process group if one exists (call once at the end of training)."""
     if is_dist():
         dist.destroy_process_group()
+
+
+_CLOSED = ("connection reset", "connection closed", "broken pipe", "connection refused", "end of file")
+_TIMEOUT = ("timed out", "timeout")
+
+
+def peer_failure(error: BaseException, timeout_minutes: float | None = None) -> str | None:
+    """Why a collective failed because of a peer, as a phrase for a sentence, or ``None`` for any other error.
+
+    gloo raises a plain ``RuntimeError`` naming ``gloo/transport`` when a peer's socket closes (a peer killed, out
+    of memory or crashed: noticed within milliseconds) and when no answer came within the process-group timeout;
+    newer torch versions raise :class:`torch.distributed.DistError` subclasses, and NCCL names itself.
+    ``timeout_minutes`` (``EXPERIMENT.DIST_TIMEOUT_MIN``) is named in the phrase for a timeout.
+    """
+    if not isinstance(error, RuntimeError):
+        return None
+    text = str(error).lower()
+    dist_error = getattr(dist, "DistError", None)
+    if not (("gloo" in text or "nccl" in text or "tcpstore" in text)
+            or (dist_error is not None and isinstance(error, dist_error))):
+        return None
+    if any(k in text for k in _TIMEOUT):
+        limit = f" (EXPERIMENT.DIST_TIMEOUT_MIN {timeout_minutes:g} min)" if timeout_minutes else ""
+        return f"a peer did not answer within the process-group timeout{limit}: it hangs or is too slow"
+    if any(k in text for k in _CLOSED):
+        return "a peer closed its connection (killed, out of memory or crashed)"
+    return "a collective failed on the process group"

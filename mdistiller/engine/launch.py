@@ -13,7 +13,11 @@ Without ``--run-dir`` or an ``EXPERIMENT.NAME`` override, overrides that change 
 checkpoint's key by key and refuses a change of what is trained (``EXPERIMENT.RESUME_ALLOW_CHANGES`` permits the
 sound ones). One run at a time may use a run directory (a lock file, ``RUN_DIR/.lock``); ``--resume none`` into a
 directory that already holds a run needs ``--overwrite``. Exit codes: 0 done, 1 failed while running, 2 refused
-before any compute (bad config, weights or resume), 130 stopped by a signal (a checkpoint was written).
+before any compute (bad config, weights or resume), 3 lost its peers under torchrun/SLURM (another rank was
+killed or crashed, noticed within seconds, or hung longer than ``EXPERIMENT.DIST_TIMEOUT_MIN``; rerun to resume from
+the last checkpoint), 130 stopped by a signal (a checkpoint was written; a SIGINT/SIGTERM to any one rank stops every
+rank after the same step), 128 + N ended at once by a second signal N while stopping (143 for SIGTERM; the
+checkpoints on disk stay valid).
 """
 
 from __future__ import annotations
@@ -49,6 +53,21 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     return args
 
 
+#: exit status of a rank whose peers were lost (a rank killed or crashed, or no answer within the timeout)
+PEERS_LOST = 3
+
+
+def _peers_lost_sentence(rank: int, why: str, trainer) -> str:
+    """One sentence for a rank whose collective failed because of a peer."""
+    where, kept = "", "no checkpoint was written in this session: rerun the same command"
+    if trainer is not None:
+        where = f" after step {trainer.step}"
+        if trainer.saved_step is not None:
+            kept = (f"the last checkpoint ({trainer.ckpt_path}, step {trainer.saved_step}) is kept: rerun the same "
+                    "command to resume from it")
+    return f"rank {rank} lost its peers{where}: {why}; {kept}"
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """The command line of ``tools/train.py`` and ``mdistiller-train``; returns the exit status."""
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -72,12 +91,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return 2
     from mdistiller.dataset.bad_images import BadImageError, bad_image_sentence
     from mdistiller.engine.checkpoint import CheckpointError
-    from mdistiller.engine.distributed import broadcast_object, cleanup, init_distributed
+    from mdistiller.engine.distributed import broadcast_object, cleanup, init_distributed, peer_failure
     from mdistiller.engine.rundir import RunDirError, open_run_dir, say
     from mdistiller.engine.runlock import RunLockedError
     from mdistiller.engine.trainer import NonFiniteLossError, Trainer, run_dir_for
 
-    env = init_distributed(args.device or cfg.EXPERIMENT.DEVICE)
+    env = init_distributed(args.device or cfg.EXPERIMENT.DEVICE, timeout_minutes=cfg.EXPERIMENT.DIST_TIMEOUT_MIN)
     run_dir = Path(args.run_dir) if args.run_dir else run_dir_for(cfg)
     start, refused = None, None
     if env.is_main:
@@ -93,6 +112,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             print(f"error: {refused.rstrip('.')}.", file=sys.stderr)
         cleanup()
         return 2
+    trainer = None
     try:
         trainer = Trainer(cfg, env, run_dir)
         if env.is_main:
@@ -112,6 +132,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", file=sys.stderr)
         cleanup()
         return getattr(e, "exit_code", 1)
+    except RuntimeError as e:
+        why = peer_failure(e, cfg.EXPERIMENT.DIST_TIMEOUT_MIN) if env.distributed else None
+        if why is None:
+            raise
+        # no cleanup(): the process group is broken, and destroying it could wait on the lost peer
+        print(f"error: {_peers_lost_sentence(env.rank, why, trainer)}.", file=sys.stderr, flush=True)
+        return PEERS_LOST
     finally:
         if start is not None:
             start.release()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import signal
 import sys
 import time
 from collections.abc import Mapping
@@ -28,6 +27,7 @@ from .logging import MetricsWriter, truncate_metrics, write_run_info
 from .optim import IterationScheduler, build_optimizer, clip_grad
 from .rundir import RunDirError, run_history
 from .sampler import ResumableDistributedSampler
+from .stopping import SignalStop, agree_step_flags
 
 __all__ = ["Trainer", "NonFiniteLossError", "run_dir_for", "load_run", "checkpoint_meta"]
 
@@ -104,7 +104,8 @@ class Trainer:
             ids = [env.local_rank] if env.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.step = 0
-        self.stop_signal: int | None = None
+        self.stop = SignalStop(say=lambda text: self._say(text, console=False))  # the signal this rank received
+        self.stop_agreed = 0  # the signal every rank agreed on in the last step (0: none); the loop stops on it
         self.saved_step: int | None = None  # step of the checkpoint last written or resumed from
         self.teacher_file = self._teacher_file_identity()
         self.bad_images = getattr(train_set, "skipped", None)  # DATASET.SKIP_BAD_IMAGES counter (shared by workers)
@@ -287,10 +288,10 @@ class Trainer:
         with self._autocast():
             out = self.model(images, targets) if self.distiller.needs_targets else self.model(images)
         bad = {k: v for k, v in out.items() if not torch.isfinite(v.detach()).all()}
-        flag = torch.tensor([float(bool(bad))], device=self.env.device)
-        if self.env.distributed:
-            torch.distributed.all_reduce(flag)
-        if flag.item() > 0:
+        # the step's one collective of its own: every rank learns whether any rank saw a non-finite loss or a signal
+        nonfinite, self.stop_agreed = agree_step_flags(bool(bad), self.stop.signum, self.env.device,
+                                                       self.env.distributed)
+        if nonfinite:
             raise NonFiniteLossError(
                 f"non-finite loss at step {self.step + 1} (term(s): {', '.join(bad) or 'on another rank'}); "
                 f"{self._advice(self.step + 1)}.")
@@ -329,24 +330,6 @@ class Trainer:
             res = self.distiller.agreement(self.heldout)
         self.distiller.train()
         return {f"agree/{k}": v for k, v in res.items()}
-
-    def _install_signal_handlers(self) -> dict[int, Any]:
-        """Catch SIGINT/SIGTERM (a checkpoint, then a clean return); returns the handlers they replace, which
-        :meth:`fit` puts back on exit (so Ctrl-C works again in a notebook after ``fit()``)."""
-        def handler(signum, frame):  # noqa: ARG001
-            self.stop_signal = signum
-
-        previous: dict[int, Any] = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError):  # not in the main thread
-                previous[sig] = signal.signal(sig, handler)
-        return previous
-
-    @staticmethod
-    def _restore_signal_handlers(previous: dict[int, Any]) -> None:
-        for sig, old in previous.items():
-            with contextlib.suppress(ValueError, TypeError):
-                signal.signal(sig, old if old is not None else signal.SIG_DFL)
 
     def _say(self, text: str, bar: Any = None, console: bool = True) -> None:
         """One or more plain lines to ``RUN_DIR/train.log`` (always) and to the console (``console``, main rank;
@@ -469,7 +452,9 @@ class Trainer:
 
     def fit(self, resume: str | Path | None = None) -> dict[str, Any]:
         """Train to ``total_steps``; returns the last logged metrics. A SIGINT/SIGTERM writes a checkpoint and
-        returns early with ``"interrupted": signal``."""
+        returns early with ``"interrupted": signal``; under a process group a signal to any one rank stops every
+        rank after the same step, which each step agrees on (:mod:`~mdistiller.engine.stopping`), and a second
+        signal ends the process at once."""
         cfg, env = self.cfg, self.env
         if resume:
             self.resume(resume)
@@ -491,7 +476,7 @@ class Trainer:
         log = MetricsWriter(self.run_dir, env.is_main, tensorboard=cfg.LOG.TENSORBOARD, wandb=cfg.LOG.WANDB,
                             wandb_project=cfg.EXPERIMENT.PROJECT, wandb_name=cfg.EXPERIMENT.NAME or self.run_dir.name,
                             wandb_tags=[t for t in cfg.EXPERIMENT.TAG.split(",") if t], wandb_config=hparams)
-        previous_handlers = self._install_signal_handlers()
+        self.stop.install()  # SIGINT/SIGTERM: a checkpoint at the next agreed step; restored on return
         fit_t0, first_step = time.perf_counter(), self.step
         show_bar = env.is_main and progress_bar_allowed(cfg.LOG.PROGRESS)  # a terminal only: no \r in log files
         if env.is_main:
@@ -543,11 +528,14 @@ class Trainer:
                         self._log_figures(log)
                     if bar is not None:
                         bar.update(1)
-                    if self.stop_signal is not None:
-                        self.save()
-                        last["interrupted"] = int(self.stop_signal)
-                        self._say(f"[mdistiller] stopped by signal {self.stop_signal} at step {self.step}; checkpoint "
-                                  f"{self.ckpt_path}", console=False)
+                    # distributed: the signal all ranks agreed on in this step, so all save this step and return
+                    stop = self.stop_agreed if env.distributed else (self.stop.signum or 0)
+                    if stop:
+                        if self.saved_step != self.step:  # no second checkpoint of a step just saved
+                            self.save()
+                        last["interrupted"] = stop
+                        self._say(f"[mdistiller] stopped by signal {stop} at step {self.step}; "
+                                  f"checkpoint {self.ckpt_path}", console=False)
                         return last
                     if self.step >= self.total_steps:
                         break
@@ -568,7 +556,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
             log.close()
-            self._restore_signal_handlers(previous_handlers)
+            self.stop.restore()
 
     def _epoch_summary(self, steps: list[dict[str, float]], epoch: int, img_s: float) -> dict[str, Any]:
         """``{"epoch_end": e, "epoch/<term>": mean over the epoch's steps (all ranks), ..., "epoch/img_per_s"}``
