@@ -95,10 +95,18 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from mdistiller.dataset.bad_images import BadImageError, bad_image_sentence
     from mdistiller.engine.checkpoint import CheckpointError
     from mdistiller.engine.distributed import broadcast_object, cleanup, init_distributed
+    from mdistiller.engine.preflight import check_launch, missing_dirs, release_run_dir
     from mdistiller.engine.trainer import NonFiniteLossError, Trainer, run_dir_for
 
-    env = init_distributed(args.device or cfg.EXPERIMENT.DEVICE)
     run_dir = Path(args.run_dir) if args.run_dir else run_dir_for(cfg)
+    try:  # before any lock, process group or model: a refusal leaves nothing behind
+        check_launch(cfg, run_dir, args.device, cfg_given=bool(args.cfg),
+                     run_dir_flag="--run-dir" if args.run_dir else "run directory")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    env = init_distributed(args.device or cfg.EXPERIMENT.DEVICE)
+    created = missing_dirs(run_dir)
     lock, refused = _claim_run_dir(args, run_dir) if env.is_main else (None, None)
     refused = broadcast_object(refused)
     if refused:
@@ -132,7 +140,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return getattr(e, "exit_code", 1)
     finally:
         if lock is not None:
-            lock.release()
+            release_run_dir(lock, run_dir, created)  # a run that never started leaves no lock file or empty dir
     cleanup()
     if "interrupted" in result:
         if env.is_main:
