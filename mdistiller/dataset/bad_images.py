@@ -4,7 +4,7 @@
 :class:`BadImageError` naming the file (``skip=False``, the default of ``DATASET.SKIP_BAD_IMAGES``), or is replaced by
 the next decodable sample of the dataset and counted in :attr:`GuardedImages.skipped` (``skip=True``), a counter in
 shared memory that the loader's worker processes update too. The replacement is a pure function of the index, so
-resumed runs stay exact.
+resumed runs stay exact. The trainer's held-out batch (``val/``) is read through it as well, with the same setting.
 """
 
 from __future__ import annotations

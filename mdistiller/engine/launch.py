@@ -9,8 +9,10 @@ The same command runs in one process (CPU or one GPU) and under torchrun, single
 The run directory (``EXPERIMENT.OUTPUT_DIR/PROJECT/NAME`` or ``--run-dir``) receives ``config.yaml``,
 ``run_info.json``, ``metrics.jsonl``, ``checkpoints/{last,prev}.pth`` and, at the end, ``student.safetensors``.
 One run at a time may use a run directory (a lock file, ``RUN_DIR/.lock``); ``--resume none`` into a directory that
-already holds a run needs ``--overwrite``. Exit codes: 0 done, 1 failed while running, 2 refused before any compute
-(bad config, weights or resume), 130 stopped by a signal (a checkpoint was written).
+already holds a run needs ``--overwrite``. What can be refused before the lock is (``engine/preflight.py``: the run
+directory, the device, the weights sources); a run refused later while it is built leaves no lock file or empty run
+directory behind. Exit codes: 0 done, 1 failed while running, 2 refused before any compute (bad config, weights or
+resume), 130 stopped by a signal (a checkpoint was written) or interrupted before training started.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@
 every parameter and buffer of the model must come from the file (after timm's own checkpoint conversion, e.g. a
 position-embedding resize), and every tensor of the file must be used; anything else is one sentence naming the first
 missing/unexpected keys. ``strict=False`` (``DISTILLER.STRICT_WEIGHTS False``) allows a partial load: the missing
-tensors keep their random initialisation and the sentence becomes a warning.
+tensors keep their random initialisation and the sentence becomes a warning. A file holding NaN or inf is refused
+whatever ``strict`` says, and a path that is missing or a directory is named as such (:func:`check_weights_path`).
 """
 
 from __future__ import annotations
