@@ -42,12 +42,15 @@ def train(cfg_or_paths: Any, overrides: Mapping[str, Any] | Sequence[Any] | None
             checkpoint path.
         device: ``cpu`` | ``cuda`` (default ``EXPERIMENT.DEVICE``).
 
-    Raises :class:`~mdistiller.config.ConfigError` for a bad config, ``FileExistsError`` for ``resume="none"`` into
+    Raises :class:`~mdistiller.config.ConfigError` for a bad config (and for what ``tools/train.py`` refuses before
+    the lock: a run directory that is a file, CUDA asked for but absent, a missing weights file or hub weights that
+    cannot be downloaded offline), ``FileExistsError`` for ``resume="none"`` into
     a directory that holds a run, ``RunLockedError`` while another process uses it, and the trainer's errors. The
     SIGINT/SIGTERM handlers of the caller are restored when it returns.
     """
     from mdistiller.config import CN, load_config
     from mdistiller.engine.distributed import cleanup, init_distributed
+    from mdistiller.engine.preflight import check_launch, missing_dirs, release_run_dir
     from mdistiller.engine.runlock import RunLock
     from mdistiller.engine.trainer import Trainer, run_dir_for
 
@@ -62,8 +65,9 @@ def train(cfg_or_paths: Any, overrides: Mapping[str, Any] | Sequence[Any] | None
     else:
         paths = [cfg_or_paths] if isinstance(cfg_or_paths, str | os.PathLike) else list(cfg_or_paths)
         cfg = load_config(paths, _opts(overrides))
-    env = init_distributed(device or cfg.EXPERIMENT.DEVICE)
     out = Path(run_dir) if run_dir else run_dir_for(cfg)
+    check_launch(cfg, out, device, run_dir_flag="run_dir")  # before any lock, process group or model
+    env = init_distributed(device or cfg.EXPERIMENT.DEVICE)
     if resume in ("none", "") and env.is_main:
         from mdistiller.engine.launch import _previous_run
 
@@ -71,6 +75,7 @@ def train(cfg_or_paths: Any, overrides: Mapping[str, Any] | Sequence[Any] | None
             cleanup()
             raise FileExistsError(f"run directory {out} already holds a run ({', '.join(found)}); resume it with "
                                   "resume='auto' or pick another run_dir.")
+    created = missing_dirs(out)
     lock = RunLock(out) if env.is_main else None
     if lock is not None:
         lock.acquire()
@@ -84,7 +89,7 @@ def train(cfg_or_paths: Any, overrides: Mapping[str, Any] | Sequence[Any] | None
         metrics = trainer.fit(ckpt)
     finally:
         if lock is not None:
-            lock.release()
+            release_run_dir(lock, out, created)  # a run that never started leaves no lock file or empty dir
         cleanup()
     student = out / "student.safetensors"
     return {"run_dir": out, "step": trainer.step, "student": student if student.is_file() else None,

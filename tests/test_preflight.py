@@ -173,6 +173,22 @@ def test_weights_files_are_refused_with_exit_2_naming_what_is_wrong(tmp_path, tr
         build_model("vit_tiny", missing)
 
 
+def test_the_python_api_refuses_the_same_and_leaves_nothing_behind(tmp_path):
+    import mdistiller
+    from mdistiller.models.weights import WeightsError
+
+    y = tiny_yaml(tmp_path)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    with pytest.raises(ConfigError, match=r"^run_dir .* is a file, not a directory"):
+        mdistiller.train(y, {"SOLVER.MAX_STEPS": 1}, run_dir=a_file)
+    nan = _teacher_file(tmp_path / "nan.safetensors", nan=True)
+    with pytest.raises(WeightsError, match="holds non-finite values"):  # found after the lock: the lock goes too
+        mdistiller.train(y, {"SOLVER.MAX_STEPS": 1, "DISTILLER.TEACHER_WEIGHTS": str(nan)},
+                         run_dir=tmp_path / "out/run")
+    assert not (tmp_path / "out").exists()
+
+
 # ------------------------------------------------------------------------------------------------ config wording
 def test_config_mistakes_are_one_sentence_with_the_right_words(tmp_path, train_tool, capsys):
     y = tiny_yaml(tmp_path)
