@@ -149,19 +149,19 @@ _C.SiNGER.LOSS.INFO_WEIGHT = 1.0  # λ_info
 _C.SOLVER = CN()
 _C.SOLVER.TYPE = "adamw"  # adamw | sgd
 _C.SOLVER.LR = 1e-4  # learning rate for the GLOBAL batch SOLVER.BATCH_SIZE
-_C.SOLVER.FINAL_LR = 1e-8  # cosine end value (absolute)
+_C.SOLVER.FINAL_LR = 1e-8  # cosine end value (absolute; at most SOLVER.LR, so the schedule never climbs)
 _C.SOLVER.EPOCHS = 100
 _C.SOLVER.MAX_STEPS = 0  # > 0: stop after this many optimizer steps (schedule length too)
 _C.SOLVER.BATCH_SIZE = 512  # GLOBAL batch = per-process batch × world size
 _C.SOLVER.WEIGHT_DECAY = 0.05
-_C.SOLVER.MOMENTUM = 0.9  # SGD
+_C.SOLVER.MOMENTUM = 0.9  # SGD, in [0, 1)
 _C.SOLVER.BETAS = [0.9, 0.999]  # AdamW
 _C.SOLVER.EPS = 1e-8
 _C.SOLVER.GRAD_CLIP = 1.0  # max grad norm; 0 = off
 _C.SOLVER.SCHEDULE = "cosine"  # cosine | multistep | constant (all per iteration)
-_C.SOLVER.WARMUP_EPOCHS = 0.0  # linear warm-up length in epochs (fractions allowed)
+_C.SOLVER.WARMUP_EPOCHS = 0.0  # linear warm-up length in epochs (fractions allowed; at most SOLVER.EPOCHS)
 _C.SOLVER.MILESTONES = [30, 60, 90]  # multistep: epochs
-_C.SOLVER.GAMMA = 0.1  # multistep factor
+_C.SOLVER.GAMMA = 0.1  # multistep factor, in (0, 1]
 _C.SOLVER.AMP = "none"  # none | bf16 (autocast, no scaler) | fp16 (autocast + GradScaler)
 _C.SOLVER.FUSED = True  # fused optimizer kernels (CUDA and CPU; measured 9 ms vs 24 ms per AdamW step on CPU)
 _C.SOLVER.COMPILE = False  # torch.compile the trainable module and the teacher feature path
