@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -320,8 +321,13 @@ def _load_with_bases(path: Path, depth: int = 0) -> list[tuple[Path, CN]]:
     return _load_with_bases(base_path, depth + 1) + [(path, loaded)]
 
 
+# YAML 1.1 reads an exponent without a dot (``1e-3``) as text; for a float key it can only mean the number
+_EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
 def _coerce_numbers(loaded: CN, defaults: CN) -> None:
-    """Let YAML integers fill float keys (``LR: 1`` for ``LR: 1.0``), which yacs would reject as a type mismatch."""
+    """Let YAML integers fill float keys (``LR: 1`` for ``LR: 1.0``), which yacs would reject as a type mismatch, and
+    read ``LR: 1e-3`` (text to YAML 1.1) as the number it means."""
     for k, v in loaded.items():
         if k not in defaults:
             continue
@@ -330,18 +336,29 @@ def _coerce_numbers(loaded: CN, defaults: CN) -> None:
             _coerce_numbers(v, d)
         elif isinstance(d, float) and isinstance(v, int) and not isinstance(v, bool):
             loaded[k] = float(v)
+        elif isinstance(d, float) and isinstance(v, str) and _EXPONENT.match(v.strip()):
+            loaded[k] = float(v)
 
 
 def _type_name(value: object) -> str:
     return {"CfgNode": "section", "NoneType": "empty value"}.get(type(value).__name__, type(value).__name__)
 
 
+def _a(value: object) -> str:
+    """``a float``, ``an int``: the type name of ``value`` with its article."""
+    name = _type_name(value)
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
 def _mismatch(key: str, value: object, default: object) -> str | None:
     """The sentence for a YAML or override ``value`` of the wrong kind for ``key`` (yacs' rule: the same type, or a
-    list for a tuple and back, or ``None`` on either side), else ``None``. A section (``SOLVER: 5``) or a single value
-    (``LR: {a: 1}``) in the wrong place is named as such instead of yacs' dump of the whole section."""
-    if type(value) is type(default) or value is None or default is None:
+    list for a tuple and back; an empty value only where the default is empty too), else ``None``. A section
+    (``SOLVER: 5``) or a single value (``LR: {a: 1}``) in the wrong place is named as such, instead of yacs' dump of
+    the whole section."""
+    if type(value) is type(default) or default is None:
         return None
+    if value is None and not isinstance(default, CN):
+        return f"{key} is empty but must be {_a(default)}, e.g. {default!r}"
     if isinstance(value, list | tuple) and isinstance(default, list | tuple):
         return None
     if isinstance(default, CN):
@@ -349,20 +366,23 @@ def _mismatch(key: str, value: object, default: object) -> str | None:
         return (f"{key} must be a section of KEY: value entries (e.g. '{key.rsplit('.', 1)[-1]}: {{{first}: ...}}'), "
                 f"not the {_type_name(value)} {value!r}; indent its keys under it")
     if isinstance(value, CN):
-        return (f"{key} is a single {_type_name(default)} (e.g. {default!r}), not a section; write "
+        return (f"{key} is a single value ({_a(default)}, e.g. {default!r}), not a section; write "
                 f"'{key.rsplit('.', 1)[-1]}: <{_type_name(default)}>'")
-    return f"{key} is {value!r} ({_type_name(value)}) but must be a {_type_name(default)}, e.g. {default!r}"
+    return f"{key} is {value!r} ({_type_name(value)}) but must be {_a(default)}, e.g. {default!r}"
 
 
 def _check_types(loaded: CN, defaults: CN, prefix: str = "") -> None:
     """Raise :class:`ConfigError` (one sentence, see :func:`_mismatch`) for the first entry of ``loaded`` whose
-    kind does not fit ``defaults``; an empty section (``SOLVER:`` with nothing under it) is dropped."""
+    kind does not fit ``defaults``; an empty section (``SOLVER:`` with nothing under it) is dropped, and an empty text
+    or list entry reads as ``""`` or ``[]``."""
     for k in list(loaded):
         if k not in defaults:
             continue  # unknown keys: yacs' KeyError, reworded with the closest valid key
         value, default = loaded[k], defaults[k]
         if isinstance(default, CN) and value is None:
             del loaded[k]
+        elif isinstance(default, str | list | tuple) and value is None:  # `NAME:` / `TEACHER_LAYERS:` left empty
+            loaded[k] = "" if isinstance(default, str) else []
         elif isinstance(default, CN) and isinstance(value, CN):
             _check_types(value, default, f"{prefix}{k}.")
         elif (problem := _mismatch(f"{prefix}{k}", value, default)) is not None:

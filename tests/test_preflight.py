@@ -203,15 +203,18 @@ def test_config_mistakes_are_one_sentence_with_the_right_words(tmp_path, train_t
                                           r"0.0001\.$"):
         load_config([y], ["SOLVER.LR", "abc"])
     for text, message in (("SOLVER: 5\n", "SOLVER must be a section of KEY: value entries"),
-                          ("SOLVER:\n  LR:\n    a: 1\n", "SOLVER.LR is a single float (e.g. 0.001), not a section"),
+                          ("SOLVER:\n  LR:\n    a: 1\n", "SOLVER.LR is a single value (a float, e.g. 0.001), not a "
+                                                           "section"),
+                          ("SOLVER: {EPOCHS: }\n", "SOLVER.EPOCHS is empty but must be an int, e.g. 3"),
                           ("SOLVER: {LR: [}\n", "invalid YAML at line 1")):
         bad = tmp_path / "bad.yaml"
         bad.write_text(text)
         line = _refused(train_tool, capsys, ["--cfg", str(y), str(bad), "--print-config"])
         assert line.startswith(f"error: {bad}: ") and line.count(str(bad)) == 1 and message in line, line
-    empty = tmp_path / "empty_section.yaml"
-    empty.write_text("SOLVER:\n")  # an empty section is no mistake
-    assert load_config([y, empty]).SOLVER.LR == pytest.approx(1e-3)
+    fine = tmp_path / "fine.yaml"  # no mistakes: an empty section or text entry, an exponent without a dot
+    fine.write_text("SOLVER:\nEXPERIMENT: {NAME: }\nSiNGER: {OUTLIER_Q: 9e-1}\n")
+    cfg = load_config([y, fine])
+    assert cfg.SOLVER.LR == pytest.approx(1e-3) and cfg.EXPERIMENT.NAME == "" and cfg.SiNGER.OUTLIER_Q == 0.9
     # the training set smaller than one global batch: the config key to change, not a sampler argument
     run = tmp_path / "out/run"
     line = _refused(train_tool, capsys, ["--cfg", str(y), "--run-dir", str(run), "SOLVER.MAX_STEPS", "2",

@@ -66,8 +66,8 @@ def check_model_name(name: str) -> None:
 _INT_ARGS = {"depth": 1, "embed_dim": 1, "num_heads": 1, "patch_size": 1, "reg_tokens": 0, "img_size": 1}
 
 
-def _check_arch_numbers(name: str, kwargs: dict[str, Any], heads: bool = True) -> None:
-    """Whole-number arguments in range, ``mlp_ratio`` positive, and (``heads``) ``embed_dim`` divisible by
+def _check_arch_numbers(name: str, kwargs: dict[str, Any], divisible: bool = True) -> None:
+    """Whole-number arguments in range, ``mlp_ratio`` positive, and (``divisible``) ``embed_dim`` divisible by
     ``num_heads`` (with the model's own value for the one not given); raises ``ValueError`` naming the argument."""
     for arg, low in _INT_ARGS.items():
         v = kwargs.get(arg)
@@ -76,7 +76,7 @@ def _check_arch_numbers(name: str, kwargs: dict[str, Any], heads: bool = True) -
     ratio = kwargs.get("mlp_ratio")
     if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, int | float) or not ratio > 0):
         raise ValueError(f"mlp_ratio is {ratio!r} but must be a positive number, e.g. 4.0.")
-    if heads and ("embed_dim" in kwargs or "num_heads" in kwargs):
+    if divisible and ("embed_dim" in kwargs or "num_heads" in kwargs):
         with torch.device("meta"):
             plain = build_model(name, False, depth=1)
         dim = kwargs.get("embed_dim", int(plain.embed_dim))
@@ -121,7 +121,7 @@ def check_model_kwargs(name: str, kwargs: dict[str, Any]) -> None:
         why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"model '{name}' cannot be built with {kwargs} ({type(e).__name__}: {why}); fix these "
                          "arguments.") from None
-    _check_arch_numbers(name, kwargs, heads=False)  # e.g. depth 0 builds, but leaves nothing to distil
+    _check_arch_numbers(name, kwargs, divisible=False)  # e.g. depth 0 builds, but leaves nothing to distil
 
 
 def build_model(
