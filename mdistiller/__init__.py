@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import register_check
-from .hooks import register_hook
+from .hooks import register_check, register_hook  # hooks imports nothing: `import mdistiller` stays instant
 
 __version__ = "0.1.0"
 __all__ = ["train", "evaluate", "configs_dir", "__version__"]

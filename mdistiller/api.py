@@ -45,7 +45,9 @@ def train(cfg_or_paths: Any, overrides: Mapping[str, Any] | Sequence[Any] | None
         device: ``cpu`` | ``cuda`` (default ``EXPERIMENT.DEVICE``).
         overwrite: with ``resume="none"``, replace a run already in ``run_dir`` (``--overwrite``).
 
-    Raises :class:`~mdistiller.config.ConfigError` for a bad config, ``FileExistsError``
+    Raises :class:`~mdistiller.config.ConfigError` for a bad config (and for what ``tools/train.py`` refuses before
+    the lock: a run directory that is a file, CUDA asked for but absent, a missing weights file or hub weights that
+    cannot be downloaded offline), ``FileExistsError``
     (:class:`~mdistiller.engine.rundir.RunDirError`) for a start that would replace or mix a run's history,
     ``RunLockedError`` while another process uses the directory, and the trainer's errors (a resume that changes
     what is trained: ``CheckpointMismatchError``). The SIGINT/SIGTERM handlers of the caller are restored when it
@@ -55,6 +57,7 @@ def train(cfg_or_paths: Any, overrides: Mapping[str, Any] | Sequence[Any] | None
     """
     from mdistiller.config import CN, load_config
     from mdistiller.engine.distributed import broadcast_object, cleanup, init_distributed
+    from mdistiller.engine.preflight import check_launch
     from mdistiller.engine.rundir import RunDirError, named_config, open_run_dir, say
     from mdistiller.engine.trainer import Trainer, run_dir_for
 
@@ -76,8 +79,9 @@ def train(cfg_or_paths: Any, overrides: Mapping[str, Any] | Sequence[Any] | None
         cfg = named_config(cfg, base, [str(k) for k in opts[0::2]])
     if overwrite and resume not in ("none", ""):
         raise ValueError("overwrite=True only applies to a fresh start; pass resume='none' too.")
-    env = init_distributed(device or cfg.EXPERIMENT.DEVICE, timeout_minutes=cfg.EXPERIMENT.DIST_TIMEOUT_MIN)
     out = Path(run_dir) if run_dir else run_dir_for(cfg)
+    check_launch(cfg, out, device, run_dir_flag="run_dir")  # before any lock, process group or model
+    env = init_distributed(device or cfg.EXPERIMENT.DEVICE, timeout_minutes=cfg.EXPERIMENT.DIST_TIMEOUT_MIN)
     start, refused = None, None
     if env.is_main:
         try:

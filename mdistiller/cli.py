@@ -12,15 +12,48 @@ same name in ``tools/``, so both spellings take the same arguments::
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-__all__ = ["train", "lineval", "analyze", "export", "sync", "LINEVAL_COMMANDS"]
+__all__ = ["train", "lineval", "analyze", "export", "sync", "LINEVAL_COMMANDS", "INTERRUPTED", "exit_on_interrupt",
+           "interruptible"]
 
 LINEVAL_COMMANDS = ("imagenet", "ade20k", "nyud", "transfer", "table")
 
+#: the one line a command prints when Ctrl-C reaches it outside a training loop (which writes a checkpoint itself)
+INTERRUPTED = "interrupted (Ctrl-C) before finishing; rerun the same command."
 
+
+@contextlib.contextmanager
+def exit_on_interrupt() -> Iterator[None]:
+    """Turn a ``KeyboardInterrupt`` inside the block (Ctrl-C while torch and the models import, or while a model is
+    built) into the one line :data:`INTERRUPTED` on stderr and exit status 130, instead of a traceback. The
+    ``tools/*.py`` scripts wrap their imports and their ``main`` in it; the console entry points use
+    :func:`interruptible`."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
+
+
+def interruptible(fn: Callable[..., int]) -> Callable[..., int]:
+    """``fn`` run inside :func:`exit_on_interrupt` (for console entry points)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> int:
+        with exit_on_interrupt():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@interruptible
 def train(argv: list[str] | None = None) -> int:
     """``mdistiller-train``: :func:`mdistiller.engine.launch.main`."""
     from mdistiller.engine.launch import main
@@ -28,6 +61,7 @@ def train(argv: list[str] | None = None) -> int:
     return main(sys.argv[1:] if argv is None else argv, prog="mdistiller-train")
 
 
+@interruptible
 def export(argv: list[str] | None = None) -> int:
     """``mdistiller-export``: :func:`mdistiller.engine.export.main`."""
     from mdistiller.engine.export import main
@@ -35,6 +69,7 @@ def export(argv: list[str] | None = None) -> int:
     return main(sys.argv[1:] if argv is None else argv, prog="mdistiller-export")
 
 
+@interruptible
 def sync(argv: list[str] | None = None) -> int:
     """``mdistiller-sync RUN_DIR``: :func:`mdistiller.engine.wandb_sync.main` (every offline segment, in order)."""
     from mdistiller.engine.wandb_sync import main
@@ -42,6 +77,7 @@ def sync(argv: list[str] | None = None) -> int:
     return main(sys.argv[1:] if argv is None else argv, prog="mdistiller-sync")
 
 
+@interruptible
 def lineval(argv: list[str] | None = None) -> int:
     """``mdistiller-lineval {imagenet,ade20k,nyud,transfer,table} ...``."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -60,6 +96,7 @@ def lineval(argv: list[str] | None = None) -> int:
     return main(command, rest, prog=f"mdistiller-lineval {command}")
 
 
+@interruptible
 def analyze(argv: list[str] | None = None) -> int:
     """``mdistiller-analyze``: runs ``tools/analyze.py`` of the source checkout this package is installed from.
 

@@ -8,20 +8,23 @@ Where the released code differs from the paper, the paper is the default and the
 named option (see ``configs/imagenet/vit/singer_official.yaml`` and ``docs/released-code.md``).
 
 This module imports no other layer of the package: checks that need the classes a config names (distillers,
-models, datasets) are registered as ``"module:function"`` names with :func:`register_check` (the package root
-does so) and run by :func:`validate_config` after the scalar checks.
+models, datasets) are registered as ``"module:function"`` names with :func:`register_check` (kept in
+``mdistiller.hooks`` and re-exported here; the package root registers them) and run by :func:`validate_config`
+after the scalar checks.
 """
 
 from __future__ import annotations
 
 import ast
+import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from yacs.config import CfgNode as CN
 
-from mdistiller.hooks import resolve
+from mdistiller.hooks import config_checks, register_check, resolve
 
 __all__ = ["CN", "ConfigError", "RESUME_ALLOWABLE_KEYS", "RESUME_FREE_KEYS", "RESUME_SCHEDULE_KEYS", "apply_overrides",
            "configs_dir", "flatten", "get_default_config", "load_config", "register_check", "resolve_config_path",
@@ -153,19 +156,19 @@ _C.SiNGER.LOSS.INFO_WEIGHT = 1.0  # λ_info
 _C.SOLVER = CN()
 _C.SOLVER.TYPE = "adamw"  # adamw | sgd
 _C.SOLVER.LR = 1e-4  # learning rate for the GLOBAL batch SOLVER.BATCH_SIZE
-_C.SOLVER.FINAL_LR = 1e-8  # cosine end value (absolute)
+_C.SOLVER.FINAL_LR = 1e-8  # cosine end value (absolute; at most SOLVER.LR, so the schedule never climbs)
 _C.SOLVER.EPOCHS = 100
 _C.SOLVER.MAX_STEPS = 0  # > 0: stop after this many optimizer steps (schedule length too)
 _C.SOLVER.BATCH_SIZE = 512  # GLOBAL batch = per-process batch × world size
 _C.SOLVER.WEIGHT_DECAY = 0.05
-_C.SOLVER.MOMENTUM = 0.9  # SGD
+_C.SOLVER.MOMENTUM = 0.9  # SGD, in [0, 1)
 _C.SOLVER.BETAS = [0.9, 0.999]  # AdamW
 _C.SOLVER.EPS = 1e-8
 _C.SOLVER.GRAD_CLIP = 1.0  # max grad norm; 0 = off
 _C.SOLVER.SCHEDULE = "cosine"  # cosine | multistep | constant (all per iteration)
-_C.SOLVER.WARMUP_EPOCHS = 0.0  # linear warm-up length in epochs (fractions allowed)
+_C.SOLVER.WARMUP_EPOCHS = 0.0  # linear warm-up length in epochs (fractions allowed; at most SOLVER.EPOCHS)
 _C.SOLVER.MILESTONES = [30, 60, 90]  # multistep: epochs
-_C.SOLVER.GAMMA = 0.1  # multistep factor
+_C.SOLVER.GAMMA = 0.1  # multistep factor, in (0, 1]
 _C.SOLVER.AMP = "none"  # none | bf16 (autocast, no scaler) | fp16 (autocast + GradScaler)
 _C.SOLVER.FUSED = True  # fused optimizer kernels (CUDA and CPU; measured 9 ms vs 24 ms per AdamW step on CPU)
 _C.SOLVER.COMPILE = False  # torch.compile the trainable module and the teacher feature path
@@ -303,6 +306,8 @@ def apply_overrides(cfg: CN, opts: Sequence[Any], known: Mapping[str, Any] | Non
                 node = node[part]
             node[leaf] = value
             continue
+        if (problem := _mismatch(key, value, default)) is not None:
+            raise ConfigError(f"override {problem}.")
         try:
             cfg.merge_from_list([key, value])
         except (ValueError, AssertionError, KeyError) as e:
@@ -319,16 +324,19 @@ def load_config(cfg_files: Sequence[str | Path] = (), opts: Sequence[str] = (), 
     known = flatten(cfg)
     for f in cfg_files:
         path = resolve_config_path(f)
+        if path.is_dir():
+            raise ConfigError(f"config file '{path}' is a directory; pass the YAML file inside it to --cfg.")
         if not path.is_file():
             raise ConfigError(f"config file '{path}' does not exist; check the --cfg path.")
-        try:
-            for loaded in _load_with_bases(path):
+        for source, loaded in _load_with_bases(path):
+            try:
                 _coerce_numbers(loaded, cfg)
+                _check_types(loaded, cfg)
                 cfg.merge_from_other_cfg(loaded)
-        except KeyError as e:
-            raise ConfigError(f"{path}: {_unknown_key_message(str(e), known)}") from None
-        except (ValueError, AssertionError) as e:
-            raise ConfigError(f"{path}: {e}".rstrip(".") + ".") from None
+            except KeyError as e:
+                raise ConfigError(f"{source}: {_unknown_key_message(str(e), known)}") from None
+            except (ValueError, AssertionError) as e:  # ConfigError included: each names its key, not the file
+                raise ConfigError(f"{source}: {e}".rstrip(".") + ".") from None
     apply_overrides(cfg, opts, known)
     if validate:
         validate_config(cfg)
@@ -336,8 +344,9 @@ def load_config(cfg_files: Sequence[str | Path] = (), opts: Sequence[str] = (), 
     return cfg
 
 
-def _load_with_bases(path: Path, depth: int = 0) -> list[CN]:
-    """The YAML at ``path`` preceded by its ``_BASE_`` chain (a path relative to the file), base first."""
+def _load_with_bases(path: Path, depth: int = 0) -> list[tuple[Path, CN]]:
+    """The YAML at ``path`` preceded by its ``_BASE_`` chain (a path relative to the file), base first, each with
+    the file it came from (so an error names the file that holds the bad entry)."""
     if depth > 8:
         raise ConfigError(f"{path}: _BASE_ chain is deeper than 8 files; is there a cycle?")
     import yaml
@@ -356,15 +365,20 @@ def _load_with_bases(path: Path, depth: int = 0) -> list[CN]:
     loaded = CN.load_cfg(text)
     base = loaded.pop("_BASE_", None)
     if base is None:
-        return [loaded]
+        return [(path, loaded)]
     base_path = (path.parent / str(base)).resolve()
     if not base_path.is_file():
         raise ConfigError(f"{path}: _BASE_ file '{base_path}' does not exist; fix the relative path.")
-    return _load_with_bases(base_path, depth + 1) + [loaded]
+    return _load_with_bases(base_path, depth + 1) + [(path, loaded)]
+
+
+# YAML 1.1 reads an exponent without a dot (``1e-3``) as text; for a float key it can only mean the number
+_EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 def _coerce_numbers(loaded: CN, defaults: CN) -> None:
-    """Let YAML integers fill float keys (``LR: 1`` for ``LR: 1.0``), which yacs would reject as a type mismatch."""
+    """Let YAML integers fill float keys (``LR: 1`` for ``LR: 1.0``), which yacs would reject as a type mismatch, and
+    read ``LR: 1e-3`` (text to YAML 1.1) as the number it means."""
     for k, v in loaded.items():
         if k not in defaults:
             continue
@@ -373,6 +387,57 @@ def _coerce_numbers(loaded: CN, defaults: CN) -> None:
             _coerce_numbers(v, d)
         elif isinstance(d, float) and isinstance(v, int) and not isinstance(v, bool):
             loaded[k] = float(v)
+        elif isinstance(d, float) and isinstance(v, str) and _EXPONENT.match(v.strip()):
+            loaded[k] = float(v)
+
+
+def _type_name(value: object) -> str:
+    return {"CfgNode": "section", "NoneType": "empty value"}.get(type(value).__name__, type(value).__name__)
+
+
+def _a(value: object) -> str:
+    """``a float``, ``an int``: the type name of ``value`` with its article."""
+    name = _type_name(value)
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def _mismatch(key: str, value: object, default: object) -> str | None:
+    """The sentence for a YAML or override ``value`` of the wrong kind for ``key`` (yacs' rule: the same type, or a
+    list for a tuple and back; an empty value only where the default is empty too), else ``None``. A section
+    (``SOLVER: 5``) or a single value (``LR: {a: 1}``) in the wrong place is named as such, instead of yacs' dump of
+    the whole section."""
+    if type(value) is type(default) or default is None:
+        return None
+    if value is None and not isinstance(default, CN):
+        return f"{key} is empty but must be {_a(default)}, e.g. {default!r}"
+    if isinstance(value, list | tuple) and isinstance(default, list | tuple):
+        return None
+    if isinstance(default, CN):
+        first = next(iter(default), "KEY")
+        return (f"{key} must be a section of KEY: value entries (e.g. '{key.rsplit('.', 1)[-1]}: {{{first}: ...}}'), "
+                f"not the {_type_name(value)} {value!r}; indent its keys under it")
+    if isinstance(value, CN):
+        return (f"{key} is a single value ({_a(default)}, e.g. {default!r}), not a section; write "
+                f"'{key.rsplit('.', 1)[-1]}: <{_type_name(default)}>'")
+    return f"{key} is {value!r} ({_type_name(value)}) but must be {_a(default)}, e.g. {default!r}"
+
+
+def _check_types(loaded: CN, defaults: CN, prefix: str = "") -> None:
+    """Raise :class:`ConfigError` (one sentence, see :func:`_mismatch`) for the first entry of ``loaded`` whose
+    kind does not fit ``defaults``; an empty section (``SOLVER:`` with nothing under it) is dropped, and an empty text
+    or list entry reads as ``""`` or ``[]``."""
+    for k in list(loaded):
+        if k not in defaults:
+            continue  # unknown keys: yacs' KeyError, reworded with the closest valid key
+        value, default = loaded[k], defaults[k]
+        if isinstance(default, CN) and value is None:
+            del loaded[k]
+        elif isinstance(default, str | list | tuple) and value is None:  # `NAME:` / `TEACHER_LAYERS:` left empty
+            loaded[k] = "" if isinstance(default, str) else []
+        elif isinstance(default, CN) and isinstance(value, CN):
+            _check_types(value, default, f"{prefix}{k}.")
+        elif (problem := _mismatch(f"{prefix}{k}", value, default)) is not None:
+            raise ConfigError(problem + ".")
 
 
 def _under_open_node(cfg: CN, key: str) -> bool:
@@ -412,20 +477,6 @@ _CHOICES = {
     "EXPERIMENT.DEVICE": ("auto", "cpu", "cuda"),
     "DATASET.DECODE": ("cpu", "device"),
 }
-
-
-#: ``"module:function"`` checks run by :func:`validate_config` after the scalar checks (see :func:`register_check`)
-_CHECKS: list[str] = []
-
-
-def register_check(path: str) -> None:
-    """Add a config check ``"package.module:function"`` (called with the config; raises :class:`ConfigError`).
-
-    The layers above this module register theirs (``mdistiller/__init__.py``), so the checks live beside the code
-    they protect while ``load_config`` still runs all of them; the module is imported only when a check runs.
-    """
-    if path not in _CHECKS:
-        _CHECKS.append(path)
 
 
 def validate_config(cfg: CN) -> None:
@@ -471,8 +522,12 @@ def validate_config(cfg: CN) -> None:
     for key in ("SOLVER.LR", "SOLVER.BATCH_SIZE", "DATASET.INPUT_SIZE", "EXPERIMENT.DIST_TIMEOUT_MIN"):
         if not flat[key] > 0:
             raise ConfigError(f"{key} is {flat[key]} but must be positive.")
+    if cfg.SOLVER.EPOCHS < 0:
+        raise ConfigError(f"SOLVER.EPOCHS is {cfg.SOLVER.EPOCHS} but must not be negative; give the number of epochs, "
+                          "or 0 with SOLVER.MAX_STEPS > 0.")
     if cfg.SOLVER.EPOCHS < 1 and cfg.SOLVER.MAX_STEPS < 1:
         raise ConfigError("SOLVER.EPOCHS and SOLVER.MAX_STEPS are both 0; set at least one of them.")
+    _check_schedule(cfg.SOLVER)
     if cfg.DISTILLER.STUDENT_LAYERS and len(cfg.DISTILLER.STUDENT_LAYERS) != len(cfg.DISTILLER.TEACHER_LAYERS):
         raise ConfigError(
             "DISTILLER.STUDENT_LAYERS must list one student block per DISTILLER.TEACHER_LAYERS entry "
@@ -480,8 +535,32 @@ def validate_config(cfg: CN) -> None:
         )
     if not 0.0 < cfg.DISTILLER.ARTIFACTS.SHARE < 1.0:
         raise ConfigError(f"DISTILLER.ARTIFACTS.SHARE is {cfg.DISTILLER.ARTIFACTS.SHARE} but must lie inside (0, 1).")
-    for path in _CHECKS:
+    for path in config_checks():  # registered with register_check (mdistiller.hooks)
         resolve(path)(cfg)
+
+
+def _check_schedule(s: CN) -> None:
+    """The LR schedule (``engine/optim.py:IterationScheduler``) must never climb above ``SOLVER.LR`` nor reach 0 early:
+    finite rates, ``FINAL_LR <= LR`` (cosine decays towards it), a multistep ``GAMMA`` in (0, 1] with milestones
+    that are not negative, a warm-up no longer than the epochs, SGD momentum below 1."""
+    for key in ("LR", "FINAL_LR", "WARMUP_EPOCHS", "GAMMA", "MOMENTUM", "WEIGHT_DECAY", "EPS"):
+        if not math.isfinite(s[key]):
+            raise ConfigError(f"SOLVER.{key} is {s[key]} but must be a finite number.")
+    if s.FINAL_LR > s.LR:
+        raise ConfigError(f"SOLVER.FINAL_LR {s.FINAL_LR:g} exceeds SOLVER.LR {s.LR:g}, so the schedule would raise "
+                          "the learning rate instead of decaying it; set SOLVER.FINAL_LR at most SOLVER.LR "
+                          "(e.g. 1e-8).")
+    if str(s.SCHEDULE).lower() == "multistep":
+        if not 0.0 < s.GAMMA <= 1.0:
+            raise ConfigError(f"SOLVER.GAMMA is {s.GAMMA:g} but must lie in (0, 1] (the factor each milestone "
+                              "multiplies the learning rate by), e.g. 0.1.")
+        if any(not isinstance(m, int | float) or isinstance(m, bool) or m < 0 for m in s.MILESTONES):
+            raise ConfigError(f"SOLVER.MILESTONES is {list(s.MILESTONES)} but must list epochs (numbers >= 0).")
+    if s.MAX_STEPS == 0 and s.WARMUP_EPOCHS > s.EPOCHS:
+        raise ConfigError(f"SOLVER.WARMUP_EPOCHS {s.WARMUP_EPOCHS:g} is longer than SOLVER.EPOCHS {s.EPOCHS}, so the "
+                          "learning rate would never reach SOLVER.LR; shorten the warm-up.")
+    if str(s.TYPE).lower() == "sgd" and s.MOMENTUM >= 1.0:
+        raise ConfigError(f"SOLVER.MOMENTUM is {s.MOMENTUM:g} but must be below 1 (SGD diverges otherwise), e.g. 0.9.")
 
 
 def parse_override_value(value: str) -> object:

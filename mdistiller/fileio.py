@@ -1,13 +1,16 @@
-"""Atomic file writes: nothing is ever left half-written at the destination path."""
+"""Atomic file writes (nothing is ever left half-written at the destination path) and a blocking file lock."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import tempfile
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write", "new_file_mode", "apply_umask"]
+__all__ = ["atomic_write", "new_file_mode", "apply_umask", "file_lock", "names_file"]
 
 
 def new_file_mode() -> int:
@@ -48,3 +51,54 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[Path], object]) -> P
         tmp_path.unlink(missing_ok=True)
         raise
     return path
+
+
+def names_file(path: str | os.PathLike, fd: int) -> bool:
+    """True when ``path`` still names the file open as ``fd`` (not removed or replaced since it was opened)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, on_wait: Callable[[], object] | None = None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created when missing) for the block, waiting while another process
+    holds it (``on_wait()`` is called once before waiting). The kernel releases the lock on any exit of the holder,
+    ``kill -9`` included. The file is removed on the way out, while still held, so nothing is left behind: a process
+    that was waiting on the removed file sees that the path no longer names it (:func:`names_file`) and locks the
+    file now there instead. On a file system without locks the block runs unlocked, with a warning."""
+    import fcntl
+
+    path = Path(path)
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None:
+                    on_wait()
+                    on_wait = None
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            warnings.warn(f"the file system of {path.parent} has no file locks; {path.name} does not keep "
+                          "processes apart there.", stacklevel=3)
+            yield
+            return
+        if names_file(path, fd):
+            break
+        os.close(fd)  # locked a file its holder removed on release: lock the one now at the path
+    try:
+        yield
+    finally:
+        try:
+            path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)

@@ -97,4 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mdistiller.cli import exit_on_interrupt
+
+    with exit_on_interrupt():  # Ctrl-C while torch imports: one line, exit 130
+        sys.exit(main())

@@ -47,10 +47,13 @@ import json  # noqa: E402
 import warnings  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
-from mdistiller.bench.items import COMPONENTS, METHODS, build_items, parse_names, resolve_device, time_loader  # noqa: E402
-from mdistiller.bench.report import print_table, summarise  # noqa: E402
-from mdistiller.bench.stop_sync import stop_sync_item  # noqa: E402
-from mdistiller.bench.timing import BenchError, MemoryMeter, first_call, rotate  # noqa: E402
+from mdistiller.cli import exit_on_interrupt  # noqa: E402
+
+with exit_on_interrupt():  # Ctrl-C while torch imports: one line, exit 130
+    from mdistiller.bench.items import COMPONENTS, METHODS, build_items, parse_names, resolve_device, time_loader
+    from mdistiller.bench.report import print_table, summarise
+    from mdistiller.bench.stop_sync import stop_sync_item
+    from mdistiller.bench.timing import BenchError, MemoryMeter, first_call, rotate
 
 TINY = {
     "teacher": "vit_small", "student": "vit_tiny", "size": 32, "batch": 4, "rank": 8, "workers": 0,
@@ -201,4 +204,5 @@ def _main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_interrupt():
+        main()

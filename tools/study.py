@@ -153,4 +153,7 @@ initialisation; first seed only). Wall time of this invocation: {minutes:.1f} mi
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mdistiller.cli import exit_on_interrupt
+
+    with exit_on_interrupt():  # Ctrl-C while torch imports: one line, exit 130
+        sys.exit(main())

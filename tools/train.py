@@ -12,7 +12,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mdistiller.engine.launch import main, parse_args  # noqa: E402,F401
+from mdistiller.cli import exit_on_interrupt  # noqa: E402
+
+with exit_on_interrupt():  # Ctrl-C while the package or torch imports: one line, exit 130
+    from mdistiller.engine.launch import main, parse_args  # noqa: F401
 
 if __name__ == "__main__":
-    sys.exit(main(prog="tools/train.py"))
+    with exit_on_interrupt():
+        sys.exit(main(prog="tools/train.py"))

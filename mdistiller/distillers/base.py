@@ -11,6 +11,7 @@ from torch import nn
 
 from mdistiller.models import FrozenTeacher, TokenSplit, ViTFeatures
 from mdistiller.models.flops import ViTShape, linear_flops
+from mdistiller.models.indices import LayerIndexError
 
 from .layers import map_layers, normalize_layers
 from .losses import feature_kd_loss
@@ -32,6 +33,14 @@ class LayerPlan:
 
     def __repr__(self) -> str:
         return "LayerPlan(" + ", ".join(f"T{t}→S{s}" for t, s in self.pairs()) + ")"
+
+
+def _in_range(key: str, layers: Sequence[int], depth: int, what: str) -> list[int]:
+    """:func:`normalize_layers` of the config list ``key``, its error naming the key first."""
+    try:
+        return normalize_layers(list(layers), depth, what)
+    except LayerIndexError as e:
+        raise LayerIndexError(f"{key} {list(layers)}: {e}") from None
 
 
 class Distiller(nn.Module):
@@ -89,14 +98,15 @@ class Distiller(nn.Module):
         ``STUDENT_LAYERS`` is given. Raises ``IndexError``/``ValueError`` with one sentence for bad indices.
         """
         base = list(cfg.DISTILLER.TEACHER_LAYERS) or list(cfg.SiNGER.M_LAYERS)
-        if base and all(int(i) % teacher_depth == teacher_depth - 1 for i in base):
-            key = "DISTILLER.TEACHER_LAYERS" if cfg.DISTILLER.TEACHER_LAYERS else "SiNGER.M_LAYERS"
+        key = "DISTILLER.TEACHER_LAYERS" if cfg.DISTILLER.TEACHER_LAYERS else "SiNGER.M_LAYERS"
+        named = _in_range(key, base, teacher_depth, "teacher")
+        if named and named == [teacher_depth - 1]:
             raise ValueError(
                 f"{key} {base} names only the teacher's last block ({teacher_depth - 1}), which is always distilled; "
                 f"list intermediate blocks only (0…{teacher_depth - 2}), or leave it empty for the last block alone.")
         teacher = normalize_layers(base + [teacher_depth - 1], teacher_depth)
         if cfg.DISTILLER.STUDENT_LAYERS:
-            student = normalize_layers(cfg.DISTILLER.STUDENT_LAYERS, student_depth, "student")
+            student = _in_range("DISTILLER.STUDENT_LAYERS", cfg.DISTILLER.STUDENT_LAYERS, student_depth, "student")
             if len(student) != len(teacher):
                 raise ValueError(
                     f"DISTILLER.STUDENT_LAYERS {list(cfg.DISTILLER.STUDENT_LAYERS)} must give one distinct student "

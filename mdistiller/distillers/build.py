@@ -102,11 +102,17 @@ def check_config_against_models(cfg) -> None:
             continue  # no teacher is built
         try:
             check_model_kwargs(str(name), dict(d[key.split(".")[1] + "_KWARGS"]))
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"{key}_KWARGS: {e.args[0]}") from None
-    with torch.device("meta"):
-        teacher = build_model(d.TEACHER, False, dynamic_img_size=True, **dict(d.TEACHER_KWARGS))
-        student = build_model(d.STUDENT, False, img_size=int(cfg.DATASET.INPUT_SIZE), **dict(d.STUDENT_KWARGS))
+    try:
+        with torch.device("meta"):
+            teacher = build_model(d.TEACHER, False, dynamic_img_size=True, **dict(d.TEACHER_KWARGS))
+            student = build_model(d.STUDENT, False, img_size=int(cfg.DATASET.INPUT_SIZE), **dict(d.STUDENT_KWARGS))
+    except Exception as e:  # noqa: BLE001 - timm's constructor errors (asserts, ZeroDivisionError, ...) as one sentence
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"teacher '{d.TEACHER}' or student '{d.STUDENT}' cannot be built at DATASET.INPUT_SIZE "
+                          f"{cfg.DATASET.INPUT_SIZE} ({type(e).__name__}: {why}); check DISTILLER.TEACHER_KWARGS, "
+                          "DISTILLER.STUDENT_KWARGS and DATASET.INPUT_SIZE.") from None
     t_depth, s_depth, width = len(teacher.blocks), len(student.blocks), int(teacher.embed_dim)
     size, patch = int(cfg.DATASET.INPUT_SIZE), int(student.patch_embed.patch_size[0])
     if size % patch:  # the teacher's input is resized to the student's grid (or to its own patch multiple)
@@ -116,7 +122,8 @@ def check_config_against_models(cfg) -> None:
     try:
         cls.plan_layers(cfg, t_depth, s_depth)
     except (IndexError, ValueError) as e:
-        raise ConfigError(f"{cls.layer_keys}: {e.args[0]}") from None
+        named = str(e.args[0]).startswith(("DISTILLER.", "SiNGER.", "VITKD."))  # the message names its key itself
+        raise ConfigError(e.args[0] if named else f"{cls.layer_keys}: {e.args[0]}") from None
     try:
         cls.check_config(cfg, width)
     except ValueError as e:

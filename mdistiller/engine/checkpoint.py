@@ -24,6 +24,7 @@ import hashlib
 import os
 import pickle
 import random
+import re
 import shutil
 import tempfile
 import zipfile
@@ -48,6 +49,7 @@ __all__ = [
     "atomic_save",
     "atomic_write_text",
     "save_checkpoint",
+    "write_failure",
     "load_checkpoint",
     "param_shapes",
     "check_compatible",
@@ -238,18 +240,38 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any], keep
             _keep_previous(path)
         return atomic_save(payload, path)
     except (OSError, RuntimeError) as e:
-        os_err = _os_error(e)
-        if os_err is None and not isinstance(e, OSError) and "write" not in str(e).lower():
-            raise
         kept = f"the previous checkpoint {path} is intact" if path.is_file() else "no earlier checkpoint exists"
-        if os_err is not None and os_err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise CheckpointWriteError(
-                f"no space left on device while writing {path}; {kept}; free space and rerun the same command."
-            ) from None
-        why = os_err.strerror if os_err is not None and os_err.strerror else str(e).splitlines()[0]
-        raise CheckpointWriteError(
-            f"I/O error while writing {path} ({why}); {kept}; fix the disk or the path and rerun the same command."
-        ) from None
+        failure = write_failure(path, e, kept)
+        if failure is None:
+            raise
+        raise failure from None
+
+
+def write_failure(path: str | os.PathLike[str], exc: BaseException, kept: str) -> CheckpointWriteError | None:
+    """The one-sentence :class:`CheckpointWriteError` for a write of ``path`` that failed with ``exc``, or ``None``
+    when ``exc`` is not a write failure. Recognised: an ``OSError`` in the exception chain (torch's zip writer wraps
+    it in a ``RuntimeError``), a ``RuntimeError`` about the write, and safetensors' ``(os error N)`` messages.
+    ``kept`` says what is intact (e.g. "the previous checkpoint … is intact"); a full disk or quota reads
+    "no space left on device while writing PATH; KEPT; free space and rerun the same command."
+    """
+    os_err = _os_error(exc)
+    code = os_err.errno if os_err is not None else None
+    text = str(exc).strip()
+    if os_err is None:
+        found = re.search(r"\(os error (\d+)\)", text)  # safetensors (Rust) names the OS error in its message
+        if found:
+            code = int(found.group(1))
+        elif not (isinstance(exc, RuntimeError) and "write" in text.lower()):
+            return None
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return CheckpointWriteError(
+            f"no space left on device while writing {path}; {kept}; free space and rerun the same command.")
+    if os_err is not None and os_err.strerror:
+        why = os_err.strerror
+    else:
+        why = os.strerror(code) if code else (text.splitlines()[0] if text else type(exc).__name__)
+    return CheckpointWriteError(
+        f"I/O error while writing {path} ({why}); {kept}; fix the disk or the path and rerun the same command.")
 
 
 def _fallback(path: Path) -> str:

@@ -12,12 +12,14 @@ Without ``--run-dir`` or an ``EXPERIMENT.NAME`` override, overrides that change 
 (``singer,SOLVER.LR=0.001``): each value of a sweep gets its own run. Resuming compares the config with the
 checkpoint's key by key and refuses a change of what is trained (``EXPERIMENT.RESUME_ALLOW_CHANGES`` permits the
 sound ones). One run at a time may use a run directory (a lock file, ``RUN_DIR/.lock``); ``--resume none`` into a
-directory that already holds a run needs ``--overwrite``. Exit codes: 0 done, 1 failed while running, 2 refused
+directory that already holds a run needs ``--overwrite``. What can be refused before the lock is
+(``engine/preflight.py``: the run directory, the device, the weights sources); a run refused later while it is built
+leaves no lock file or empty run directory behind. Exit codes: 0 done, 1 failed while running, 2 refused
 before any compute (bad config, weights or resume), 3 lost its peers under torchrun/SLURM (another rank was
 killed or crashed, noticed within seconds, or hung longer than ``EXPERIMENT.DIST_TIMEOUT_MIN``; rerun to resume from
-the last checkpoint), 130 stopped by a signal (a checkpoint was written; a SIGINT/SIGTERM to any one rank stops every
-rank after the same step), 128 + N ended at once by a second signal N while stopping (143 for SIGTERM; the
-checkpoints on disk stay valid).
+the last checkpoint), 130 stopped by a signal (a checkpoint was written, or training had not started yet; a
+SIGINT/SIGTERM to any one rank stops every rank after the same step), 128 + N ended at once by a second signal N
+while stopping (143 for SIGTERM; the checkpoints on disk stay valid).
 """
 
 from __future__ import annotations
@@ -92,12 +94,19 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from mdistiller.dataset.bad_images import BadImageError, bad_image_sentence
     from mdistiller.engine.checkpoint import CheckpointError
     from mdistiller.engine.distributed import broadcast_object, cleanup, init_distributed, peer_failure
+    from mdistiller.engine.preflight import check_launch
     from mdistiller.engine.rundir import RunDirError, open_run_dir, say
     from mdistiller.engine.runlock import RunLockedError
     from mdistiller.engine.trainer import NonFiniteLossError, Trainer, run_dir_for
 
-    env = init_distributed(args.device or cfg.EXPERIMENT.DEVICE, timeout_minutes=cfg.EXPERIMENT.DIST_TIMEOUT_MIN)
     run_dir = Path(args.run_dir) if args.run_dir else run_dir_for(cfg)
+    try:  # before any lock, process group or model: a refusal leaves nothing behind
+        check_launch(cfg, run_dir, args.device, cfg_given=bool(args.cfg),
+                     run_dir_flag="--run-dir" if args.run_dir else "run directory")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    env = init_distributed(args.device or cfg.EXPERIMENT.DEVICE, timeout_minutes=cfg.EXPERIMENT.DIST_TIMEOUT_MIN)
     start, refused = None, None
     if env.is_main:
         try:

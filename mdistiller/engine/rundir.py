@@ -125,22 +125,43 @@ class RunStart:
     lock: RunLock | None
     checkpoint: Path | None = None
     notes: list[str] = field(default_factory=list)
-    created: bool = False
+    created: list[Path] = field(default_factory=list)  # run_dir and ancestors this start made (deepest first)
 
     def release(self) -> None:
-        """Release the lock; a directory this start created and left holding nothing but its lock is removed."""
+        """Release the lock. A run that never started (its directory holds nothing but the lock file) leaves nothing
+        behind: the lock file goes (removed while still held) and so do the directories this start created."""
         if self.lock is None:
             return
-        empty = self.created and {p.name for p in self.run_dir.iterdir()} <= {RunLock.NAME}
-        if empty:
-            self.lock.path.unlink(missing_ok=True)
-        self.lock.release()
+        release_run_dir(self.lock, self.run_dir, self.created)
         self.lock = None
-        if empty:
-            try:
-                self.run_dir.rmdir()
-            except OSError:
-                pass
+
+
+def missing_dirs(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """``run_dir`` and its ancestors that do not exist yet, deepest first: what claiming it will create."""
+    out, p = [], Path(run_dir).absolute()
+    while not p.exists() and p.parent != p:
+        out.append(p)
+        p = p.parent
+    return out
+
+
+def release_run_dir(lock: RunLock, run_dir: str | os.PathLike[str], created: list[Path]) -> None:
+    """Release the run-directory ``lock`` (a :class:`~mdistiller.engine.runlock.RunLock`). When the directory holds
+    nothing but the lock file, the run never started: the lock file goes too (removed while still held), and so do
+    the empty directories of ``created`` (:func:`missing_dirs` before the claim)."""
+    run_dir = Path(run_dir)
+    try:
+        unused = run_dir.is_dir() and all(p.name == lock.NAME for p in run_dir.iterdir())
+    except OSError:
+        unused = False
+    lock.release(remove_file=unused)
+    if not unused:
+        return
+    for d in created:
+        try:
+            d.rmdir()
+        except OSError:  # not empty (another run created files meanwhile) or already gone
+            break
 
 
 def open_run_dir(run_dir: str | os.PathLike[str], resume: str = "auto", overwrite: bool = False) -> RunStart:
@@ -150,7 +171,7 @@ def open_run_dir(run_dir: str | os.PathLike[str], resume: str = "auto", overwrit
     :class:`RunDirError` (one sentence) for a start that would lose or mix a history; the lock is released then.
     """
     run_dir = Path(run_dir)
-    start = RunStart(run_dir, None, created=not run_dir.exists())
+    start = RunStart(run_dir, None, created=missing_dirs(run_dir))
     lock = RunLock(run_dir)
     lock.acquire()
     start.lock = lock

@@ -18,6 +18,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from mdistiller.fileio import names_file
+
 __all__ = ["RunLock", "RunLockedError"]
 
 
@@ -48,24 +50,21 @@ class RunLock:
     def acquire(self) -> RunLock:
         import fcntl
 
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                h = self._holder()
-                who = f"pid {h.get('pid', '?')} on {h.get('host', '?')}, started {h.get('started', '?')}"
-                raise RunLockedError(
-                    f"run directory {self.run_dir} is in use by another run ({who}); wait for it to finish, or pass "
-                    "another --run-dir."
-                ) from None
-            if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                warnings.warn(f"the file system of {self.run_dir} does not support locks; nothing stops a second "
-                              "run from writing into it.", stacklevel=2)
-                return self
-            raise
+        for _ in range(16):  # a run that never started removes its lock file (release(remove_file=True)): retry
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # the directory went away between mkdir and open
+                continue
+            if not self._lock(fcntl, fd):
+                os.close(fd)
+                return self  # a file system without locks (warned)
+            if names_file(self.path, fd):
+                break
+            os.close(fd)  # locked a file that was removed meanwhile: lock the one now at the path
+        else:
+            raise RunLockedError(f"run directory {self.run_dir} keeps changing under this run; is another process "
+                                 "creating and removing it? Pass another --run-dir.")
         previous = self._holder()
         if previous.get("pid") and previous.get("pid") != os.getpid():
             self.stale = previous  # its flock is free, so that process is gone (or stopped without cleanup)
@@ -77,14 +76,40 @@ class RunLock:
         self._fd = fd
         return self
 
-    def release(self) -> None:
-        """Release the lock and clear the holder record (the kernel releases it anyway when the process dies)."""
+    def _lock(self, fcntl, fd: int) -> bool:
+        """``flock`` ``fd``: True when held, False when the file system has no locks (warned). Raises
+        :class:`RunLockedError` (``fd`` closed) when a live run holds it."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                warnings.warn(f"the file system of {self.run_dir} does not support locks; nothing stops a second "
+                              "run from writing into it.", stacklevel=3)
+                return False
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                h = self._holder()
+                who = f"pid {h.get('pid', '?')} on {h.get('host', '?')}, started {h.get('started', '?')}"
+                raise RunLockedError(
+                    f"run directory {self.run_dir} is in use by another run ({who}); wait for it to finish, or pass "
+                    "another --run-dir."
+                ) from None
+            raise
+        return True
+
+    def release(self, remove_file: bool = False) -> None:
+        """Release the lock and clear the holder record (the kernel releases it anyway when the process dies).
+        ``remove_file``: delete the lock file first, while still holding it (for a run that never started; a run
+        waiting to lock that file then locks a new one, see :meth:`acquire`)."""
         if self._fd is None:
             return
         import fcntl
 
         try:
-            os.ftruncate(self._fd, 0)
+            if remove_file:
+                self.path.unlink(missing_ok=True)
+            else:
+                os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             os.close(self._fd)

@@ -25,6 +25,7 @@ from .distributed import DistEnv, all_gather_object, barrier, broadcast_object, 
 from .fingerprint import weights_fingerprint
 from .logging import MetricsWriter, truncate_metrics, write_run_info
 from .optim import IterationScheduler, build_optimizer, clip_grad
+from .preflight import check_batch_fits
 from .rundir import RunDirError, run_history
 from .sampler import ResumableDistributedSampler
 from .stopping import SignalStop, agree_step_flags
@@ -81,6 +82,7 @@ class Trainer:
             from mdistiller.dataset.bad_images import GuardedImages
 
             train_set = GuardedImages(train_set, skip=bool(data.SKIP_BAD_IMAGES))
+        check_batch_fits(len(train_set), cfg)
         self.loader, self.sampler = self._train_loader(train_set, device_decode)
         self.heldout = self._heldout_batch(build_dataset) if env.is_main else None
         self.steps_per_epoch = self.sampler.steps_per_epoch
@@ -145,6 +147,9 @@ class Trainer:
             ds = build_dataset(data.TYPE, "val", root=data.ROOT, input_size=data.INPUT_SIZE, train=False, **kwargs)
         except (FileNotFoundError, ValueError):
             return torch.empty(0)  # no held-out split: agreement is skipped
+        from mdistiller.dataset.bad_images import GuardedImages
+
+        ds = GuardedImages(ds, skip=bool(data.SKIP_BAD_IMAGES), what="held-out (val) image")  # as for training
         return torch.stack([ds[i][0] for i in range(min(n, len(ds)))]).to(self.env.device)
 
     def _autocast(self):
@@ -593,9 +598,17 @@ class Trainer:
             return None
         d = self.cfg.DISTILLER
         kwargs = dict(d.STUDENT_KWARGS) | {"img_size": int(self.cfg.DATASET.INPUT_SIZE)}
-        path = self.distiller.export_student(self.run_dir / "student.safetensors", d.STUDENT, kwargs)
+        path = self.run_dir / "student.safetensors"
+        try:
+            self.distiller.export_student(path, d.STUDENT, kwargs)
+        except Exception as e:  # a full disk or an I/O error: one sentence (the write is atomic, nothing partial)
+            failure = ckpt.write_failure(path, e, f"the checkpoint {self.ckpt_path} is intact")
+            if failure is None:
+                raise
+            raise failure from None
+        finally:
+            barrier()  # the other ranks never wait for an export that failed
         self.student_fingerprint = weights_fingerprint(self.distiller.student.model.state_dict())
-        barrier()
         return path
 
 

@@ -15,10 +15,15 @@ whole ImageNet-train CLS cache of a ViT-Ti (1.28 M × 192 × 2 B ≈ 0.5 GB) nee
 Under ``torchrun`` the extraction is sharded: rank ``r`` computes rows ``r, r + W, r + 2W, …`` and writes them
 into the same file (on a file system all ranks see), rank 0 checks that every row was written (the ``index``
 field) and publishes the file with an atomic rename.
+
+Two processes that need the same cache at once (a sweep's probes of one model into one ``--cache-dir``) do not both
+write it: the builder holds an exclusive lock on ``<dir>/.<split>.npy.lock`` from the reuse check to the publication,
+and the other waits for it, then reuses the finished file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -33,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data._utils.collate import default_collate
 
 from mdistiller.engine.distributed import barrier, broadcast_object, get_rank, get_world_size
-from mdistiller.fileio import atomic_write
+from mdistiller.fileio import atomic_write, file_lock
 
 __all__ = ["CACHE_FORMAT", "CachedSplit", "build_cache", "open_cache", "record_dtype"]
 
@@ -144,7 +149,8 @@ def build_cache(
     ``extractor(images) -> {name: tensor [B, ...]}`` gives the features, ``feature_shapes(image_hw)`` their
     per-image shapes, ``target_of(collated targets) -> tensor [B, ...]`` the target stored in the field
     ``target_field = (name, numpy dtype)``. A complete cache with the same ``fingerprint`` is reused when
-    ``reuse``. Every rank of a process group must call this (collective); each extracts its stride of rows.
+    ``reuse``. Every rank of a process group must call this (collective); each extracts its stride of rows. Another
+    process building the same ``path`` is waited for (rank 0 holds the file lock of the module doc).
 
     ``features_from``: called (on every rank) only when the cache must be built; it may return a complete cache of
     the same images, backbone and feature spec built for another target (segmentation and depth on toy scenes),
@@ -157,112 +163,126 @@ def build_cache(
     n = len(dataset)  # type: ignore[arg-type]
     if n < 1:
         raise ValueError(f"cannot cache an empty dataset for '{path.name}'; check the split and its size options.")
-    if reuse:
-        found = open_cache(path, fingerprint) if get_rank() == 0 else None
-        if broadcast_object(found is not None):
-            barrier()
-            cached = open_cache(path, fingerprint)
-            if cached is not None:
-                if log:
-                    log(f"reusing feature cache {path} ({len(cached)} items)")
-                return cached
-    rank, world = get_rank(), get_world_size()
-    image0, target0 = dataset[0]
-    hw = (int(image0.shape[-2]), int(image0.shape[-1]))
-    tgt0 = target_of(default_collate([target0]))
-    tname, tdtype = target_field
-    fields: dict[str, tuple[Any, tuple[int, ...]]] = {"index": (np.int64, ())}
-    shapes = feature_shapes(hw)
-    fields.update({k: (_FLOAT_DTYPES[dtype], s) for k, s in shapes.items()})
-    source = features_from() if features_from is not None else None
-    if source is not None and not _holds(source, n, {k: fields[k] for k in shapes}):
-        source = None  # not the same features after all: extract
-    if source is not None and log:
-        log(f"features of '{path.stem}' copied from {source.path} (same images, backbone and tokens)")
-    fields[tname] = (tdtype, tuple(tgt0.shape[1:]))
-    rdtype = record_dtype(fields)
-    partial = path.with_name(path.name + ".partial")
-    if rank == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in (path, _sidecar(path)):
-            stale.unlink(missing_ok=True)
-        mm = np.lib.format.open_memmap(partial, mode="w+", dtype=rdtype, shape=(n,))
-        mm["index"] = -1
+    with _build_lock(path, log) if get_rank() == 0 else contextlib.nullcontext():
+        if reuse:
+            found = open_cache(path, fingerprint) if get_rank() == 0 else None
+            if broadcast_object(found is not None):
+                barrier()
+                cached = open_cache(path, fingerprint)
+                if cached is not None:
+                    if log:
+                        log(f"reusing feature cache {path} ({len(cached)} items)")
+                    return cached
+        rank, world = get_rank(), get_world_size()
+        image0, target0 = dataset[0]
+        hw = (int(image0.shape[-2]), int(image0.shape[-1]))
+        tgt0 = target_of(default_collate([target0]))
+        tname, tdtype = target_field
+        fields: dict[str, tuple[Any, tuple[int, ...]]] = {"index": (np.int64, ())}
+        shapes = feature_shapes(hw)
+        fields.update({k: (_FLOAT_DTYPES[dtype], s) for k, s in shapes.items()})
+        source = features_from() if features_from is not None else None
+        if source is not None and not _holds(source, n, {k: fields[k] for k in shapes}):
+            source = None  # not the same features after all: extract
+        if source is not None and log:
+            log(f"features of '{path.stem}' copied from {source.path} (same images, backbone and tokens)")
+        fields[tname] = (tdtype, tuple(tgt0.shape[1:]))
+        rdtype = record_dtype(fields)
+        partial = path.with_name(path.name + ".partial")
+        if rank == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            for stale in (path, _sidecar(path)):
+                stale.unlink(missing_ok=True)
+            mm = np.lib.format.open_memmap(partial, mode="w+", dtype=rdtype, shape=(n,))
+            mm["index"] = -1
+            mm.flush()
+            del mm
+        barrier()
+        mm = np.load(partial, mmap_mode="r+")
+        rows = np.arange(rank, n, world)
+        loader = DataLoader(Subset(dataset, rows.tolist()), batch_size=batch_size, shuffle=False,
+                            num_workers=num_workers, pin_memory=torch.device(device).type == "cuda")
+        start, pos = time.perf_counter(), 0
+        last_log = start
+        from tqdm import tqdm
+
+        show = (progress if progress is not None else sys.stderr.isatty()) and rank == 0
+        bar = tqdm(total=len(rows), desc=f"features {path.stem}", unit="img", disable=not show, dynamic_ncols=True,
+                   leave=False)
+        for images, targets in loader:
+            bar.update(images.shape[0])
+            if tuple(images.shape[-2:]) != hw:
+                raise ValueError(
+                    f"images of '{path.stem}' have different sizes ({tuple(images.shape[-2:])} vs {hw}); the cached "
+                    "protocol needs a fixed evaluation size (use a crop/resize evaluation transform)."
+                )
+            b = images.shape[0]
+            idx = rows[pos : pos + b]
+            pos += b
+            if source is not None:
+                feats = source.read(idx, fields=tuple(shapes))
+            else:
+                feats = extractor(images.to(device, non_blocking=True))
+            buf = np.empty(b, dtype=rdtype)
+            buf["index"] = idx
+            for k in feats:
+                buf[k] = feats[k].detach().to("cpu", torch.float32).numpy()
+            tgt = target_of(targets)
+            if tuple(tgt.shape[1:]) != fields[tname][1]:
+                raise ValueError(
+                    f"targets of '{path.stem}' change shape ({tuple(tgt.shape[1:])} vs {fields[tname][1]}); the cached "
+                    "protocol needs targets of a fixed size."
+                )
+            buf[tname] = tgt.cpu().numpy()
+            if world == 1:
+                mm[idx[0] : idx[-1] + 1] = buf
+            else:
+                mm[idx] = buf
+            if log and time.perf_counter() - last_log > 30:
+                last_log = time.perf_counter()
+                log(f"extracting '{path.stem}': {pos}/{len(rows)} rows on this rank, "
+                    f"{pos / (last_log - start):.1f} img/s")
+        bar.close()
         mm.flush()
         del mm
-    barrier()
-    mm = np.load(partial, mmap_mode="r+")
-    rows = np.arange(rank, n, world)
-    loader = DataLoader(Subset(dataset, rows.tolist()), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, pin_memory=torch.device(device).type == "cuda")
-    start, pos = time.perf_counter(), 0
-    last_log = start
-    from tqdm import tqdm
+        seconds = time.perf_counter() - start
+        barrier()
+        if rank == 0:
+            check = np.load(partial, mmap_mode="r")
+            missing = int((check["index"] != np.arange(n)).sum())
+            del check
+            if missing:
+                raise RuntimeError(
+                    f"{missing} rows of feature cache '{partial}' were not written; all ranks must see the same cache "
+                    "directory (pass --cache-dir on a shared file system)."
+                )
+            os.replace(partial, path)
+            side = {
+                "format": CACHE_FORMAT, "complete": True, "fingerprint": fingerprint, "split": path.stem,
+                "num_items": n, "image_size": list(hw), "dtype": dtype, "bytes": path.stat().st_size,
+                "fields": {k: {"dtype": np.dtype(dt).name, "shape": list(s)} for k, (dt, s) in fields.items()},
+                "extract_seconds": round(seconds, 3), "world_size": world,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "features_from": str(source.path) if source is not None else None, **dict(meta or {}),
+            }
+            atomic_write(_sidecar(path), lambda tmp: Path(tmp).write_text(json.dumps(side, indent=2, default=str)))
+            if log:
+                log(f"cached {n} items of '{path.stem}' in {seconds:.1f} s -> {path} ({side['bytes'] / 2**20:.1f} MiB)")
+        barrier()
+        out = open_cache(path, fingerprint)
+        if out is None:
+            raise RuntimeError(f"feature cache '{path}' could not be reopened after writing; check the disk.")
+        return out
 
-    show = (progress if progress is not None else sys.stderr.isatty()) and rank == 0
-    bar = tqdm(total=len(rows), desc=f"features {path.stem}", unit="img", disable=not show, dynamic_ncols=True,
-               leave=False)
-    for images, targets in loader:
-        bar.update(images.shape[0])
-        if tuple(images.shape[-2:]) != hw:
-            raise ValueError(
-                f"images of '{path.stem}' have different sizes ({tuple(images.shape[-2:])} vs {hw}); the cached "
-                "protocol needs a fixed evaluation size (use a crop/resize evaluation transform)."
-            )
-        b = images.shape[0]
-        idx = rows[pos : pos + b]
-        pos += b
-        if source is not None:
-            feats = source.read(idx, fields=tuple(shapes))
-        else:
-            feats = extractor(images.to(device, non_blocking=True))
-        buf = np.empty(b, dtype=rdtype)
-        buf["index"] = idx
-        for k in feats:
-            buf[k] = feats[k].detach().to("cpu", torch.float32).numpy()
-        tgt = target_of(targets)
-        if tuple(tgt.shape[1:]) != fields[tname][1]:
-            raise ValueError(
-                f"targets of '{path.stem}' change shape ({tuple(tgt.shape[1:])} vs {fields[tname][1]}); the cached "
-                "protocol needs targets of a fixed size."
-            )
-        buf[tname] = tgt.cpu().numpy()
-        if world == 1:
-            mm[idx[0] : idx[-1] + 1] = buf
-        else:
-            mm[idx] = buf
-        if log and time.perf_counter() - last_log > 30:
-            last_log = time.perf_counter()
-            log(f"extracting '{path.stem}': {pos}/{len(rows)} rows on this rank, "
-                f"{pos / (last_log - start):.1f} img/s")
-    bar.close()
-    mm.flush()
-    del mm
-    seconds = time.perf_counter() - start
-    barrier()
-    if rank == 0:
-        check = np.load(partial, mmap_mode="r")
-        missing = int((check["index"] != np.arange(n)).sum())
-        del check
-        if missing:
-            raise RuntimeError(
-                f"{missing} rows of feature cache '{partial}' were not written; all ranks must see the same cache "
-                "directory (pass --cache-dir on a shared file system)."
-            )
-        os.replace(partial, path)
-        side = {
-            "format": CACHE_FORMAT, "complete": True, "fingerprint": fingerprint, "split": path.stem,
-            "num_items": n, "image_size": list(hw), "dtype": dtype, "bytes": path.stat().st_size,
-            "fields": {k: {"dtype": np.dtype(dt).name, "shape": list(s)} for k, (dt, s) in fields.items()},
-            "extract_seconds": round(seconds, 3), "world_size": world,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "features_from": str(source.path) if source is not None else None, **dict(meta or {}),
-        }
-        atomic_write(_sidecar(path), lambda tmp: Path(tmp).write_text(json.dumps(side, indent=2, default=str)))
+
+
+def _build_lock(path: Path, log: Callable[[str], None] | None) -> contextlib.AbstractContextManager[None]:
+    """An exclusive lock on ``<dir>/.<split>.npy.lock`` (:func:`mdistiller.fileio.file_lock`) held while this process
+    reuses or builds ``path``: a second process (two probes of one model into one ``--cache-dir``, as a sweep's
+    evaluation jobs run) waits for the first to publish the cache, then reuses it, instead of writing the same
+    ``.partial`` file."""
+    def waiting() -> None:
         if log:
-            log(f"cached {n} items of '{path.stem}' in {seconds:.1f} s -> {path} ({side['bytes'] / 2**20:.1f} MiB)")
-    barrier()
-    out = open_cache(path, fingerprint)
-    if out is None:
-        raise RuntimeError(f"feature cache '{path}' could not be reopened after writing; check the disk.")
-    return out
+            log(f"waiting for another process that is building feature cache {path}")
+
+    return file_lock(path.with_name(f".{path.name}.lock"), on_wait=waiting)

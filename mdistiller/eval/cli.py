@@ -339,6 +339,10 @@ def run_command(command: str, args: argparse.Namespace) -> int:
         result = run_probe(backbone, spec, task, data, settings, device=env.device)
     except FloatingPointError as e:
         return _error(str(e))
+    except OSError as e:  # an unreadable image (also inside a loader worker), a full disk: one sentence
+        from mdistiller.dataset.bad_images import bad_image_sentence
+
+        return _error(bad_image_sentence(e))
     except KeyboardInterrupt:
         print("interrupted; complete feature caches are kept and a partial one is rebuilt: rerun the same command "
               "to continue.", file=sys.stderr)

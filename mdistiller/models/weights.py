@@ -4,7 +4,8 @@
 every parameter and buffer of the model must come from the file (after timm's own checkpoint conversion, e.g. a
 position-embedding resize), and every tensor of the file must be used; anything else is one sentence naming the first
 missing/unexpected keys. ``strict=False`` (``DISTILLER.STRICT_WEIGHTS False``) allows a partial load: the missing
-tensors keep their random initialisation and the sentence becomes a warning.
+tensors keep their random initialisation and the sentence becomes a warning. A file holding NaN or inf is refused
+whatever ``strict`` says, and a path that is missing or a directory is named as such (:func:`check_weights_path`).
 """
 
 from __future__ import annotations
@@ -22,13 +23,43 @@ from torch import nn
 
 from mdistiller.config import ConfigError
 
-__all__ = ["WeightsError", "file_identity", "load_weights_file", "read_state_dict"]
+__all__ = ["WeightsError", "WeightsFileMissingError", "check_weights_path", "file_identity", "load_weights_file",
+           "read_state_dict"]
 
 _SHOW = 3  # keys named per problem
 
 
 class WeightsError(ConfigError):
     """A weights file that cannot be read or does not fit the model (a configuration error: exit code 2)."""
+
+
+class WeightsFileMissingError(WeightsError, FileNotFoundError):
+    """A weights path that does not exist (also a ``FileNotFoundError``, for callers that catch that)."""
+
+
+def check_weights_path(path: str | os.PathLike[str], what: str = "weights") -> Path:
+    """``path`` when it is a file; else :class:`WeightsFileMissingError` (nothing there) or :class:`WeightsError`
+    (a directory), each one sentence saying which."""
+    path = Path(path)
+    if path.is_dir():
+        raise WeightsError(f"{what} file '{path}' is a directory, not a weights file; point it at the .safetensors "
+                           "or .pth file inside it.")
+    if not path.is_file():
+        raise WeightsFileMissingError(f"{what} file '{path}' does not exist; check the path.")
+    return path
+
+
+def _reader_reason(e: BaseException) -> str:
+    """The reason of a reader failure without torch's preamble: a ``weights_only`` refusal carries the unpickler's
+    own reason (``Unsupported operand 149``, ``Unsupported global: ...``) between a paragraph about torch 2.6's
+    default and a documentation link; that reason is what the user needs."""
+    text = str(e).strip()
+    if "WeightsUnpickler error:" in text:
+        reason = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0].strip()
+        first = reason.splitlines()[0].strip() if reason else ""
+        return f"torch.load: {first}" if first else "torch.load refused it"
+    first = text.splitlines()[0] if text else ""
+    return f"{type(e).__name__}: {first[:200]}" if first else type(e).__name__
 
 
 def file_identity(path: str | os.PathLike[str], sample: int = 1 << 20) -> dict[str, Any]:
@@ -52,20 +83,19 @@ def file_identity(path: str | os.PathLike[str], sample: int = 1 << 20) -> dict[s
 def read_state_dict(path: str | os.PathLike[str], what: str = "weights") -> dict[str, torch.Tensor]:
     """The tensors of a ``.safetensors`` or ``torch.save`` file (a ``state_dict``/``model``/``module`` entry of a
     training checkpoint is unwrapped). Raises :class:`WeightsError` with one sentence for anything unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{what} file '{path}' does not exist; check the path.")
+    path = check_weights_path(path, what)
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        with warnings.catch_warnings():  # torch's pickle-protocol warning would print before the sentence below
+            warnings.simplefilter("ignore")
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
 
-            obj: Any = load_file(str(path), device="cpu")
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+                obj: Any = load_file(str(path), device="cpu")
+            else:
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - every reader failure becomes one sentence
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise WeightsError(
-            f"{what} file '{path}' cannot be read as a .safetensors or torch state_dict ({type(e).__name__}: {first}); "
+            f"{what} file '{path}' cannot be read as a .safetensors or torch state_dict ({_reader_reason(e)}); "
             "pass a weights file saved with safetensors or torch.save(model.state_dict())."
         ) from None
     for key in ("state_dict", "model", "module", "state_dict_ema"):
@@ -109,6 +139,12 @@ def load_weights_file(model: nn.Module, path: str | os.PathLike[str], *, strict:
     """
     path = Path(path)
     sd = read_state_dict(path, what)
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise WeightsError(
+            f"{what} file '{path}' holds non-finite values (NaN or inf) in {len(bad)} tensor(s) ({_names(bad)}); the "
+            "file is damaged or was saved from a diverged model: re-export or re-download it."
+        )
     fn = _filter_fn(model)
     if fn is not None:
         try:

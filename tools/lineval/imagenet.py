@@ -15,7 +15,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from mdistiller.eval.cli import main  # noqa: E402
+from mdistiller.cli import exit_on_interrupt  # noqa: E402
+
+with exit_on_interrupt():  # Ctrl-C while the package or torch imports: one line, exit 130
+    from mdistiller.eval.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main("imagenet"))
+    with exit_on_interrupt():
+        sys.exit(main("imagenet"))
