@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -21,8 +22,15 @@ def _train(tmp_path: Path, name: str, *opts: str, interrupt: bool = False) -> tu
     cfg = load_config([tiny_yaml(tmp_path, "SiNGER")], ["SOLVER.MAX_STEPS", "3", *opts])
     run = tmp_path / name
     trainer = Trainer(cfg, cpu_env(), run)
-    if interrupt:  # as if SIGTERM arrived during the first step: one step, a checkpoint, no student file
-        trainer.stop_signal = signal.SIGTERM
+    if interrupt:  # a real SIGTERM during the first step: one step, a checkpoint, no student file
+        first_step = trainer.train_step
+
+        def step_then_signal(*args, **kwargs):
+            out = first_step(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return out
+
+        trainer.train_step = step_then_signal
     trainer.fit()
     return run, trainer
 
