@@ -16,6 +16,7 @@ Items are ``(transform(RGB image), label)``, the label -1 when the shards carry 
 
 from __future__ import annotations
 
+import itertools
 import math
 import multiprocessing
 import os
@@ -126,7 +127,8 @@ class WdsStream(IterableDataset):
 
     Layout: ``S = world_size × W`` streams, ``W = max(1, num_workers)``; each epoch permutes the shards with
     ``(seed, epoch)`` and stream ``s`` reads shards ``s, s+S, s+2S, ...`` of that permutation in turn (again from its
-    first shard if it runs out) through a shuffle buffer seeded by ``(seed, epoch, s)``. Every stream yields exactly
+    first shard if it runs out: a second pass) through a shuffle buffer seeded by ``(seed, epoch, s, pass)``. Every
+    stream yields exactly
     ``q·b`` samples, ``q = ⌊N / (S·b)⌋`` (``N`` samples in the split, ``b`` the per-rank batch), so every rank runs
     ``q·W`` steps per epoch and ``N − q·S·b`` samples (plus whatever uneven shards leave over) wait for the next
     epoch's permutation. Sample ``j`` of stream ``s`` is augmented under torch's RNG seeded by ``(seed, epoch, s, j)``.
@@ -213,26 +215,26 @@ class WdsStream(IterableDataset):
         return [self.paths[i] for i in order[stream::lay["streams"]]]
 
     def raw_samples(self, epoch: int, stream: int) -> Iterator[dict[str, Any]]:
-        """The stream's undecoded samples (``webdataset`` dicts), shuffled, endless (its shards are read again from
-        the first when they run out)."""
+        """The stream's undecoded samples (``webdataset`` dicts), endless: its shards are read in turn, and again from
+        the first when they run out. Each pass goes through its own shuffle buffer (seeded by ``(seed, epoch, stream,
+        pass)``), which it empties before the next pass begins, so the first pass yields each sample once."""
         import webdataset as wds
 
-        shards = [{"url": p} for p in self.shards_of(epoch, stream)]
-
-        def endless() -> Iterator[dict[str, Any]]:
-            while True:
-                n = 0
-                for sample in wds.tarfile_to_samples(handler=wds.reraise_exception)(iter(shards)):
-                    n += 1
-                    yield sample
-                if n == 0:
-                    raise ValueError(f"the wds shards {', '.join(s['url'] for s in shards[:3])} hold no samples; "
-                                     "rewrite them or remove them from DATASET.ROOT.")
-
-        if self.shuffle_buffer <= 1:
-            return endless()
-        rng = random.Random(sample_seed(self._layout()["seed"], epoch, stream, 0x5EED))
-        return wds.shuffle(bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(endless())
+        paths = self.shards_of(epoch, stream)
+        seed = self._layout()["seed"]
+        for n_pass in itertools.count():
+            # fresh dicts, made one at a time: webdataset stores each opened file in its dict, so a kept list would
+            # keep every shard of the pass open (memory and descriptors growing with the number of shards)
+            samples = wds.tarfile_to_samples(handler=wds.reraise_exception)({"url": p} for p in paths)
+            if self.shuffle_buffer > 1:
+                rng = random.Random(sample_seed(seed, epoch, stream, n_pass, 0x5EED))
+                samples = wds.shuffle(bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(samples)
+            n = 0
+            for n, sample in enumerate(samples, 1):  # noqa: B007
+                yield sample
+            if n == 0:
+                raise ValueError(f"the wds shards {', '.join(paths[:3])} hold no samples; "
+                                 "rewrite them or remove them from DATASET.ROOT.")
 
     def _item(self, sample: dict[str, Any], seed: int) -> tuple[torch.Tensor, int]:
         name = f"'{sample.get('__url__')}' sample '{sample.get('__key__')}'"
