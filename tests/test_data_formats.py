@@ -153,6 +153,35 @@ def test_wds_index_agrees_with_webdataset_and_is_cached(data, tmp_path, monkeypa
         assert list((tmp_path / "cache" / "mdistiller" / "wds-index").glob("*/train.npz"))
 
 
+def test_ranks_starting_together_index_the_shards_once(data, tmp_path, monkeypatch) -> None:
+    import multiprocessing
+    import shutil
+    import time
+
+    from mdistiller.dataset import wds_index
+
+    root = tmp_path / "shards"
+    shutil.copytree(data["wds"], root, ignore=shutil.ignore_patterns(".mdistiller-index"))
+    log = tmp_path / "builds.txt"
+    real = wds_index._build
+
+    def slow_build(*args):
+        with open(log, "a") as f:
+            f.write("build\n")
+        time.sleep(0.5)  # long enough for the other processes to find no cache and wait for the lock
+        return real(*args)
+
+    monkeypatch.setattr(wds_index, "_build", slow_build)
+    ctx = multiprocessing.get_context("fork")  # the children inherit the patched module
+    procs = [ctx.Process(target=wds_index.load_index, args=(root, "train")) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert log.read_text().count("build") == 1
+
+
 # ------------------------------------------------------------------------------------ training and resume
 
 

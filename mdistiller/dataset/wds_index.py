@@ -13,11 +13,14 @@ time differs from the cached ones.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import re
 import sys
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,6 +212,26 @@ def _write_cache(arrays: dict[str, np.ndarray], candidates: list[Path]) -> None:
             continue  # a read-only dataset folder: the next candidate is the user's cache
 
 
+@contextlib.contextmanager
+def _build_lock(candidates: list[Path]) -> Iterator[None]:
+    """An exclusive ``flock`` next to the first writable cache location while the index is built, so the ranks of a
+    multi-GPU run that start together index the shards once (the others then read the cache); none if no location
+    is writable."""
+    for path in candidates:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+        return
+    yield
+
+
 def load_index(root: str | os.PathLike[str], split: str) -> ShardIndex:
     """The index of ``root/<split>-*.tar`` (see the module docstring), built on first use and cached."""
     root = Path(root).expanduser()
@@ -216,11 +239,18 @@ def load_index(root: str | os.PathLike[str], split: str) -> ShardIndex:
     names = [p.name for p in paths]
     stamp = _stamp(paths)
     candidates = _cache_candidates(root, split)
-    arrays = next((a for a in (_read_cache(c, names, stamp) for c in candidates if c.is_file()) if a is not None),
-                  None)
+
+    def cached() -> dict[str, np.ndarray] | None:
+        return next((a for a in (_read_cache(c, names, stamp) for c in candidates if c.is_file()) if a is not None),
+                    None)
+
+    arrays = cached()
     if arrays is None:
-        arrays = _build(root, split, paths)
-        _write_cache(arrays | {"names": np.array(names), "stamp": stamp}, candidates)
+        with _build_lock(candidates):
+            arrays = cached()  # another process may have built it while this one waited
+            if arrays is None:
+                arrays = _build(root, split, paths)
+                _write_cache(arrays | {"names": np.array(names), "stamp": stamp}, candidates)
     if not len(arrays["offset"]):
         raise ValueError(f"the {split}-*.tar shards of '{root}' hold no samples: {wds_layout(root)}.")
     return ShardIndex(root=root, split=split, shards=names, counts=arrays["counts"], shard=arrays["shard"],
