@@ -464,4 +464,4 @@ def test_bench_loader_item_reads_each_format(data, fmt, extra, capsys) -> None:
     loader = json.loads(capsys.readouterr().out)["results"]["loader"]
     assert loader["source"].startswith(fmt) and ("stream" in loader["source"]) == bool(extra)
     assert len(loader["times_s"]) == 3 and loader["images_per_s"] > 0 and loader["images"] == 24
-    assert loader["steps_per_epoch"] == 6
+    assert loader["steps_per_epoch"] == 6 and loader["cpu_s_per_image"] > 0

@@ -307,7 +307,7 @@ def time_loader(args: argparse.Namespace, device, rounds: int, warmup: int) -> I
     from mdistiller.dataset.bad_images import guard_images
     from mdistiller.engine.data import build_train_loader
 
-    from .timing import peak_rss_mib, reset_peak_rss
+    from .timing import cpu_seconds, peak_rss_mib, reset_peak_rss
 
     n = args.batch * (rounds + warmup + 1)
     ds, source = _loader_dataset(args, n)
@@ -329,6 +329,8 @@ def time_loader(args: argparse.Namespace, device, rounds: int, warmup: int) -> I
     pids = [w.pid for w in getattr(loader._iterator, "_workers", [])] if workers else []
     for pid in pids:
         reset_peak_rss(pid)
+    cpu0 = [cpu_seconds(pid) for pid in pids]
+    main_cpu = 0.0
     for _ in range(rounds):
         base = meter.start()
         c0, t0 = time.process_time(), time.perf_counter()
@@ -337,10 +339,16 @@ def time_loader(args: argparse.Namespace, device, rounds: int, warmup: int) -> I
         sync(device)
         item.times.append(time.perf_counter() - t0)
         item.cpu_times.append(time.process_time() - c0)
+        main_cpu += item.cpu_times[-1]
         peak = meter.peak()
         item.peaks.append(peak)
         item.deltas.append(max(0.0, peak - base))
         del images
+    spent = [(b - a) if a is not None and b is not None else None
+             for a, b in zip(cpu0, (cpu_seconds(pid) for pid in pids), strict=True)]
+    # CPU seconds of this process and its workers per image (workers may have prefetched up to 2 batches more)
+    item.info["cpu_s_per_image"] = (None if None in spent else
+                                    (main_cpu + sum(spent)) / (rounds * args.batch))  # type: ignore[arg-type]
     peaks = [p for p in (peak_rss_mib(pid) for pid in pids) if p is not None]
     item.info["worker_peak_rss_mib"] = max(peaks) if peaks else None
     it.close()

@@ -8,6 +8,7 @@ caller may still set ``OMP_WAIT_POLICY`` before torch loads.
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 import signal
 import time
@@ -60,6 +61,15 @@ def peak_rss_mib(pid: int) -> float | None:
     """The peak RSS (VmHWM) of process ``pid`` in MiB, ``None`` where ``/proc`` does not tell."""
     kb = _status_kb("VmHWM", pid)
     return None if kb is None else kb / 1024
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process ``pid`` so far (``/proc/<pid>/stat``), ``None`` where it does not tell."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class MemoryMeter:
