@@ -465,3 +465,25 @@ def test_bench_loader_item_reads_each_format(data, fmt, extra, capsys) -> None:
     assert loader["source"].startswith(fmt) and ("stream" in loader["source"]) == bool(extra)
     assert len(loader["times_s"]) == 3 and loader["images_per_s"] > 0 and loader["images"] == 24
     assert loader["steps_per_epoch"] == 6 and loader["cpu_s_per_image"] > 0
+
+
+def test_stream_resume_after_a_skipped_image_repeats_one_sample(tmp_path) -> None:
+    """The documented exception: with SKIP_BAD_IMAGES a skipped image shifts the resumed stream by one sample."""
+    _shard_with_a_bad_image(tmp_path / "bad")  # s0..s7, s5 undecodable
+
+    def epoch(start_step: int) -> tuple[list[torch.Tensor], int]:
+        ds = build_dataset("imagenet", "train", root=str(tmp_path / "bad"), input_size=16, train=False, format="wds",
+                           wds_mode="stream", shuffle_buffer=0)  # no shuffle, eval transform: pixels name the sample
+        loader, position = build_train_loader(guard_images(ds, skip=True), world_size=1, rank=0, batch_size=2, seed=0,
+                                              num_workers=0, pin_memory=False, persistent_workers=False,
+                                              prefetch_factor=2)
+        position.set_epoch(0, start=2 * start_step)
+        images = [x for batch, _ in loader for x in batch]
+        return images, ds.skipped.value
+
+    with pytest.warns(UserWarning, match="skipped undecodable training image .*'s5'"):
+        full, skipped = epoch(0)  # s0 s1 | s2 s3 | s4 s6 | s7 s0 (s5 skipped; a second pass fills the epoch)
+    resumed, skipped_resumed = epoch(3)  # reads past 6 raw samples (s0..s5) without decoding them: s6 s7
+    assert len(full) == 8 and len(resumed) == 2 and (skipped, skipped_resumed) == (1, 0)
+    assert torch.equal(resumed[0], full[5]) and torch.equal(resumed[1], full[6])  # one sample (s6) seen twice
+    assert torch.equal(full[7], full[0])
