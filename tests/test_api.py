@@ -134,11 +134,13 @@ def test_ranges_in_setup_and_pins_in_constraints() -> None:
     assert "pytest-timeout>=2.3" in extras["dev"]
     pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
                 if line and not line.startswith("#"))
-    for r in core + extras["dev"] + extras["data"]:
+    for r in core + extras["dev"] + extras["data"] + extras["formats"]:
         assert re.split(r"[<>=!~ ]", r)[0].lower() in {k.lower() for k in pins}, r
+    assert {"webdataset", "datasets"} <= {re.split(r"[<>=!~ ]", r)[0] for r in extras["formats"]}
     import torch
 
     assert pins["torch"] == torch.__version__.split("+")[0]
     makefile = (ROOT / "Makefile").read_text()
     assert "-c constraints.txt" in makefile and "--timeout=" in makefile
+    assert re.search(r"-e \"\.\[[^]]*\bformats\b", makefile), "make install must install the formats extra"
     assert "timeout " in (ROOT / ".ci/run").read_text()

@@ -113,6 +113,22 @@ def test_config_changes_sort_keys_into_free_allowable_and_never():
     assert config_changes({"DISTILLER.TEACHER_WEIGHTS": "random"}, {"DISTILLER.TEACHER_WEIGHTS": "pretrained"})
 
 
+def test_loader_workers_are_free_except_for_a_streamed_dataset():
+    from tests.conftest import tiny_config
+
+    def workers_change(**data) -> list[str]:
+        old = tiny_config(**{f"DATASET.{k}": v for k, v in data.items()} | {"DATASET.NUM_WORKERS": 2})
+        new = tiny_config(**{f"DATASET.{k}": v for k, v in data.items()} | {"DATASET.NUM_WORKERS": 4})
+        return [c.key for c in config_changes(flat_config(old), flat_config(new))]
+
+    assert workers_change() == [] and workers_change(FORMAT="wds", WDS_MODE="index") == []
+    assert workers_change(FORMAT="wds", WDS_MODE="stream") == ["DATASET.NUM_WORKERS"]
+    old = tiny_config(**{"DATASET.FORMAT": "wds", "DATASET.WDS_MODE": "stream"})
+    new = tiny_config(**{"DATASET.FORMAT": "wds", "DATASET.WDS_MODE": "stream", "DATASET.NUM_WORKERS": 3})
+    text = refusal("checkpoint x", 4, config_changes(flat_config(old), flat_config(new)))
+    assert "DATASET.NUM_WORKERS" in text and "sets the sample order" in text
+
+
 def test_lr_sweep_gives_one_run_dir_per_value_and_a_rerun_resumes_its_own(tmp_path, train_tool, capsys):
     files = _files(tmp_path)
     for lr in ("1e-3", "2e-3"):

@@ -10,8 +10,9 @@ Every timed item is built once, warmed up, then timed in alternation (round r ru
   backward, AdamW step, ``zero_grad``;
 * components ``teacher`` (frozen teacher forward up to the deepest block any chosen method needs) and
   ``student_fb`` (student forward + backward, no optimizer), timed in the same rotation;
-* component ``loader``: the data loader alone (toy scenes, or an ImageNet-style folder with ``--data``), timed
-  after the rotation so its workers do not compete with the model steps;
+* component ``loader``: the training data loader alone (toy scenes, or ``--data`` stored as ``--format`` folder,
+  wds (``--stream``: a shuffle buffer), hfds or images), timed after the rotation so its workers do not compete with
+  the model steps; it also reports the loader workers' peak RSS.
 * component ``stop_sync``: the trainer's per-step stop agreement (:mod:`mdistiller.bench.stop_sync`: a 2-rank gloo
   all-reduce over loopback on CPU, a 1-rank NCCL one on CUDA), timed in the same rotation and reported as the ratio
   "step with it / step without it" for every timed method.
@@ -105,8 +106,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="OMP_WAIT_POLICY set before torch loads: passive (idle OpenMP threads sleep; far steadier "
                         "timings on a shared CPU), active (they spin), env (leave the environment alone); no effect "
                         "once torch is imported in this process")
-    p.add_argument("--data", default=None, help="ImageNet-style folder (root/train/<class>/*.JPEG) for the loader; "
-                                                "default: procedural toy scenes")
+    p.add_argument("--data", default=None,
+                   help="the loader's data root, stored as --format (folder: root/train/<class>/*.JPEG); default: "
+                        "procedural toy scenes")
+    p.add_argument("--format", choices=("folder", "wds", "hfds", "images"), default="folder",
+                   help="how --data stores the images (DATASET.FORMAT): class folders, WebDataset shards, a saved "
+                        "Hugging Face dataset, or an unlabelled image tree")
+    p.add_argument("--stream", action="store_true",
+                   help="--format wds: read the shards as a stream (DATASET.WDS_MODE stream) instead of by index")
+    p.add_argument("--shuffle-buffer", type=int, default=1000,
+                   help="--stream: samples each loader worker holds for shuffling (DATASET.SHUFFLE_BUFFER)")
     p.add_argument("--workers", type=int, default=None, help="loader workers (default: 2, 0 with --tiny)")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="device peak TFLOP/s for the achieved fraction (e.g. 989 for H100 bf16 dense)")
@@ -168,7 +177,9 @@ def _main(args: argparse.Namespace) -> dict:
         if value < low:
             raise BenchError(f"{flag} must be at least {low}, got {value}.")
     if "loader" in components and args.data and not Path(args.data).is_dir():
-        raise BenchError(f"--data folder '{args.data}' does not exist; pass an ImageNet-style root folder.")
+        raise BenchError(f"--data folder '{args.data}' does not exist; pass the dataset's root folder.")
+    if args.shuffle_buffer < 0:
+        raise BenchError(f"--shuffle-buffer must be >= 0, got {args.shuffle_buffer}.")
     if args.peak_tflops is not None and args.peak_tflops <= 0:
         raise BenchError(f"--peak-tflops must be positive, got {args.peak_tflops}.")
     if cuda:

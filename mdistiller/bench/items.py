@@ -11,7 +11,7 @@ import argparse
 import contextlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -267,36 +267,70 @@ def _timm_fused() -> bool:
     return bool(use_fused_attn())
 
 
-def time_loader(args: argparse.Namespace, device, rounds: int, warmup: int) -> Item:
-    """Batches per second of the data loader alone (its own workers; no model work)."""
-    import torch
-    from torch.utils.data import DataLoader
-
+def _loader_dataset(args: argparse.Namespace, n: int) -> tuple[Any, str]:
+    """The training dataset the loader item reads (``--data`` in ``--format``, else toy scenes) and its label."""
     from mdistiller.dataset import build_dataset
 
+    fmt = getattr(args, "format", "folder")
+    if not args.data:
+        if fmt != "folder":
+            raise BenchError(f"--format {fmt} reads --data; pass the folder that holds the {fmt} data.")
+        return build_dataset("toy_scenes", "train", root=None, input_size=args.size, train=True, num_images=n), \
+            "toy_scenes"
+    if not Path(args.data).is_dir():
+        raise BenchError(f"--data folder '{args.data}' does not exist; pass the dataset's root folder.")
+    stream = fmt == "wds" and getattr(args, "stream", False)
+    kwargs: dict[str, Any] = {"format": fmt}
+    if stream:
+        kwargs |= {"wds_mode": "stream", "shuffle_buffer": args.shuffle_buffer}
+    try:
+        ds = build_dataset("imagenet", "train", root=args.data, input_size=args.size, train=True, **kwargs)
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        raise BenchError(str(e)) from None
+    mode = f" stream, buffer {args.shuffle_buffer}" if stream else ""
+    return ds, f"{fmt}{mode} {args.data}"
+
+
+def _batches(loader, position) -> Iterator[Any]:
+    """Batches of the training loader, epoch after epoch (``set_epoch`` as the Trainer calls it)."""
+    epoch = 0
+    while True:
+        position.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def time_loader(args: argparse.Namespace, device, rounds: int, warmup: int) -> Item:
+    """Batches per second of the training data loader alone (its own workers; no model work): the dataset of
+    ``--data`` / ``--format`` (toy scenes without ``--data``) behind the Trainer's loader, with its seeded per-sample
+    augmentation and resumable sampler (or a wds stream's own order). Records the loader workers' peak RSS."""
+    from mdistiller.dataset.bad_images import guard_images
+    from mdistiller.engine.data import build_train_loader
+
+    from .timing import cpu_seconds, peak_rss_mib, reset_peak_rss
+
     n = args.batch * (rounds + warmup + 1)
-    if args.data:
-        if not Path(args.data).is_dir():
-            raise BenchError(f"--data folder '{args.data}' does not exist; pass an ImageNet-style root folder.")
-        try:
-            ds = build_dataset("imagenet", "train", root=args.data, input_size=args.size, train=True)
-        except (FileNotFoundError, ValueError) as e:
-            raise BenchError(str(e)) from None
-        source = f"folder {args.data}"
-    else:
-        ds = build_dataset("toy_scenes", "train", root=None, input_size=args.size, train=True, num_images=n)
-        source = "toy_scenes"
+    ds, source = _loader_dataset(args, n)
     workers = 2 if args.workers is None else args.workers
-    loader = DataLoader(ds, batch_size=args.batch, shuffle=True, num_workers=workers, drop_last=True,
-                        pin_memory=device.type == "cuda", persistent_workers=False,
-                        generator=torch.Generator().manual_seed(args.seed))
-    it = iter(loader)
-    item = Item("loader", lambda: None, None, info={"source": source, "workers": workers})
+    try:
+        loader, position = build_train_loader(
+            guard_images(ds, skip=False), world_size=1, rank=0, batch_size=args.batch, seed=args.seed,
+            num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0, prefetch_factor=2)
+    except ValueError as e:
+        raise BenchError(str(e)) from None
+    it = _batches(loader, position)
+    item = Item("loader", lambda: None, None, info={"source": source, "workers": workers,
+                                                     "images": len(ds), "steps_per_epoch": position.steps_per_epoch})
     meter = MemoryMeter(device)
     t0 = time.perf_counter()
     for _ in range(warmup):
         next(it)
     item.first_call_s = time.perf_counter() - t0
+    pids = [w.pid for w in getattr(loader._iterator, "_workers", [])] if workers else []
+    for pid in pids:
+        reset_peak_rss(pid)
+    cpu0 = [cpu_seconds(pid) for pid in pids]
+    main_cpu = 0.0
     for _ in range(rounds):
         base = meter.start()
         c0, t0 = time.process_time(), time.perf_counter()
@@ -305,9 +339,17 @@ def time_loader(args: argparse.Namespace, device, rounds: int, warmup: int) -> I
         sync(device)
         item.times.append(time.perf_counter() - t0)
         item.cpu_times.append(time.process_time() - c0)
+        main_cpu += item.cpu_times[-1]
         peak = meter.peak()
         item.peaks.append(peak)
         item.deltas.append(max(0.0, peak - base))
         del images
-    del it
+    spent = [(b - a) if a is not None and b is not None else None
+             for a, b in zip(cpu0, (cpu_seconds(pid) for pid in pids), strict=True)]
+    # CPU seconds of this process and its workers per image (workers may have prefetched up to 2 batches more)
+    item.info["cpu_s_per_image"] = (None if None in spent else
+                                    (main_cpu + sum(spent)) / (rounds * args.batch))  # type: ignore[arg-type]
+    peaks = [p for p in (peak_rss_mib(pid) for pid in pids) if p is not None]
+    item.info["worker_peak_rss_mib"] = max(peaks) if peaks else None
+    it.close()
     return item

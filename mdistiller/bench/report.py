@@ -173,6 +173,11 @@ def print_table(result: dict) -> None:
             print(f"{'':<11} compile ≈ {r['compile_s']:.1f} s (first call {r['first_call_s']:.1f} s)")
         if r.get("error"):
             print(f"{'':<11} note: {r['error']}")
+        if name == "loader" and r.get("source"):
+            rss, cpu = r.get("worker_peak_rss_mib"), r.get("cpu_s_per_image")
+            print(f"{'':<11} {r['source']}, {r['workers']} worker(s)"
+                  + (f", {cpu * 1e3:.2f} CPU-ms per image (process + workers)" if cpu else "")
+                  + (f", peak RSS per worker {rss:.0f} MiB" if rss is not None else ""))
     print(f"memory: {m['memory_source']}; ratios ×{ref}: median of the {s['steps']} per-round paired wall-time "
           "ratios and of the paired CPU-time ratios (steadier on a shared CPU), each with its bootstrap 95 % interval "
           "[low–high] (2000 resamples, seeded); FLOP-bound ratio")

@@ -8,6 +8,7 @@ caller may still set ``OMP_WAIT_POLICY`` before torch loads.
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 import signal
 import time
@@ -36,14 +37,39 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _status_kb(key: str) -> int | None:
+def _status_kb(key: str, pid: int | str = "self") -> int | None:
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(key + ":"):
                 return int(line.split()[1])
     except OSError:
         return None
     return None
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Reset the peak RSS (VmHWM) of process ``pid`` (one of ours, e.g. a loader worker); ``False`` where Linux's
+    ``/proc/<pid>/clear_refs`` is missing or refuses."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mib(pid: int) -> float | None:
+    """The peak RSS (VmHWM) of process ``pid`` in MiB, ``None`` where ``/proc`` does not tell."""
+    kb = _status_kb("VmHWM", pid)
+    return None if kb is None else kb / 1024
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process ``pid`` so far (``/proc/<pid>/stat``), ``None`` where it does not tell."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class MemoryMeter:

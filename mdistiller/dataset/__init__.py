@@ -27,7 +27,8 @@ from mdistiller.dataset.toy_scenes import ToyScenes  # noqa: E402
 from mdistiller.dataset.transforms import eval_transform, train_transform  # noqa: E402
 
 
-def build_dataset(name: str, split: str, *, root: str | None, input_size: int, train: bool, **kwargs: Any) -> Dataset:
+def build_dataset(name: str, split: str, *, root: str | None, input_size: int, train: bool, format: str = "folder",
+                  **kwargs: Any) -> Dataset:
     """Build the registered dataset ``name`` for ``split``.
 
     ``root`` is the dataset's folder (ignored by toy scenes, optional for Fashion-MNIST), ``input_size``
@@ -35,10 +36,22 @@ def build_dataset(name: str, split: str, *, root: str | None, input_size: int, t
     resized crop + flip for folders, random flip for toy scenes) versus deterministic evaluation
     preprocessing; extra ``kwargs`` go to the dataset's constructor (e.g. ``num_images``, ``limit``).
     An unknown ``name`` raises a ``KeyError`` that lists the valid names.
+
+    ``format`` (``DATASET.FORMAT``) says how ImageNet-style data (``name`` ``imagenet``) is stored: ``folder`` (class
+    folders), ``wds`` (WebDataset shards), ``hfds`` (a saved Hugging Face dataset) or ``images`` (unlabelled image
+    files); see :mod:`mdistiller.dataset.formats`, which takes the other ``kwargs`` (``wds_mode``,
+    ``shuffle_buffer``) for the last three.
     """
     if input_size < 1:
         raise ValueError(f"dataset input_size is {input_size}: it must be a positive number of pixels.")
     cls = DATASETS.get(name)
+    if str(format).lower() != "folder":
+        from mdistiller.dataset.formats import build_format_dataset
+
+        if cls is not DATASETS.get("imagenet"):
+            raise ValueError(f"DATASET.FORMAT {format} stores ImageNet-style data, but the dataset is '{name}', which "
+                             "has its own files; use DATASET.TYPE imagenet or DATASET.FORMAT folder.")
+        return build_format_dataset(format, split, root=root, input_size=input_size, train=train, **kwargs)
     return cls.build(split, root=root, input_size=input_size, train=train, **kwargs)
 
 
@@ -62,12 +75,16 @@ from mdistiller.dataset import ade20k, finegrained, imagenet_variants, inat2019,
 
 def check_dataset_config(cfg) -> None:
     """The config check of ``DATASET.TYPE`` (registered with :func:`mdistiller.config.register_check`): an unknown
-    name is one sentence with the closest valid one."""
+    name is one sentence with the closest valid one; then ``DATASET.FORMAT`` and its keys
+    (:func:`mdistiller.dataset.formats.check_format_config`)."""
     import difflib
 
     from mdistiller.config import ConfigError
 
     if cfg.DATASET.TYPE in DATASETS:
+        from mdistiller.dataset.formats import check_format_config
+
+        check_format_config(cfg)
         return
     close = difflib.get_close_matches(str(cfg.DATASET.TYPE), DATASETS.names(), n=1)
     hint = f"did you mean '{close[0]}'?" if close else f"valid datasets: {', '.join(DATASETS.names())}."

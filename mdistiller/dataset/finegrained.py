@@ -154,6 +154,18 @@ def load_rgb(path: str, name: str) -> Image.Image:
         raise OSError(f"{name} image '{path}' cannot be read ({err}): replace or delete the file.") from err
 
 
+def decode_rgb(data: bytes, name: str) -> Image.Image:
+    """Decode the encoded image ``data`` (JPEG, PNG, ...) as an RGB PIL image; undecodable bytes raise an
+    ``OSError`` naming ``name`` (e.g. the shard and sample key they came from)."""
+    import io
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.convert("RGB")
+    except OSError as err:
+        raise OSError(f"image {name} cannot be decoded ({err}): replace or delete it.") from err
+
+
 def load_grey(path: str, name: str, what: str, invalid: str, integer: bool = False) -> np.ndarray:
     """Read the single-channel PNG ``path`` (a label or depth map) as an ``[H, W]`` array.
 

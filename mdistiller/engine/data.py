@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
-from .sampler import ResumableDistributedSampler
+from .sampler import ResumableDistributedSampler, StreamPosition
 
 __all__ = ["SeededSamples", "EpochKeySampler", "DeviceDecodedBatches", "build_train_loader"]
 
@@ -83,14 +83,14 @@ class DeviceDecodedBatches:
 def build_train_loader(dataset: Dataset, *, world_size: int, rank: int, batch_size: int, seed: int,
                        num_workers: int, pin_memory: bool, persistent_workers: bool, prefetch_factor: int,
                        collate_fn: Callable[[list[Any]], Any] | None = None, worker_start: str = "",
-                       ) -> tuple[DataLoader, ResumableDistributedSampler]:
+                       ) -> tuple[DataLoader, ResumableDistributedSampler | StreamPosition]:
     """A loader whose global batch at step t is the same set of samples for any world size (same global batch).
 
     ``collate_fn`` replaces the default collate (e.g. ``collate_encoded`` for device decoding); ``worker_start``
-    names the workers' start method (``""``: the platform default).
+    names the workers' start method (``""``: the platform default). A streaming dataset (an ``IterableDataset``
+    with ``configure``, e.g. :class:`~mdistiller.dataset.wds.WdsStream`) orders its own samples: it gets a
+    :class:`~.sampler.StreamPosition` instead of the sampler, with the same ``set_epoch`` / ``steps_per_epoch``.
     """
-    sampler = ResumableDistributedSampler(len(dataset), world_size, rank, batch_size, shuffle=True, seed=seed,
-                                          drop_last=True)
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs = {"persistent_workers": persistent_workers, "prefetch_factor": prefetch_factor}
@@ -98,6 +98,13 @@ def build_train_loader(dataset: Dataset, *, world_size: int, rank: int, batch_si
             import multiprocessing
 
             kwargs["multiprocessing_context"] = multiprocessing.get_context(worker_start)
+    if isinstance(dataset, IterableDataset):
+        position = StreamPosition(dataset, world_size, rank, batch_size, seed=seed, num_workers=num_workers)
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
+                            drop_last=True, collate_fn=collate_fn, **kwargs)
+        return loader, position
+    sampler = ResumableDistributedSampler(len(dataset), world_size, rank, batch_size, shuffle=True, seed=seed,
+                                          drop_last=True)
     loader = DataLoader(SeededSamples(dataset, seed), batch_size=batch_size, sampler=EpochKeySampler(sampler),
                         num_workers=num_workers, pin_memory=pin_memory, drop_last=False, collate_fn=collate_fn,
                         **kwargs)

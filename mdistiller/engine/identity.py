@@ -28,7 +28,9 @@ __all__ = ["Change", "config_changes", "flat_config", "permitted", "refusal", "r
            "show"]
 
 _UNSET = "(unset)"
-_NEVER = {"SOLVER.TYPE": "the state of one optimizer cannot drive another"}
+_NEVER = {"SOLVER.TYPE": "the state of one optimizer cannot drive another",
+          "DATASET.NUM_WORKERS": "a streamed dataset (DATASET.WDS_MODE stream) splits its shards over the loader "
+                                 "workers, so their number sets the sample order"}
 _WEIGHT_WORDS = ("pretrained", "random", "true", "false", "none", "")
 
 
@@ -91,7 +93,7 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Chang
     known = flatten(defaults)
     out = []
     for key in [*new, *(k for k in old if k not in new)]:
-        if resume_free(key) or (key not in old and key in known) or (key not in new and not _open(defaults, key)):
+        if _free(key, new) or (key not in old and key in known) or (key not in new and not _open(defaults, key)):
             continue
         a, b = old.get(key, _UNSET), new.get(key, _UNSET)
         if key == "DISTILLER.TEACHER_WEIGHTS" and _is_file(a) and _is_file(b):
@@ -99,6 +101,18 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Chang
         if not _same(a, b):
             out.append(Change(key, a, b))
     return out
+
+
+def _streamed(flat: Mapping[str, Any]) -> bool:
+    """Whether a flat config reads its training data as a stream (``DATASET.FORMAT wds``, ``WDS_MODE stream``)."""
+    return (str(flat.get("DATASET.FORMAT", "")).lower() == "wds"
+            and str(flat.get("DATASET.WDS_MODE", "")).lower() == "stream")
+
+
+def _free(key: str, new: Mapping[str, Any]) -> bool:
+    """:func:`~mdistiller.config.resume_free`, except ``DATASET.NUM_WORKERS`` of a streamed dataset, whose sample
+    order depends on it (``docs/data-formats.md``)."""
+    return resume_free(key) and not (key == "DATASET.NUM_WORKERS" and _streamed(new))
 
 
 def _open(cfg: CN, key: str) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
-__all__ = ["ResumableDistributedSampler"]
+__all__ = ["ResumableDistributedSampler", "StreamPosition"]
 
 
 class ResumableDistributedSampler(Sampler[int]):
@@ -173,3 +173,53 @@ class ResumableDistributedSampler(Sampler[int]):
                 "size; resume with the original number of processes."
             )
         self.set_epoch(int(state["epoch"]), steps * self.batch_size + rest)
+
+
+class StreamPosition:
+    """The sampler's place for a streaming dataset (``DATASET.WDS_MODE stream``): the same ``set_epoch`` /
+    ``steps_per_epoch`` interface, with the order kept by the stream itself.
+
+    ``dataset`` provides ``configure(world_size=, rank=, batch_size=, seed=, num_workers=)``, ``steps_per_epoch``
+    and ``set_position(epoch, start_step)`` (:class:`mdistiller.dataset.wds.WdsStream`); the position reaches its
+    loader workers through shared memory when the next pass over the loader starts.
+    """
+
+    def __init__(self, dataset: Any, num_replicas: int, rank: int, batch_size: int, seed: int = 0,
+                 num_workers: int = 0) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be at least 1; fix SOLVER.BATCH_SIZE.")
+        dataset.configure(world_size=num_replicas, rank=rank, batch_size=batch_size, seed=seed,
+                          num_workers=num_workers)
+        self.dataset = dataset
+        self.num_replicas, self.rank, self.batch_size = int(num_replicas), int(rank), int(batch_size)
+        self.seed, self.num_workers = int(seed), int(num_workers)
+        self.epoch = 0
+        self.start = 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Loader batches per rank and epoch (equal on every rank)."""
+        return int(self.dataset.steps_per_epoch)
+
+    @property
+    def num_samples(self) -> int:
+        return self.steps_per_epoch * self.batch_size
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch and skip this rank's first ``start`` samples (a whole number of batches)."""
+        if epoch < 0:
+            raise ValueError(f"epoch={epoch} must be non-negative; pass the 0-based epoch index.")
+        steps, rest = divmod(int(start), self.batch_size)
+        if rest:
+            raise ValueError(f"start {start} is not a whole number of batches of {self.batch_size}; a stream resumes "
+                             "at a step boundary.")
+        self.dataset.set_position(int(epoch), steps)
+        self.epoch, self.start = int(epoch), int(start)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position and the layout it refers to (the stream's order depends on all of it)."""
+        keys = ("epoch", "start", "seed", "num_replicas", "batch_size", "num_workers")
+        return {key: getattr(self, key) for key in keys}

@@ -58,6 +58,7 @@ class Trainer:
 
     def __init__(self, cfg: CN, env: DistEnv, run_dir: str | Path | None = None) -> None:
         from mdistiller.dataset import build_dataset
+        from mdistiller.dataset.formats import format_kwargs
 
         self.cfg, self.env = cfg, env
         self.run_dir = Path(run_dir) if run_dir else run_dir_for(cfg)
@@ -77,11 +78,11 @@ class Trainer:
         torch.manual_seed(cfg.EXPERIMENT.SEED + env.rank)  # per-rank stream for in-model randomness (ViTKD masks)
         extra = {"num_images": data.TRAIN_SIZE} if data.TRAIN_SIZE and data.TYPE == "toy_scenes" else {}
         train_set = build_dataset(data.TYPE, "train", root=data.ROOT, input_size=data.INPUT_SIZE,
-                                  train=bool(data.AUGMENT), **extra)
+                                  train=bool(data.AUGMENT), **extra, **format_kwargs(data, "train"))
         if not device_decode:
-            from mdistiller.dataset.bad_images import GuardedImages
+            from mdistiller.dataset.bad_images import guard_images
 
-            train_set = GuardedImages(train_set, skip=bool(data.SKIP_BAD_IMAGES))
+            train_set = guard_images(train_set, skip=bool(data.SKIP_BAD_IMAGES))
         check_batch_fits(len(train_set), cfg)
         self.loader, self.sampler = self._train_loader(train_set, device_decode)
         self.heldout = self._heldout_batch(build_dataset) if env.is_main else None
@@ -140,9 +141,11 @@ class Trainer:
         return DeviceDecodedBatches(loader, transform), sampler
 
     def _heldout_batch(self, build_dataset) -> torch.Tensor:
+        from mdistiller.dataset.formats import format_kwargs
+
         data = self.cfg.DATASET
         n = data.VAL_SIZE or min(self.batch, 16)
-        kwargs = {"num_images": n} if data.TYPE == "toy_scenes" else {}
+        kwargs = ({"num_images": n} if data.TYPE == "toy_scenes" else {}) | format_kwargs(data, "val")
         try:
             ds = build_dataset(data.TYPE, "val", root=data.ROOT, input_size=data.INPUT_SIZE, train=False, **kwargs)
         except (FileNotFoundError, ValueError):

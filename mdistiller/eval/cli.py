@@ -48,6 +48,8 @@ SPLITS = {"imagenet": ("train", "val"), "aircraft": ("trainval", "test"), "pets"
 DEFAULT_ROOTS = {"imagenet": "data/imagenet", "ade20k": "data/ade20k", "nyud": "data/nyud", "inat2019": "data/inat2019",
                  "aircraft": "data", "pets": "data", "food101": "data", "flowers102": "data"}
 TOY_DEFAULT_SIZES = (2000, 500)
+# the DATASET.FORMAT values a classification probe reads (the unlabelled 'images' format has nothing to probe)
+CLS_FORMATS = ("folder", "wds", "hfds")
 CLS_AUG = "RandomResizedCrop(scale 0.08-1, ratio 3/4-4/3) + horizontal flip"
 
 
@@ -88,6 +90,12 @@ def build_parser(command: str, prog: str | None = None) -> argparse.ArgumentPars
     p.add_argument("--data-root", default=None,
                    help="dataset folder (default: data/<dataset>, or data/ holding the torchvision-style fine-grained "
                         "folders; see data/README.md)")
+    if command == "imagenet":
+        p.add_argument("--format", choices=CLS_FORMATS, default="folder",
+                       help="how --data-root stores ImageNet (--dataset imagenet): folder (train/<wnid>/*.JPEG), wds "
+                            "(train-*.tar / val-*.tar WebDataset shards) or hfds (a dataset saved by Hugging Face "
+                            "datasets, splits train/validation); the unlabelled 'images' format of training has no "
+                            "labels to probe (docs/data-formats.md). Default: folder")
     p.add_argument("--protocol", choices=("cached", "online"), default="cached",
                    help="cached: features extracted once (fast, no augmentation); online: backbone on augmented "
                         "images every step (headline numbers). Default: cached")
@@ -199,9 +207,12 @@ def make_data(command: str, args: argparse.Namespace, input_size: int) -> tuple[
         root = DEFAULT_ROOTS.get(name)
     info: dict[str, Any] = {"name": name, "root": str(Path(root).resolve()) if root else None,
                             "train_split": tr_split, "test_split": te_split, "input_size": input_size}
+    fmt = getattr(args, "format", "folder") if name == "imagenet" else "folder"
+    if fmt != "folder":
+        info["format"] = fmt  # part of the feature caches' key: another storage is other data to them
 
     def build(split: str, train: bool, size: int = input_size, **kw: Any) -> Any:
-        return build_dataset(name, split, root=root, input_size=size, train=train, **kw)
+        return build_dataset(name, split, root=root, input_size=size, train=train, format=fmt, **kw)
 
     extra_tests: dict[str, Any] = {}
     slide_test = None
@@ -236,7 +247,7 @@ def make_data(command: str, args: argparse.Namespace, input_size: int) -> tuple[
             slide_test = build(te_split, False, size=args.eval_size or input_size, mode="full")
         if command == "imagenet" and name == "imagenet":
             if args.imagenet_r_root:
-                r_kw = {"wnids_file": args.wnids_file} if args.wnids_file else {"imagenet_root": root}
+                r_kw = _wnid_source(args, root, fmt)
                 ds_r = build_dataset("imagenet_r", "val", root=args.imagenet_r_root, input_size=input_size,
                                      train=False, mask_classes=not args.no_r_mask, **r_kw)
                 extra_tests["imagenet_r"] = (ds_r, ds_r.imagenet_r_class_mask())
@@ -250,6 +261,9 @@ def make_data(command: str, args: argparse.Namespace, input_size: int) -> tuple[
         if n_train is not None or n_test is not None:
             info.update({"num_train_images": n_train, "num_test_images": n_test, "subset": "seeded random (seed 0)"})
     if kind == "cls":
+        if int(train.num_classes) < 1:
+            raise ValueError(f"the {tr_split} split of '{root}' (--format {fmt}) carries no class labels; a "
+                             "classification probe needs them (.cls members in wds shards, a label column in hfds).")
         task = ClassificationTask(int(train.num_classes))
     elif kind == "seg":
         ncls = int(getattr(train, "num_seg_classes", train.num_classes))
@@ -264,6 +278,20 @@ def make_data(command: str, args: argparse.Namespace, input_size: int) -> tuple[
     data = ProbeData(name=name, train=train, test=test, train_aug=train_aug, augment=augment, augment_desc=aug_desc,
                      extra_tests=extra_tests, slide_test=slide_test, info=info)
     return data, task
+
+
+def _wnid_source(args: argparse.Namespace, root: str | None, fmt: str) -> dict[str, Any]:
+    """Where ImageNet-R finds the 1000 ImageNet wnids: ``--wnids-file``, the class folders of a ``folder`` root, or
+    the ``classes.txt`` beside wds shards (``tools/convert_data.py`` writes it); one sentence otherwise."""
+    if args.wnids_file:
+        return {"wnids_file": args.wnids_file}
+    if fmt == "folder":
+        return {"imagenet_root": root}
+    listed = Path(root or ".") / "classes.txt"
+    if fmt == "wds" and listed.is_file():
+        return {"wnids_file": str(listed)}
+    raise ValueError(f"--imagenet-r-root with --format {fmt} needs --wnids-file (the 1000 ImageNet wnids, one per "
+                     "line, in label order): only class folders or a wds classes.txt name them.")
 
 
 def default_out_dir(target: str) -> Path:
@@ -332,7 +360,7 @@ def run_command(command: str, args: argparse.Namespace) -> int:
         if settings.slide is not None and backbone.features.patch_size and input_size % backbone.features.patch_size:
             raise ValueError(f"--input-size {input_size} is the sliding window and must be a multiple of the patch "
                              f"size {backbone.features.patch_size}.")
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, FileNotFoundError, KeyError, ImportError) as e:
         return _error(str(e).strip("'\""))
     env = init_distributed(args.device)
     try:
