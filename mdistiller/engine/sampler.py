@@ -205,6 +205,12 @@ class StreamPosition:
     def num_samples(self) -> int:
         return self.steps_per_epoch * self.batch_size
 
+    @property
+    def dataset_len(self) -> int:
+        """The images in the stream (all shards), as :attr:`ResumableDistributedSampler.dataset_len`."""
+        counts = getattr(self.dataset, "counts", None)
+        return int(counts.sum()) if counts is not None else self.num_samples * self.num_replicas
+
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Select the epoch and skip this rank's first ``start`` samples (a whole number of batches)."""
         if epoch < 0:

@@ -83,7 +83,8 @@ class Trainer:
             from mdistiller.dataset.bad_images import guard_images
 
             train_set = guard_images(train_set, skip=bool(data.SKIP_BAD_IMAGES))
-        check_batch_fits(len(train_set), cfg)
+        if not isinstance(train_set, torch.utils.data.IterableDataset):  # a stream sizes its epoch when configured
+            check_batch_fits(len(train_set), cfg)
         self.loader, self.sampler = self._train_loader(train_set, device_decode)
         self.heldout = self._heldout_batch(build_dataset) if env.is_main else None
         self.steps_per_epoch = self.sampler.steps_per_epoch
