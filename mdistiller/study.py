@@ -99,7 +99,7 @@ class Matrix:
 MATRICES: dict[str, Matrix] = {
     "study": Matrix(("fitnet", "vitkd", "singer_paper", "singer_released", "singer_scaled"),
                     "Seeded study: does SiNGER help at this scale?", acceptance_only=ACCEPTANCE_ONLY),
-    "ladder": Matrix(LADDER, "Ablation ladder: what carries scale-aware SiNGER's gain?",
+    "ladder": Matrix(LADDER, "Ablation ladder: what carries scale-aware SiNGER's gain?", teachers=(True, False),
                      pairs=tuple(zip(LADDER[1:], LADDER[:-1])),
                      paired_title="Each rung − the rung below it (same seed and teacher)"),
     # 1000 steps: see docs/study.md for the measurement behind the budget
@@ -170,10 +170,12 @@ def mode_overrides(preset: str | Path) -> list[str]:
 
 
 def plan_runs(methods: Sequence[str], seeds: Sequence[int], teachers: Sequence[bool] = (False, True)) -> list[StudyRun]:
+    """Every (method, teacher, seed) cell, teacher by teacher and seed by seed in the given orders (the order the
+    study runs them in: an interrupted study leaves whole seeds of its first teacher behind)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown study method(s) {unknown}; choose from {', '.join(METHODS)}.")
-    return [StudyRun(m, a, s) for s in seeds for a in teachers for m in methods]
+    return [StudyRun(m, a, s) for a in teachers for s in seeds for m in methods]
 
 
 def run_config(run: StudyRun, budget: Sequence[str]) -> tuple[list[Path], list[str]]:

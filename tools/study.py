@@ -147,11 +147,10 @@ def main(argv: list[str] | None = None) -> int:
                                 str(result.with_suffix(".log")),  # depth reuses segmentation's features
                                 after=f"probe {name} toy seg mIoU" if command == "nyud" else f"train {name}"))
     workers, per_job = split_threads(args.jobs or (2 if args.device == "cpu" else 1), args.threads)
-    # seed by seed: a run's probes come right after its training, the references after the first seed's runs, so an
-    # interrupted invocation leaves whole seeds behind (and a rerun resumes where it stopped)
+    # teacher by teacher, seed by seed (plan_runs): a run's probes come right after its training, the references after
+    # the first seed's runs, so an interrupted invocation leaves whole seeds behind (a rerun resumes where it stopped)
     order = {run.name: i for i, run in enumerate(all_runs)}
-    first_seed = sum(1 for run in all_runs if run.seed == seeds[0])
-    jobs.sort(key=lambda job: order.get(job.name.split(" ")[1], first_seed - 0.5))
+    jobs.sort(key=lambda job: order.get(job.name.split(" ")[1], len(methods) - 0.5))
     run_jobs(jobs, workers=workers, threads=per_job)
     from mdistiller.analysis.inputs import load_toy_images
 
