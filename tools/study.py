@@ -57,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=None,
                    help="runs and probes side by side, --threads / --jobs threads each (default: 2 on CPU, 1 on CUDA)")
     p.add_argument("--no-probes", action="store_true", help="train and measure refinement only")
+    p.add_argument("--report-only", action="store_true",
+                   help="start nothing: write the report from the runs and probes finished so far (says how many)")
     p.add_argument("--probes", default=None,
                    help="comma-separated probe labels to run (default all), e.g. 'toy cls top-1,F-MNIST top-1'")
     args = p.parse_args(argv)
@@ -151,14 +153,24 @@ def main(argv: list[str] | None = None) -> int:
     # the first seed's runs, so an interrupted invocation leaves whole seeds behind (a rerun resumes where it stopped)
     order = {run.name: i for i, run in enumerate(all_runs)}
     jobs.sort(key=lambda job: order.get(job.name.split(" ")[1], len(methods) - 0.5))
-    run_jobs(jobs, workers=workers, threads=per_job)
+    trainings = sum(1 for job in jobs if job.name.startswith("train "))
+    status = ""
+    if args.report_only:
+        status = (f"\n**Partial: {len(all_runs) - trainings} of {len(all_runs)} trainings and "
+                  f"{len(results) - (len(jobs) - trainings)} of {len(results)} probes had finished when this report "
+                  "was written (`--report-only`); rerunning the command resumes the rest.**\n")
+    else:
+        run_jobs(jobs, workers=workers, threads=per_job)
     from mdistiller.analysis.inputs import load_toy_images
 
     images = load_toy_images(args.size, args.heldout)[0]
     refine = {run.name: study.refinement_run(out / "runs" / run.name, images, device=args.device)
-              for run in all_runs if study.target_changes(run.method)}
+              for run in all_runs if study.target_changes(run.method)
+              and (out / "runs" / run.name / "student.safetensors").exists()}
     values: dict[tuple[str, bool, int], dict[str, float]] = {}
     for (key, label), (result, metric) in results.items():
+        if not result.exists():  # --report-only: not finished yet
+            continue
         scale = 100.0 if metric == "miou" else 1.0
         values.setdefault(key, {})[label] = float(json.loads(result.read_text())["metrics"][metric]) * scale
     probes = [(label, hi) for label, _c, _d, _m, hi in study.PROBES if label in args.probe_labels]
@@ -179,7 +191,7 @@ Command: `python tools/study.py --matrix {args.matrix}{_budget_flags(args)}`. Te
 ({args.probe_train}/{args.probe_test} toy scenes; Fashion-MNIST {args.fmnist_train}/{args.fmnist_test} images),
 learning rate chosen on a validation split. `teacher` and `random_init` are references (clean teacher, ViT-Ti at
 initialisation; first seed only). Wall time of this invocation: {minutes:.1f} min ({args.device}).
-
+{status}
 {study.render_tables(summary, probes, shown, paired_title=matrix.paired_title)}
 
 ![study](figures/{fig.name})
@@ -194,7 +206,9 @@ initialisation; first seed only). Wall time of this invocation: {minutes:.1f} mi
 
         doc = Path(args.doc)
         (doc.parent / "figures").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(fig, doc.parent / "figures" / fig.name)  # the section links figures/<name> as the report does
+        target = doc.parent / "figures" / fig.name  # the section links figures/<name>, as the report does
+        if target.resolve() != fig.resolve():
+            shutil.copyfile(fig, target)
         section = report.replace("# ", "## ", 1).replace("\n## Does the adapter", "\n### Does the adapter")
         study.write_section(doc, args.matrix, section)
     (out / "study.json").write_text(json.dumps({
