@@ -149,10 +149,12 @@ def main(argv: list[str] | None = None) -> int:
                                 str(result.with_suffix(".log")),  # depth reuses segmentation's features
                                 after=f"probe {name} toy seg mIoU" if command == "nyud" else f"train {name}"))
     workers, per_job = split_threads(args.jobs or (2 if args.device == "cpu" else 1), args.threads)
-    # teacher by teacher, seed by seed (plan_runs): a run's probes come right after its training, the references after
-    # the first seed's runs, so an interrupted invocation leaves whole seeds behind (a rerun resumes where it stopped)
-    order = {run.name: i for i, run in enumerate(all_runs)}
-    jobs.sort(key=lambda job: order.get(job.name.split(" ")[1], len(methods) - 0.5))
+    # teacher by teacher, the matrix's first methods first, then seed by seed (Matrix.job_order); a run's probes come
+    # right after its training and the references after the first run, so an interrupted invocation leaves whole
+    # cells behind (a rerun resumes where it stopped)
+    order = {run.name: matrix.job_order(run, seeds) for run in all_runs}
+    first = min(order.values())
+    jobs.sort(key=lambda job: order.get(job.name.split(" ")[1], first))
     trainings = sum(1 for job in jobs if job.name.startswith("train "))
     status = ""
     if args.report_only:
