@@ -113,7 +113,7 @@ MATRICES: dict[str, Matrix] = {
                                                                    ("singer_scaled", "fitnet")),
                      paired_title="Each rung − the rung below it, then the learned adapter over the clamp and the "
                                   "whole ladder (same seed and teacher)",
-                     first=("fitnet", "fitnet_clamp", "singer_scaled")),
+                     first=("fitnet_clamp", "singer_scaled")),
     # 1000 steps: see docs/study.md for the measurement behind the budget
     "long": Matrix(("fitnet", "fitnet_clamp", "singer_scaled"), "Long arm: FitNet, clamp, SiNGER at a longer budget",
                    teachers=(True,), steps=1000,
