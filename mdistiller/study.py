@@ -281,7 +281,14 @@ def render_tables(summary: dict[str, Any], probes: Sequence[tuple[str, bool]], m
                   digits: Callable[[str], int] = lambda p: 4 if "RMSE" in p else 2,
                   paired_title: str = "Paired difference to FitNet (same seed and teacher)") -> str:
     """Markdown: mean ± std per method and teacher, then the paired differences (``method − reference``) with their
-    95 % intervals, in the order of ``summary["paired"]``."""
+    95 % intervals, in the order of ``summary["paired"]``. A number over fewer seeds than the most any cell has
+    (a study still running, a reference row) says so: ``(n = 2)``."""
+    counts = [c[-1] for table in ("cells", "paired") for cell in summary[table].values() for c in cell.values()]
+    full = max(counts, default=0)
+
+    def n_note(n: int) -> str:
+        return f" (n = {n})" if n < full else ""
+
     head = "| method | teacher | " + " | ".join(f"{p} {'↑' if hi else '↓'}" for p, hi in probes) + " |"
     sep = "|---|---|" + "---:|" * len(probes)
     lines = ["### Mean ± std over seeds", "", head, sep]
@@ -290,7 +297,8 @@ def render_tables(summary: dict[str, Any], probes: Sequence[tuple[str, bool]], m
             cell = summary["cells"].get((m, art))
             if not cell:
                 continue
-            vals = [format_cell(*cell[p][:2], digits(p)) if p in cell else "–" for p, _ in probes]
+            vals = [format_cell(*cell[p][:2], digits(p)) + n_note(cell[p][2]) if p in cell else "–"
+                    for p, _ in probes]
             lines.append(f"| {m} | {'emulated artifacts' if art else 'clean'} | " + " | ".join(vals) + " |")
     lines += ["", f"### {paired_title}, mean [95 % t-interval]", "",
               head.replace("| method |", "| method − reference |"), sep]
@@ -303,9 +311,9 @@ def render_tables(summary: dict[str, Any], probes: Sequence[tuple[str, bool]], m
                 if p not in cell:
                     vals.append("–")
                     continue
-                mean, lo, hi, _n = cell[p]
+                mean, lo, hi, n = cell[p]
                 d = digits(p)
-                vals.append(f"{mean:+.{d}f} [{lo:+.{d}f}, {hi:+.{d}f}]")
+                vals.append(f"{mean:+.{d}f} [{lo:+.{d}f}, {hi:+.{d}f}]" + n_note(n))
             lines.append(f"| {m} − {ref} | {'emulated artifacts' if art else 'clean'} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
 

@@ -53,7 +53,8 @@ def test_summarize_pairs_by_seed_and_teacher_and_renders():
     assert d_mean == 2.0 and n == 2 and lo < 2.0 < hi  # differences 1 and 3
     assert set(s["paired"]) == {("singer_scaled", "fitnet", False)}
     md = study.render_tables(s, [("p", True)], ["fitnet", "singer_scaled"])
-    assert "13.00 ± 2.83" in md and "| singer_scaled − fitnet | clean | +2.00 [" in md
+    assert "13.00 ± 2.83 |" in md and "| singer_scaled − fitnet | clean | +2.00 [" in md
+    assert "| singer_scaled | emulated artifacts | 1.00 ± 0.00 (n = 1) |" in md  # fewer seeds than the others
 
 
 def test_ladder_pairs_every_rung_with_the_rung_below():
