@@ -122,6 +122,12 @@ _C.DISTILLER.ARTIFACTS.PERSIST = False  # re-implant after every later block (ar
 _C.FITNET = CN()
 _C.FITNET.LOSS = CN()
 _C.FITNET.LOSS.FEAT_WEIGHT = 1.0  # λ of eq. 1 summed over 𝒟
+# Controls of SiNGER's ablation ladder (not the paper; docs/singer_modes.md). SCALE median: L_KD,l / s_l², s_l the
+# median patch norm of F_l measured once on the first batch and stored in the checkpoint (as SiNGER.SCALE median).
+_C.FITNET.SCALE = "none"  # none (eq. 1, raw units) | median (scale-aware units)
+# TARGET teacher: eq. 1 | clamp: F_i · min(1, q_α/‖F_i‖), q_α each image's SiNGER.OUTLIER_Q-quantile of ‖F‖ (no
+# trained parameter) | mask: the teacher, with the patches above that quantile left out of L_KD
+_C.FITNET.TARGET = "teacher"
 
 # ---------------------------------------------------------------------------------------------- ViTKD
 _C.VITKD = CN()
@@ -473,6 +479,8 @@ _CHOICES = {
     "DISTILLER.LAYER_REDUCTION": ("sum", "mean"),
     "DISTILLER.TEACHER_DTYPE": ("auto", "float32", "bfloat16"),
     "DISTILLER.ARTIFACTS.DIRECTION": ("principal", "null", "random"),
+    "FITNET.SCALE": ("none", "median"),
+    "FITNET.TARGET": ("teacher", "clamp", "mask"),
     "SiNGER.INIT": ("nullspace", "random"),
     "SiNGER.BASIS": ("smallest", "threshold"),
     "SiNGER.INFO": ("paper", "official"),

@@ -13,6 +13,11 @@ Probes (cached protocol, frozen student): toy-scene classification / segmentatio
 classification. :func:`summarize` gives mean ± std over seeds and, for each SiNGER mode, the paired difference to
 FitNet (same seed, same teacher) with a two-sided 95 % Student-t interval. Everything is resumable: finished runs,
 probes and refinement measurements are skipped when their files exist.
+
+The named matrices (:data:`MATRICES`) are the experiments ``tools/study.py --matrix NAME`` runs: ``study`` (the
+methods above), ``ladder`` (SiNGER's ablation ladder: FitNet → +units → +fixed clamp → +learned adapter with a random
+basis → scale-aware SiNGER, each rung paired with the one below it) and ``long`` (FitNet, the clamp control and
+scale-aware SiNGER on the artifact teacher at a budget where the classification probes leave the random-init level).
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ACCEPTANCE_ONLY", "DEMO_DENSE_LRS", "METHODS", "PROBES", "demo_budget", "figure", "mode_overrides",
-           "native_bf16", "paired_interval", "plan_runs", "probe_argv", "probe_input_size",
-           "refinement_run", "render_tables", "resolve_amp", "run_config", "StudyRun", "summarize"]
+__all__ = ["ACCEPTANCE_ONLY", "DEMO_DENSE_LRS", "LADDER", "MATRICES", "METHODS", "PROBES", "Matrix", "demo_budget",
+           "figure", "mode_overrides", "native_bf16", "paired_interval", "plan_runs", "probe_argv", "probe_input_size",
+           "refinement_run", "render_tables", "resolve_amp", "run_config", "StudyRun", "summarize", "target_changes",
+           "write_section"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,9 +51,19 @@ METHODS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
                                 ("SiNGER.DETACH_TARGET", "False")),
     "scaled_adapter_lr_1x": ("configs/demo/singer.yaml", "configs/imagenet/vit/singer_scaled.yaml",
                              ("SiNGER.ADAPTER_LR_SCALE", "1.0")),
+    # controls of the ablation ladder (docs/singer_modes.md): each config trains exactly what its file says
+    "fitnet_scaled": ("configs/demo/fitnet_scaled.yaml", None, ()),
+    "fitnet_clamp": ("configs/demo/fitnet_clamp.yaml", None, ()),
+    "fitnet_mask": ("configs/demo/fitnet_mask.yaml", None, ()),
+    "singer_random_init": ("configs/demo/singer_random_init.yaml", None, ()),
+    "singer_no_info": ("configs/demo/singer_no_info.yaml", None, ()),
+    "singer_no_outlier": ("configs/demo/singer_no_outlier.yaml", None, ()),
 }
 #: refinement-only runs (emulated-artifact teacher, first seed, no probes): the other Gram reading and the ablations
 ACCEPTANCE_ONLY = ("singer_paper_rawgram", "scaled_gram_info", "scaled_kd_moves_adapter", "scaled_adapter_lr_1x")
+#: SiNGER's four differences from FitNet taken one at a time: units, the clamped target, a learned adapter (random
+#: basis), its nullspace initialisation
+LADDER = ("fitnet", "fitnet_scaled", "fitnet_clamp", "singer_random_init", "singer_scaled")
 #: (label, eval command, dataset, result key, higher is better)
 PROBES: tuple[tuple[str, str, str, str, bool], ...] = (
     ("toy cls top-1", "transfer", "toy_scenes", "top1", True),
@@ -63,6 +79,53 @@ DENSE_LRS = "0.01,0.03,0.1,0.3"
 DEMO_DENSE_LRS = "0.03,0.1,0.3"
 _MODE_KEYS = ("DISTILLER.KD_REDUCTION", "DISTILLER.KD_CLS", "DISTILLER.LAYER_REDUCTION")
 T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """A named experiment: its methods, teachers (``False`` clean, ``True`` emulated artifacts), which differences
+    are paired (``(method, reference)``; empty: every SiNGER mode against FitNet), its default budget, the
+    refinement-only runs it adds, and the title of its report."""
+
+    methods: tuple[str, ...]
+    title: str
+    teachers: tuple[bool, ...] = (False, True)
+    pairs: tuple[tuple[str, str], ...] = ()
+    steps: int = 100
+    acceptance_only: tuple[str, ...] = ()
+    paired_title: str = "Paired difference to FitNet (same seed and teacher)"
+    #: methods trained (all seeds) before the others of the same teacher, so a partial run answers the main question
+    first: tuple[str, ...] = ()
+
+    def job_order(self, run: StudyRun, seeds: Sequence[int]) -> tuple:
+        """Sort key of a run's jobs: teacher by teacher (in :attr:`teachers` order), :attr:`first` methods before
+        the rest, then seed by seed."""
+        return (self.teachers.index(run.artifacts) if run.artifacts in self.teachers else len(self.teachers),
+                run.method not in self.first, list(seeds).index(run.seed) if run.seed in seeds else len(seeds),
+                self.methods.index(run.method) if run.method in self.methods else len(self.methods))
+
+
+MATRICES: dict[str, Matrix] = {
+    "study": Matrix(("fitnet", "vitkd", "singer_paper", "singer_released", "singer_scaled"),
+                    "Seeded study: does SiNGER help at this scale?", acceptance_only=ACCEPTANCE_ONLY),
+    "ladder": Matrix(LADDER, "Ablation ladder: what carries scale-aware SiNGER's gain?", teachers=(True, False),
+                     pairs=tuple(zip(LADDER[1:], LADDER[:-1])) + (("singer_scaled", "fitnet_clamp"),
+                                                                   ("singer_scaled", "fitnet")),
+                     paired_title="Each rung − the rung below it, then the learned adapter over the clamp and the "
+                                  "whole ladder (same seed and teacher)",
+                     first=("fitnet_clamp", "singer_scaled")),
+    # 1000 steps: see docs/study.md for the measurement behind the budget
+    "long": Matrix(("fitnet", "fitnet_clamp", "singer_scaled"), "Long arm: FitNet, clamp, SiNGER at a longer budget",
+                   teachers=(True,), steps=1000,
+                   pairs=(("fitnet_clamp", "fitnet"), ("singer_scaled", "fitnet"), ("singer_scaled", "fitnet_clamp")),
+                   paired_title="Paired differences (same seed, emulated-artifact teacher)"),
+}
+
+
+def target_changes(method: str) -> bool:
+    """Whether ``method``'s L_KD target differs from the teacher (SiNGER's ``F̂``, the clamp control), so that its
+    refinement numbers (:func:`refinement_run`) mean something."""
+    return method.startswith(("singer", "scaled")) or method == "fitnet_clamp"
 
 
 @dataclass(frozen=True)
@@ -119,10 +182,12 @@ def mode_overrides(preset: str | Path) -> list[str]:
 
 
 def plan_runs(methods: Sequence[str], seeds: Sequence[int], teachers: Sequence[bool] = (False, True)) -> list[StudyRun]:
+    """Every (method, teacher, seed) cell, teacher by teacher and seed by seed in the given orders (the order the
+    study runs them in: an interrupted study leaves whole seeds of its first teacher behind)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown study method(s) {unknown}; choose from {', '.join(METHODS)}.")
-    return [StudyRun(m, a, s) for s in seeds for a in teachers for m in methods]
+    return [StudyRun(m, a, s) for a in teachers for s in seeds for m in methods]
 
 
 def run_config(run: StudyRun, budget: Sequence[str]) -> tuple[list[Path], list[str]]:
@@ -189,9 +254,11 @@ def paired_interval(diffs: Sequence[float]) -> tuple[float, float, float]:
 
 
 def summarize(values: dict[tuple[str, bool, int], dict[str, float]], probes: Sequence[str],
-              baseline: str = "fitnet", paired_prefix: str = "singer") -> dict[str, Any]:
+              baseline: str = "fitnet", paired_prefix: str = "singer",
+              pairs: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
     """``values[(method, artifacts, seed)][probe] → number`` into per-cell mean/std, and the paired differences
-    to ``baseline`` (same teacher and seed) of the methods whose name starts with ``paired_prefix``."""
+    (same teacher and seed) of each ``(method, reference)`` in ``pairs`` — by default of the methods whose name
+    starts with ``paired_prefix`` to ``baseline``. ``paired`` is keyed by ``(method, reference, artifacts)``."""
     cells: dict[tuple[str, bool], dict[str, list[float]]] = {}
     for (method, art, _seed), vals in sorted(values.items()):
         for p in probes:
@@ -199,14 +266,17 @@ def summarize(values: dict[tuple[str, bool, int], dict[str, float]], probes: Seq
                 cells.setdefault((method, art), {}).setdefault(p, []).append(vals[p])
     table = {k: {p: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
                  for p, v in d.items()} for k, d in cells.items()}
-    paired: dict[tuple[str, bool], dict[str, tuple[float, float, float, int]]] = {}
-    for (method, art, seed), vals in values.items():
-        base = values.get((baseline, art, seed))
-        if not method.startswith(paired_prefix) or base is None:
-            continue
-        for p in probes:
-            if p in vals and p in base:
-                paired.setdefault((method, art), {}).setdefault(p, []).append(vals[p] - base[p])  # type: ignore[arg-type]
+    if not pairs:
+        pairs = sorted({(m, baseline) for m, _a, _s in values if m.startswith(paired_prefix)})
+    paired: dict[tuple[str, str, bool], dict[str, list[float]]] = {}
+    for method, reference in pairs:
+        for (m, art, seed), vals in sorted(values.items()):
+            base = values.get((reference, art, seed))
+            if m != method or base is None:
+                continue
+            for p in probes:
+                if p in vals and p in base:
+                    paired.setdefault((method, reference, art), {}).setdefault(p, []).append(vals[p] - base[p])
     intervals = {k: {p: (*paired_interval(d), len(d)) for p, d in v.items()} for k, v in paired.items()}
     return {"cells": table, "paired": intervals}
 
@@ -216,8 +286,17 @@ def format_cell(mean: float, std: float, digits: int = 2) -> str:
 
 
 def render_tables(summary: dict[str, Any], probes: Sequence[tuple[str, bool]], methods: Sequence[str],
-                  digits: Callable[[str], int] = lambda p: 4 if "RMSE" in p else 2) -> str:
-    """Markdown: mean ± std per method and teacher, then paired SiNGER − FitNet differences with 95 % intervals."""
+                  digits: Callable[[str], int] = lambda p: 4 if "RMSE" in p else 2,
+                  paired_title: str = "Paired difference to FitNet (same seed and teacher)") -> str:
+    """Markdown: mean ± std per method and teacher, then the paired differences (``method − reference``) with their
+    95 % intervals, in the order of ``summary["paired"]``. A number over fewer seeds than the most any cell has
+    (a study still running, a reference row) says so: ``(n = 2)``."""
+    counts = [c[-1] for table in ("cells", "paired") for cell in summary[table].values() for c in cell.values()]
+    full = max(counts, default=0)
+
+    def n_note(n: int) -> str:
+        return f" (n = {n})" if n < full else ""
+
     head = "| method | teacher | " + " | ".join(f"{p} {'↑' if hi else '↓'}" for p, hi in probes) + " |"
     sep = "|---|---|" + "---:|" * len(probes)
     lines = ["### Mean ± std over seeds", "", head, sep]
@@ -226,24 +305,24 @@ def render_tables(summary: dict[str, Any], probes: Sequence[tuple[str, bool]], m
             cell = summary["cells"].get((m, art))
             if not cell:
                 continue
-            vals = [format_cell(*cell[p][:2], digits(p)) if p in cell else "–" for p, _ in probes]
+            vals = [format_cell(*cell[p][:2], digits(p)) + n_note(cell[p][2]) if p in cell else "–"
+                    for p, _ in probes]
             lines.append(f"| {m} | {'emulated artifacts' if art else 'clean'} | " + " | ".join(vals) + " |")
-    lines += ["", "### Paired difference to FitNet (same seed and teacher), mean [95 % t-interval]", "",
-              head.replace("| method |", "| method − fitnet |"), sep]
+    lines += ["", f"### {paired_title}, mean [95 % t-interval]", "",
+              head.replace("| method |", "| method − reference |"), sep]
     for art in (False, True):
-        for m in methods:
-            cell = summary["paired"].get((m, art))
-            if not cell:
+        for (m, ref, a), cell in summary["paired"].items():
+            if a != art:
                 continue
             vals = []
             for p, _ in probes:
                 if p not in cell:
                     vals.append("–")
                     continue
-                mean, lo, hi, _n = cell[p]
+                mean, lo, hi, n = cell[p]
                 d = digits(p)
-                vals.append(f"{mean:+.{d}f} [{lo:+.{d}f}, {hi:+.{d}f}]")
-            lines.append(f"| {m} | {'emulated artifacts' if art else 'clean'} | " + " | ".join(vals) + " |")
+                vals.append(f"{mean:+.{d}f} [{lo:+.{d}f}, {hi:+.{d}f}]" + n_note(n))
+            lines.append(f"| {m} − {ref} | {'emulated artifacts' if art else 'clean'} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
 
 
@@ -276,3 +355,21 @@ def figure(summary: dict[str, Any], probes: Sequence[tuple[str, bool]], methods:
         fig.suptitle(title)
         fig.tight_layout()
         return save_figure(fig, path)
+
+
+def write_section(path: str | Path, name: str, markdown: str) -> Path:
+    """Put ``markdown`` into ``path`` between the markers ``<!-- study:NAME -->`` and ``<!-- /study:NAME -->``,
+    replacing what an earlier invocation wrote there (appended at the end the first time); atomic, the rest of the
+    file untouched."""
+    from mdistiller.fileio import atomic_write
+
+    path = Path(path)
+    start, end = f"<!-- study:{name} -->", f"<!-- /study:{name} -->"
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    block = f"{start}\n{markdown.strip()}\n{end}"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + block + "\n"
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

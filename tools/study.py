@@ -3,6 +3,11 @@
 
     python tools/study.py                      # CPU, 3 seeds, runs and probes two at a time; rerun to resume
     python tools/study.py --device cuda        # minutes on one GPU
+    python tools/study.py --ladder --doc docs/study.md   # the ablation ladder, its section written into the doc
+    python tools/study.py --matrix long        # the long arm (FitNet, clamp, scale-aware SiNGER; artifact teacher)
+
+``--matrix`` names one of ``mdistiller.study.MATRICES`` (its methods, teachers, pairs and default steps);
+``--doc FILE`` puts the report between ``<!-- study:MATRIX -->`` markers in FILE (replaced on every rerun).
 
 The Fashion-MNIST probe reads ``/usr/share/datasets/fashion-mnist`` (Debian: ``apt-get install dataset-fashion-mnist``).
 Writes ``OUT/study.md`` (tables with 95 % intervals, the refinement acceptance table), ``OUT/study.json`` and
@@ -23,15 +28,21 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
-STUDY_METHODS = "fitnet,vitkd,singer_paper,singer_released,singer_scaled"
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from mdistiller.study import MATRICES, PROBES
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="output/study", help="study folder (runs, probes, report)")
-    p.add_argument("--methods", default=STUDY_METHODS, help="comma-separated methods of mdistiller.study.METHODS")
+    p.add_argument("--matrix", choices=tuple(MATRICES), default="study",
+                   help="named experiment: its methods, teachers, paired differences and default steps")
+    p.add_argument("--ladder", action="store_const", const="ladder", dest="matrix", help="same as --matrix ladder")
+    p.add_argument("--out", default=None, help="study folder (runs, probes, report; default output/MATRIX)")
+    p.add_argument("--doc", default=None, help="also write the report into this markdown file, between markers")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated methods of mdistiller.study.METHODS (default: the matrix's)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (init, data order, probe split)")
-    p.add_argument("--steps", type=int, default=100, help="optimizer steps per run (same for every method)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimizer steps per run, the same for every method (default: the matrix's, 100 for study "
+                        "and ladder)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--size", type=int, default=112, help="student image size (grid size/16; the /14 teacher matches)")
     p.add_argument("--probe-train", type=int, default=400, help="toy scenes to train each probe")
@@ -46,7 +57,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=None,
                    help="runs and probes side by side, --threads / --jobs threads each (default: 2 on CPU, 1 on CUDA)")
     p.add_argument("--no-probes", action="store_true", help="train and measure refinement only")
-    return p.parse_args(argv)
+    p.add_argument("--report-only", action="store_true",
+                   help="start nothing: write the report from the runs and probes finished so far (says how many)")
+    p.add_argument("--probes", default=None,
+                   help="comma-separated probe labels to run (default all), e.g. 'toy cls top-1,F-MNIST top-1'")
+    args = p.parse_args(argv)
+    matrix = MATRICES[args.matrix]
+    args.out = args.out or f"output/{args.matrix}"
+    args.methods = args.methods or ",".join(matrix.methods)
+    args.steps = args.steps if args.steps is not None else matrix.steps
+    labels = [label for label, *_ in PROBES]
+    args.probe_labels = [x for x in (args.probes or ",".join(labels)).split(",") if x]
+    unknown = [x for x in args.probe_labels if x not in labels]
+    if unknown:
+        p.error(f"unknown probe label(s) {unknown}; choose from {labels}.")
+    return args
+
+
+def _budget_flags(args: argparse.Namespace) -> str:
+    """The command-line flags whose values differ from the matrix's defaults (the report's reproduce line)."""
+    import shlex
+
+    default = vars(parse_args(["--matrix", args.matrix]))
+    keys = ("methods", "seeds", "steps", "batch", "size", "probe_train", "probe_test", "fmnist_train", "fmnist_test",
+            "heldout", "probes", "device", "amp")
+    return "".join(f" --{k.replace('_', '-')} {shlex.quote(str(getattr(args, k)))}"
+                   for k in keys if getattr(args, k) != default[k])
 
 
 def acceptance_table(refine: dict[str, dict[int, dict[str, float]]], runs) -> str:
@@ -69,10 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     amp = study.resolve_amp(args.amp, args.device)
     out = Path(args.out)
+    matrix = study.MATRICES[args.matrix]
     methods = [m for m in args.methods.split(",") if m]
     seeds = [int(s) for s in args.seeds.split(",") if s]
-    runs = study.plan_runs(methods, seeds)
-    extra = [study.StudyRun(m, True, seeds[0]) for m in study.ACCEPTANCE_ONLY if m not in methods]
+    runs = study.plan_runs(methods, seeds, matrix.teachers)
+    extra = [study.StudyRun(m, True, seeds[0]) for m in matrix.acceptance_only if m not in methods]
     budget = ["SOLVER.MAX_STEPS", str(args.steps), "SOLVER.BATCH_SIZE", str(args.batch), "DATASET.INPUT_SIZE",
               str(args.size), "SOLVER.AMP", amp, "LOG.CKPT_EVERY_STEPS", "0", "LOG.AGREEMENT_EVERY_STEPS",
               str(args.steps), "LOG.PROGRESS", "False", "EXPERIMENT.DEVICE", args.device]
@@ -98,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {}  # (target key, probe label) -> (result file, metric)
     for name, target, key, seed in [] if args.no_probes else targets:
         for label, command, dataset, metric, _ in study.PROBES:
+            if label not in args.probe_labels:
+                continue
             size = study.probe_input_size(target, args.size)
             n_tr, n_te = ((args.fmnist_train, args.fmnist_test) if dataset == "fashion_mnist"
                           else (args.probe_train, args.probe_test))
@@ -111,32 +150,52 @@ def main(argv: list[str] | None = None) -> int:
                                 str(result.with_suffix(".log")),  # depth reuses segmentation's features
                                 after=f"probe {name} toy seg mIoU" if command == "nyud" else f"train {name}"))
     workers, per_job = split_threads(args.jobs or (2 if args.device == "cpu" else 1), args.threads)
-    run_jobs(jobs, workers=workers, threads=per_job)
+    # teacher by teacher, the matrix's first methods first, then seed by seed (Matrix.job_order); a run's probes come
+    # right after its training and the references after the first run, so an interrupted invocation leaves whole
+    # cells behind (a rerun resumes where it stopped)
+    order = {run.name: matrix.job_order(run, seeds) for run in all_runs}
+    first = min(order.values())
+    jobs.sort(key=lambda job: order.get(job.name.split(" ")[1], first))
+    trainings = sum(1 for job in jobs if job.name.startswith("train "))
+    status = ""
+    if args.report_only:
+        status = (f"\n**Partial: {len(all_runs) - trainings} of {len(all_runs)} trainings and "
+                  f"{len(results) - (len(jobs) - trainings)} of {len(results)} probes had finished when this report "
+                  "was written (`--report-only`); rerunning the command resumes the rest.**\n")
+    else:
+        run_jobs(jobs, workers=workers, threads=per_job)
     from mdistiller.analysis.inputs import load_toy_images
 
     images = load_toy_images(args.size, args.heldout)[0]
     refine = {run.name: study.refinement_run(out / "runs" / run.name, images, device=args.device)
-              for run in all_runs if run.method.startswith(("singer", "scaled"))}
+              for run in all_runs if study.target_changes(run.method)
+              and (out / "runs" / run.name / "student.safetensors").exists()}
     values: dict[tuple[str, bool, int], dict[str, float]] = {}
     for (key, label), (result, metric) in results.items():
+        if not result.exists():  # --report-only: not finished yet
+            continue
         scale = 100.0 if metric == "miou" else 1.0
         values.setdefault(key, {})[label] = float(json.loads(result.read_text())["metrics"][metric]) * scale
-    probes = [(label, hi) for label, _c, _d, _m, hi in study.PROBES]
+    probes = [(label, hi) for label, _c, _d, _m, hi in study.PROBES if label in args.probe_labels]
     shown = methods + ["teacher", "random_init"]
-    summary = study.summarize(values, [p for p, _ in probes])
-    fig = study.figure(summary, probes, methods, out / "figures" / "study.png",
+    pairs = [(m, r) for m, r in matrix.pairs if m in methods and r in methods]
+    summary = study.summarize(values, [p for p, _ in probes], pairs=pairs)
+    fig_name = "study.png" if args.matrix == "study" else f"{args.matrix}.png"
+    fig = study.figure(summary, probes, methods, out / "figures" / fig_name,
                        f"{len(seeds)} seeds × {args.steps} steps (batch {args.batch}, {args.size} px); toy budget")
     minutes = (time.perf_counter() - t0) / 60
-    report = f"""# Seeded study: does SiNGER help at this scale?
+    teachers = " and ".join("emulated artifacts" if a else "clean" for a in matrix.teachers)
+    report = f"""# {matrix.title}
 
 DINOv2-S/14 → ViT-Ti on toy scenes, 𝒟 = {{8, 11}}; every run {args.steps} steps of batch {args.batch} at {args.size} px
-({amp}), seeds {seeds} (initialisation, data order and probe split all follow the seed). Teacher rows
+({amp}), seeds {seeds} (initialisation, data order and probe split all follow the seed); teachers: {teachers}.
+Command: `python tools/study.py --matrix {args.matrix}{_budget_flags(args)}`. Teacher rows
 `emulated artifacts` use `configs/demo/artifacts.yaml`. Probes: cached linear heads on the frozen last block
 ({args.probe_train}/{args.probe_test} toy scenes; Fashion-MNIST {args.fmnist_train}/{args.fmnist_test} images),
 learning rate chosen on a validation split. `teacher` and `random_init` are references (clean teacher, ViT-Ti at
 initialisation; first seed only). Wall time of this invocation: {minutes:.1f} min ({args.device}).
-
-{study.render_tables(summary, probes, shown)}
+{status}
+{study.render_tables(summary, probes, shown, paired_title=matrix.paired_title)}
 
 ![study](figures/{fig.name})
 
@@ -145,6 +204,16 @@ initialisation; first seed only). Wall time of this invocation: {minutes:.1f} mi
 {acceptance_table(refine, all_runs)}
 """
     (out / "study.md").write_text(report)
+    if args.doc:
+        import shutil
+
+        doc = Path(args.doc)
+        (doc.parent / "figures").mkdir(parents=True, exist_ok=True)
+        target = doc.parent / "figures" / fig.name  # the section links figures/<name>, as the report does
+        if target.resolve() != fig.resolve():
+            shutil.copyfile(fig, target)
+        section = report.replace("# ", "## ", 1).replace("\n## Does the adapter", "\n### Does the adapter")
+        study.write_section(doc, args.matrix, section)
     (out / "study.json").write_text(json.dumps({
         "args": vars(args), "amp": amp, "values": {"|".join(map(str, k)): v for k, v in values.items()},
         "refinement": refine}, indent=1))

@@ -1,6 +1,7 @@
-"""Does SiNGER *refine* the teacher? The acceptance check and table of ``SiNGER.refinement_stats`` (eq. 6, 10, 11).
+"""Does SiNGER *refine* the teacher? The acceptance check and table of ``Distiller.refinement_stats`` (eq. 6, 10, 11).
 
-``SiNGER.refinement_stats(images)`` measures, for every distilled layer l:
+``Distiller.refinement_stats(images)`` measures, for every distilled layer l (``F̂_l``: SiNGER's refined teacher,
+or the clamp control's clamped one):
 
 * **outliers**: the emulated-artifact patches when the teacher carries an implant (the patches we know are
   artifacts), otherwise the patches of ``F_l`` above the per-image α-quantile of ``‖F_l‖`` (the set 𝒪_l of eq. 10

@@ -16,7 +16,20 @@ from mdistiller.models.indices import LayerIndexError
 from .layers import map_layers, normalize_layers
 from .losses import feature_kd_loss
 
-__all__ = ["Distiller", "LayerPlan"]
+__all__ = ["Distiller", "LayerPlan", "SCALES"]
+
+#: units of the feature losses: the teacher's raw units, or the per-layer median patch norm (scale-aware mode)
+SCALES = ("none", "median")
+
+
+def _quantile_ratio(patches: torch.Tensor, q: float) -> torch.Tensor:
+    """``‖x_i‖ / q_α(‖x‖)`` per patch, the quantile taken per image (as in eq. 10)."""
+    norms = patches.float().norm(dim=-1)
+    return norms / torch.quantile(norms, q, dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def _inlier_cos(a: torch.Tensor, b: torch.Tensor, inlier: torch.Tensor) -> float:
+    return F.cosine_similarity(a.float(), b.float(), dim=-1)[inlier].mean().item()
 
 
 class LayerPlan:
@@ -64,6 +77,12 @@ class Distiller(nn.Module):
 
     #: whether the method's targets are refined teacher features (SiNGER's adapters), not the teacher itself
     refines_teacher: bool = False
+
+    #: α of the per-image patch-norm quantile (eq. 10) the method's target and :meth:`refinement_stats` use
+    q: float = 0.95
+
+    #: units of the feature losses (:data:`SCALES`); ``"median"`` after :meth:`use_feature_scale`
+    scale: str = "none"
 
     #: whether the method reads the student's final LayerNorm (otherwise it is frozen: it would get no gradient)
     uses_student_final_norm: bool = False
@@ -233,33 +252,89 @@ class Distiller(nn.Module):
             t = torch.cat([teacher_cls[:, None].to(t.dtype), t], dim=1)
         return self.proj[str(layer)](s), t
 
-    def kd_loss(self, projected: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return feature_kd_loss(projected, target, self.kd_reduction)
+    def kd_loss(self, projected: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """L_KD (eq. 1, 9) in this distiller's reduction, over the tokens where ``mask [B, N]`` holds (all: None)."""
+        return feature_kd_loss(projected, target, self.kd_reduction, mask)
 
     # ------------------------------------------------------------------------------------------ API
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def distill_targets(self, images: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-        """Per teacher layer: ``(original teacher patches, the method's target)`` on the student grid.
+    @property
+    def changes_target(self) -> bool:
+        """Whether the method's L_KD target differs from the teacher (SiNGER's ``F̂``, FitNet's norm clamp):
+        then :meth:`agreement` logs :meth:`refinement_stats` too."""
+        return self.refines_teacher
 
-        FitNet's target is the teacher itself; SiNGER overrides this with the refined ``F̂``.
-        """
-        sgrid = self.student_grid(images)
-        feats, grid = self.teacher(images, self.plan.teacher, student_grid=sgrid)
+    def refine(self, t_feats: dict[int, torch.Tensor], tgrid: tuple[int, int]) -> dict[int, tuple]:
+        """Per layer ``(split teacher tokens, target patches)`` on the teacher's grid: the teacher's own patches here;
+        SiNGER's adapters (eq. 6) and FitNet's norm clamp override it."""
         out = {}
         for t in self.plan.teacher:
-            p = self.teacher.net.split(feats[t], grid).patches
-            p = self.teacher.to_student_grid(p, grid, sgrid)
-            out[t] = (p, p)
+            split = self.teacher.net.split(t_feats[t], tgrid)
+            out[t] = (split, split.patches)
         return out
 
+    def distill_targets(self, images: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Per teacher layer: ``(original teacher patches, the method's target)`` on the student grid — the
+        teacher itself for FitNet, the refined ``F̂`` for SiNGER, the clamped teacher for FitNet's clamp control
+        (all through :meth:`refine`)."""
+        sgrid = self.student_grid(images)
+        t_feats, tgrid = self.teacher(images, self.plan.teacher, student_grid=sgrid)
+        out = {}
+        for t, (split, target) in self.refine(t_feats, tgrid).items():
+            out[t] = tuple(self.teacher.to_student_grid(x, tgrid, sgrid) for x in (split.patches, target))
+        return out
+
+    # ------------------------------------------------------------------------------------------ scale-aware units
+    def use_feature_scale(self, scale: str) -> None:
+        """Express the feature losses in units of a fixed per-layer scale (``"median"``) or in the teacher's raw units
+        (``"none"``). ``"median"`` keeps the buffer ``feature_scale [layer, (F_l, block l+1's output)]``, zero until
+        :meth:`units` measures it on the first training batch, so a checkpoint resumes in the same units."""
+        if scale not in SCALES:
+            raise ValueError(f"feature scale {scale!r}: choose one of {SCALES}.")
+        self.scale = scale
+        if scale != "none":
+            self.register_buffer("feature_scale", torch.zeros(len(self.plan.teacher), 2))
+            self._scale_known = False
+            self.register_load_state_dict_post_hook(lambda module, _keys: setattr(module, "_scale_known", False))
+
+    def units(self, t_feats: dict[int, torch.Tensor], tgrid: tuple[int, int]) -> dict[int, tuple]:
+        """Per layer ``(s_l, s_next)``: the feature scale of ``F_l`` and of block l+1's output (``F_l`` again for the
+        final layer, or when the step does not read block l+1) in which the terms are expressed — ``1.0`` in the
+        raw units (``scale="none"``)."""
+        if self.scale == "none":
+            return {t: (1.0, 1.0) for t in self.plan.teacher}
+        if not self._scale_known:
+            if not bool((self.feature_scale > 0).all()):  # first batch: measure once (one host sync, ever)
+                self.feature_scale.copy_(self.measure_scale(t_feats, tgrid))
+            self._scale_known = True
+        return {t: (self.feature_scale[i, 0], self.feature_scale[i, 1]) for i, t in enumerate(self.plan.teacher)}
+
+    @torch.no_grad()
+    def measure_scale(self, t_feats: dict[int, torch.Tensor], tgrid: tuple[int, int]) -> torch.Tensor:
+        """Median patch norm of every ``F_l`` and of block l+1's output on this batch, averaged over ranks."""
+        final = self.plan.teacher[-1]
+
+        def median_norm(layer: int) -> torch.Tensor:
+            return self.teacher.net.split(t_feats[layer], tgrid).patches.float().norm(dim=-1).median()
+
+        rows = [torch.stack([median_norm(t), median_norm(t + 1 if t + 1 in t_feats and t != final else t)])
+                for t in self.plan.teacher]
+        scale = torch.stack(rows).to(self.feature_scale.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(scale)
+            scale /= torch.distributed.get_world_size()
+        return scale.clamp_min(1e-12)
+
+    # ------------------------------------------------------------------------------------------ diagnostics
     @torch.no_grad()
     def agreement(self, images: torch.Tensor) -> dict[str, float]:
         """Teacher–student feature agreement on a held-out batch (no "accuracy" of an untrained head).
 
         Per layer: mean patch cosine and relative squared error ``‖P(F^S) − T‖² / ‖T‖²`` against the original
-        teacher (``*_teacher``) and against the method's target (``*_target``; differs for SiNGER).
+        teacher (``*_teacher``) and against the method's target (``*_target``; differs for SiNGER and the clamp),
+        plus ``refine/L<l>/<stat>`` from :meth:`refinement_stats` when :attr:`changes_target`.
         """
         sgrid = self.student_grid(images)
         s_feats = self.student(images, self.plan.student)
@@ -271,6 +346,56 @@ class Distiller(nn.Module):
                 ref = ref.float()
                 out[f"cos_{tag}/L{t}"] = F.cosine_similarity(proj, ref, dim=-1).mean().item()
                 out[f"relerr_{tag}/L{t}"] = ((proj - ref).pow(2).sum() / ref.pow(2).sum().clamp_min(1e-12)).item()
+        if self.changes_target:
+            for t, stats in self.refinement_stats(images).items():
+                out.update({f"refine/L{t}/{k}": v for k, v in stats.items()})
+        return out
+
+    @torch.no_grad()
+    def refinement_stats(self, images: torch.Tensor, q: float | None = None) -> dict[int, dict[str, float]]:
+        """Does the target refine rather than rewrite the teacher? Per distilled layer l, on ``images``:
+
+        The quantile is ``q`` (default: this distiller's α), the same yardstick for every mode when given.
+
+        * outliers = the emulated-artifact patches when the teacher carries an implant, else the patches of ``F_l``
+          above their image's α-quantile of ``‖F_l‖`` (𝒪_l of eq. 10 on the original features); the rest are inliers;
+        * ``ratio_before`` / ``ratio_after`` (mean) and ``ratio_after_max``: an outlier's norm over its image's
+          α-quantile of patch norms, in ``F_l`` and in the target ``F̂_l`` (:meth:`refine`);
+        * ``cos_inlier``: mean cos(F̂_l, F_l) over inliers; ``cos_next`` / ``cos_final`` (intermediate l): the same
+          after teacher block l+1, and after the blocks up to the final distilled one, run on ``F̂_l`` vs ``F_l``.
+        """
+        was_training = self.training
+        self.eval()
+        teacher, plan, q = self.teacher, self.plan, float(self.q if q is None else q)
+        final = plan.teacher[-1]
+        sgrid = self.student_grid(images)
+        layers = sorted(set(plan.teacher) | {t + 1 for t in plan.teacher if t != final})
+        t_feats, tgrid = teacher(images, layers, student_grid=sgrid)
+        implant = getattr(teacher, "implant", None)
+        known = implant.last_mask if implant is not None and implant.last_mask is not None else None
+        out: dict[int, dict[str, float]] = {}
+        for t, (split, f_hat) in self.refine(t_feats, tgrid).items():
+            f = split.patches
+            before = _quantile_ratio(f, q)
+            outlier = known.to(f.device) if known is not None else before > 1.0
+            inlier = ~outlier
+            after = _quantile_ratio(f_hat, q)
+            stats = {"outliers": float(outlier.sum().item()), "cos_inlier": _inlier_cos(f_hat, f, inlier)}
+            if outlier.any():
+                stats.update(ratio_before=before[outlier].mean().item(), ratio_after=after[outlier].mean().item(),
+                             ratio_after_max=after[outlier].max().item())
+            if t != final:
+                x_hat = torch.cat([split.prefix.to(f_hat.dtype), f_hat], dim=1)
+                x = t_feats[t]
+                for i in range(t + 1, final + 1):
+                    x_hat, x = teacher.blocks[i](x_hat), teacher.blocks[i](x)
+                    if i == t + 1:
+                        stats["cos_next"] = _inlier_cos(teacher.net.split(x_hat, tgrid).patches,
+                                                        teacher.net.split(x, tgrid).patches, inlier)
+                stats["cos_final"] = _inlier_cos(teacher.net.split(x_hat, tgrid).patches,
+                                                 teacher.net.split(x, tgrid).patches, inlier)
+            out[t] = stats
+        self.train(was_training)
         return out
 
     def export_student(self, path: str | Path, model_name: str, create_kwargs: dict | None = None) -> Path:

@@ -5,23 +5,27 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["feature_kd_loss", "outlier_loss", "gram", "gram_mse", "inlier_mask", "masked_gram_mse", "token_mse"]
+__all__ = ["feature_kd_loss", "outlier_loss", "gram", "gram_mse", "inlier_mask", "masked_gram_mse", "norm_clamp",
+           "token_mse"]
 
 
-def feature_kd_loss(student: torch.Tensor, teacher: torch.Tensor, reduction: str = "token") -> torch.Tensor:
+def feature_kd_loss(student: torch.Tensor, teacher: torch.Tensor, reduction: str = "token",
+                    mask: torch.Tensor | None = None) -> torch.Tensor:
     """Feature KD between projected student tokens and teacher tokens, both ``[B, N, D]`` (eq. 1, eq. 9).
 
     ``token`` (eq. 1): ``(1/n) Σ_i ‖F^T_i − P(F^S_i)‖²`` — squared L2 over channels, mean over tokens and images.
     ``element``: mean over every element (``F.mse_loss``; the released code), i.e. ``token`` divided by D.
+    ``mask [B, N]``: the mean runs over the tokens where it holds only (:func:`token_mse`).
     """
     if student.shape != teacher.shape:
         raise ValueError(f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)} tokens differ in shape.")
+    if reduction not in ("token", "element"):
+        raise ValueError(f"unknown KD reduction '{reduction}'; use 'token' or 'element'.")
+    if mask is not None:
+        loss = token_mse(student, teacher, mask)
+        return loss if reduction == "token" else loss / student.shape[-1]
     diff = (student.float() - teacher.float()).pow(2)
-    if reduction == "token":
-        return diff.sum(-1).mean()
-    if reduction == "element":
-        return diff.mean()
-    raise ValueError(f"unknown KD reduction '{reduction}'; use 'token' or 'element'.")
+    return diff.sum(-1).mean() if reduction == "token" else diff.mean()
 
 
 def outlier_loss(patch_tokens: torch.Tensor, q: float) -> torch.Tensor:
@@ -61,6 +65,16 @@ def inlier_mask(patch_tokens: torch.Tensor, q: float) -> torch.Tensor:
     """Patches at or below their image's ``q``-quantile of ``‖F_i‖`` (the complement of 𝒪 in eq. 10), ``[B, N]``."""
     norms = patch_tokens.detach().float().norm(dim=-1)
     return norms <= torch.quantile(norms, q, dim=1, keepdim=True)
+
+
+def norm_clamp(patch_tokens: torch.Tensor, q: float) -> torch.Tensor:
+    """``F_i · min(1, q_α / ‖F_i‖)`` on patch tokens ``[B, N, D]``, ``q_α`` the per-image ``q``-quantile of the
+    patch norms (eq. 10's threshold): patches above it are scaled down onto it, their direction kept; the others are
+    returned unchanged, bit for bit. A fixed, parameter-free version of what L_outlier asks of SiNGER's ``F̂``."""
+    norms = patch_tokens.float().norm(dim=-1, keepdim=True)  # [B, N, 1]
+    thresh = torch.quantile(norms.squeeze(-1), q, dim=1, keepdim=True)[..., None]  # [B, 1, 1]
+    scaled = (patch_tokens.float() * (thresh / norms.clamp_min(1e-12))).to(patch_tokens.dtype)
+    return torch.where(norms > thresh, scaled, patch_tokens)
 
 
 def masked_gram_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, normalize: bool = False) -> torch.Tensor:

@@ -11,22 +11,11 @@ from torch import nn
 from mdistiller.models.flops import ViTShape, block_flops, gram_flops, linear_flops
 from mdistiller.singer import SiNGERAdapter, linearize_ffn, null_basis, random_basis, threshold_basis
 
-from .base import Distiller, LayerPlan
+from .base import SCALES, Distiller, LayerPlan
 from .losses import gram_mse, inlier_mask, masked_gram_mse, outlier_loss, token_mse
 
-SCALES = ("none", "median")
 GRAMS = ("cosine", "raw", "none")
 INFO_PATCHES = ("all", "inliers")
-
-
-def _quantile_ratio(patches: torch.Tensor, q: float) -> torch.Tensor:
-    """``‖x_i‖ / q_α(‖x‖)`` per patch, the quantile taken per image (as in eq. 10)."""
-    norms = patches.float().norm(dim=-1)
-    return norms / torch.quantile(norms, q, dim=1, keepdim=True).clamp_min(1e-12)
-
-
-def _inlier_cos(a: torch.Tensor, b: torch.Tensor, inlier: torch.Tensor) -> float:
-    return F.cosine_similarity(a.float(), b.float(), dim=-1)[inlier].mean().item()
 
 
 class SiNGER(Distiller):
@@ -76,7 +65,7 @@ class SiNGER(Distiller):
         if scale not in SCALES or info_patches not in INFO_PATCHES or gram not in GRAMS:
             raise ValueError(f"SiNGER scale {scale!r} / info_patches {info_patches!r} / gram {gram!r}: choose scale "
                              f"from {SCALES}, info_patches from {INFO_PATCHES} and gram from {GRAMS}.")
-        self.scale, self.info_patches = scale, info_patches
+        self.info_patches = info_patches
         self.adapter_lr_scale = float(adapter_lr_scale)
         self.use_outlier, self.use_info, self.detach_target = use_outlier, use_info, detach_target
         self.weights = {"kd": feat_weight, "outlier": outlier_weight, "info": info_weight}
@@ -101,11 +90,7 @@ class SiNGER(Distiller):
                     basis_t = null_basis(w, rank)
             adapters[str(t)] = SiNGERAdapter(basis_t)
         self.adapters = nn.ModuleDict(adapters)
-        if scale != "none":
-            # [layer, (F_l, next-block output)] median patch norms; zeros until measured on the first batch
-            self.register_buffer("feature_scale", torch.zeros(len(self.plan.teacher), 2))
-            self._scale_known = False
-            self.register_load_state_dict_post_hook(lambda module, _keys: setattr(module, "_scale_known", False))
+        self.use_feature_scale(scale)  # [layer, (F_l, next-block output)] median patch norms (scale-aware mode)
 
     def _split_params(self) -> tuple[list, list]:
         named = self.trainable_parameters()
@@ -233,31 +218,6 @@ class SiNGER(Distiller):
         result.update({f"loss_{k}": v.detach() for k, v in terms.items()})
         return result
 
-    def units(self, t_feats: dict[int, torch.Tensor], tgrid: tuple[int, int]) -> dict[int, tuple]:
-        """Per layer ``(s_l, s_next)``: the feature scale of ``F_l`` and of block l+1's output (``F_l`` again for the
-        final layer) in which the terms are expressed — ``1.0`` in the paper's raw units (``scale="none"``)."""
-        if self.scale == "none":
-            return {t: (1.0, 1.0) for t in self.plan.teacher}
-        if not self._scale_known:
-            if not bool((self.feature_scale > 0).all()):  # first batch: measure once (one host sync, ever)
-                self.feature_scale.copy_(self.measure_scale(t_feats, tgrid))
-            self._scale_known = True
-        return {t: (self.feature_scale[i, 0], self.feature_scale[i, 1]) for i, t in enumerate(self.plan.teacher)}
-
-    @torch.no_grad()
-    def measure_scale(self, t_feats: dict[int, torch.Tensor], tgrid: tuple[int, int]) -> torch.Tensor:
-        """Median patch norm of every ``F_l`` and of block l+1's output on this batch, averaged over ranks."""
-        def median_norm(layer: int) -> torch.Tensor:
-            return self.teacher.net.split(t_feats[layer], tgrid).patches.float().norm(dim=-1).median()
-
-        rows = [torch.stack([median_norm(t), median_norm(t + 1 if t + 1 in t_feats and t != self.final else t)])
-                for t in self.plan.teacher]
-        scale = torch.stack(rows).to(self.feature_scale.device)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(scale)
-            scale /= torch.distributed.get_world_size()
-        return scale.clamp_min(1e-12)
-
     def info_term(self, t: int, split, f_hat: torch.Tensor, t_feats: dict[int, torch.Tensor],
                   tgrid: tuple[int, int], refined: dict[int, tuple], units: tuple = (1.0, 1.0)) -> torch.Tensor:
         """L_info for one layer (eq. 11, or the released variant), in the units of ``units = (s_l, s_next)``."""
@@ -290,66 +250,3 @@ class SiNGER(Distiller):
     def info_batch(self, batch: int) -> int:
         """Images of a local batch on which block l+1 is re-run for L_info (all of them unless ``info_fraction``)."""
         return batch if self.info_fraction >= 1.0 else max(1, math.ceil(self.info_fraction * batch))
-
-    def distill_targets(self, images: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-        sgrid = self.student_grid(images)
-        t_feats, tgrid = self.teacher(images, self.plan.teacher, student_grid=sgrid)
-        out = {}
-        for t, (split, f_hat) in self.refine(t_feats, tgrid).items():
-            out[t] = tuple(self.teacher.to_student_grid(x, tgrid, sgrid) for x in (split.patches, f_hat))
-        return out
-
-    @torch.no_grad()
-    def agreement(self, images: torch.Tensor) -> dict[str, float]:
-        """The base agreement plus ``refine/L<l>/<stat>`` from :meth:`refinement_stats` (logged over training)."""
-        out = super().agreement(images)
-        for t, stats in self.refinement_stats(images).items():
-            out.update({f"refine/L{t}/{k}": v for k, v in stats.items()})
-        return out
-
-    @torch.no_grad()
-    def refinement_stats(self, images: torch.Tensor, q: float | None = None) -> dict[int, dict[str, float]]:
-        """Does the adapter refine rather than rewrite? Per distilled layer l, on ``images``:
-
-        The quantile is ``q`` (default: this distiller's α), the same yardstick for every mode when given.
-
-        * outliers = the emulated-artifact patches when the teacher carries an implant, else the patches of ``F_l``
-          above their image's α-quantile of ``‖F_l‖`` (𝒪_l of eq. 10 on the original features); the rest are inliers;
-        * ``ratio_before`` / ``ratio_after`` (mean) and ``ratio_after_max``: an outlier's norm over its image's
-          α-quantile of patch norms, in ``F_l`` and in ``F̂_l``;
-        * ``cos_inlier``: mean cos(F̂_l, F_l) over inliers; ``cos_next`` / ``cos_final`` (intermediate l): the same
-          after teacher block l+1, and after the blocks up to the final distilled one, run on ``F̂_l`` vs ``F_l``.
-        """
-        was_training = self.training
-        self.eval()
-        teacher, plan, q = self.teacher, self.plan, float(self.q if q is None else q)
-        final = plan.teacher[-1]
-        sgrid = self.student_grid(images)
-        layers = sorted(set(plan.teacher) | {t + 1 for t in plan.teacher if t != final})
-        t_feats, tgrid = teacher(images, layers, student_grid=sgrid)
-        implant = getattr(teacher, "implant", None)
-        known = implant.last_mask if implant is not None and implant.last_mask is not None else None
-        out: dict[int, dict[str, float]] = {}
-        for t, (split, f_hat) in self.refine(t_feats, tgrid).items():
-            f = split.patches
-            before = _quantile_ratio(f, q)
-            outlier = known.to(f.device) if known is not None else before > 1.0
-            inlier = ~outlier
-            after = _quantile_ratio(f_hat, q)
-            stats = {"outliers": float(outlier.sum().item()), "cos_inlier": _inlier_cos(f_hat, f, inlier)}
-            if outlier.any():
-                stats.update(ratio_before=before[outlier].mean().item(), ratio_after=after[outlier].mean().item(),
-                             ratio_after_max=after[outlier].max().item())
-            if t != final:
-                x_hat = torch.cat([split.prefix.to(f_hat.dtype), f_hat], dim=1)
-                x = t_feats[t]
-                for i in range(t + 1, final + 1):
-                    x_hat, x = teacher.blocks[i](x_hat), teacher.blocks[i](x)
-                    if i == t + 1:
-                        stats["cos_next"] = _inlier_cos(teacher.net.split(x_hat, tgrid).patches,
-                                                        teacher.net.split(x, tgrid).patches, inlier)
-                stats["cos_final"] = _inlier_cos(teacher.net.split(x_hat, tgrid).patches,
-                                                 teacher.net.split(x, tgrid).patches, inlier)
-            out[t] = stats
-        self.train(was_training)
-        return out
