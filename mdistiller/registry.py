@@ -17,6 +17,9 @@ class Registry:
         self._items: dict[str, Any] = {}
 
     def register(self, name: str | None = None) -> Callable[[Any], Any]:
+        """Decorator that registers the decorated object under ``name`` (default: its ``__name__``), lower-cased;
+        a name registered twice is a ``KeyError``.
+        """
         def deco(obj: Any) -> Any:
             key = (name or obj.__name__).lower()
             if key in self._items:
@@ -27,12 +30,14 @@ class Registry:
         return deco
 
     def get(self, name: str) -> Any:
+        """The object registered under ``name`` (case-insensitive); a ``KeyError`` listing the valid names otherwise."""
         key = name.lower()
         if key not in self._items:
             raise KeyError(f"unknown {self.kind} '{name}'; valid names: {', '.join(self.names())}.")
         return self._items[key]
 
     def names(self) -> list[str]:
+        """All registered names, lower-cased and sorted."""
         return sorted(self._items)
 
     def __contains__(self, name: str) -> bool:

@@ -35,6 +35,9 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def header(report: Mapping[str, Any], title: str) -> str:
+    """A report's title line: ``title`` with the model or run name, prefixed with the emulated-artifacts label when
+    the report was made on emulated artifacts.
+    """
     tag = f"[{EMULATED_LABEL}] " if report.get("emulated_artifacts") else ""
     where = report.get("model") or report.get("run_name") or ""
     return f"{tag}{title}" + (f" — {where}" if where else "")

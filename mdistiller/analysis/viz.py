@@ -72,6 +72,7 @@ def style() -> Iterator[None]:
 
 
 def figure_title(text: str, emulated: bool) -> str:
+    """``text`` with the emulated-artifacts label appended when ``emulated``."""
     return f"{text} ({EMULATED_LABEL})" if emulated else text
 
 
@@ -158,6 +159,8 @@ def minor_log_label(value: float, _pos: int) -> str:
 
 def show_map(ax: plt.Axes, img: np.ndarray, title: str, cmap: str = "viridis", vmin: float | None = None,
              vmax: float | None = None, colorbar: bool = True, mark: Sequence[int] | None = None) -> None:
+    """Draw a 2-D map on ``ax`` without ticks, with an optional colorbar and a red × at grid cell ``mark``
+    (row, col)."""
     im = ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     ax.set_title(title)
     ax.set_xticks([])
@@ -170,6 +173,9 @@ def show_map(ax: plt.Axes, img: np.ndarray, title: str, cmap: str = "viridis", v
 
 def show_image(ax: plt.Axes, image: torch.Tensor, title: str, mark: Sequence[int] | None = None,
                grid: Sequence[int] | None = None) -> None:
+    """Draw an image ``[3, H, W]`` in [0, 1] on ``ax`` without ticks; with ``grid``, a red × at the centre of patch
+    ``mark`` (row, col).
+    """
     arr = image.detach().permute(1, 2, 0).clamp(0, 1).cpu().numpy()
     ax.imshow(arr)
     ax.set_title(title)

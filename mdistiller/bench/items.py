@@ -29,6 +29,9 @@ REFERENCE_RELATIVE_DEPTH = 17 / 23
 
 
 def parse_names(text: str, allowed: Sequence[str], what: str) -> list[str]:
+    """The comma-separated ``text`` as canonical names from ``allowed`` (case-insensitive, duplicates dropped,
+    ``''``/``none`` → empty); a :class:`BenchError` naming ``what`` for an unknown one.
+    """
     if text.strip().lower() in ("", "none"):
         return []
     out = []
@@ -42,6 +45,7 @@ def parse_names(text: str, allowed: Sequence[str], what: str) -> list[str]:
 
 
 def json_dict(text: str, flag: str) -> dict[str, Any]:
+    """``text`` parsed as a JSON object; a :class:`BenchError` naming the option ``flag`` otherwise."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
@@ -52,6 +56,9 @@ def json_dict(text: str, flag: str) -> dict[str, Any]:
 
 
 def resolve_m_layers(text: str, teacher_depth: int) -> list[int]:
+    """``--m-layers``: comma-separated block indices, or ``auto`` — the block at SiNGER's reference relative depth
+    (:data:`REFERENCE_RELATIVE_DEPTH`) of a ``teacher_depth``-block teacher, at most the second-to-last block.
+    """
     if text.strip().lower() == "auto":
         return [min(teacher_depth - 2, max(0, round(REFERENCE_RELATIVE_DEPTH * (teacher_depth - 1))))]
     try:
@@ -62,6 +69,9 @@ def resolve_m_layers(text: str, teacher_depth: int) -> list[int]:
 
 
 def resolve_device(text: str):
+    """``--device``: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; a :class:`BenchError`
+    for anything else or for CUDA where there is none.
+    """
     import torch
 
     if text == "auto":

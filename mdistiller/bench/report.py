@@ -141,6 +141,9 @@ def ratio_text(median: float | None, ci: list[float] | None, missing: str = "-")
 
 
 def print_table(result: dict) -> None:
+    """Print the benchmark result: machine and setup lines, one row per timed item (times, throughput, memory,
+    FLOPs, paired ratios with their 95 % intervals), and the stop-agreement cost when it was measured.
+    """
     m, s = result["machine"], result["setup"]
     print(f"device {m['device']} ({m['gpu'] or m['cpu']}, {m['threads']} threads), torch {m['torch']}, "
           f"timm {m['timm']}")

@@ -31,6 +31,7 @@ class CompileTimeout(Exception):
 
 
 def sync(device) -> None:
+    """Wait for the device's queued work (``torch.cuda.synchronize`` on CUDA; nothing on CPU)."""
     import torch
 
     if device.type == "cuda":
@@ -148,6 +149,7 @@ class Item:
 
 
 def measure(item: Item, device, meter: MemoryMeter) -> None:
+    """Run ``item`` once between device syncs and append its wall time, CPU time, peak memory and memory growth."""
     base = meter.start()
     sync(device)
     c0, t0 = time.process_time(), time.perf_counter()
@@ -162,6 +164,9 @@ def measure(item: Item, device, meter: MemoryMeter) -> None:
 
 
 def first_call(item: Item, device, compiling: bool, limit: float) -> None:
+    """The untimed first call of ``item`` (compilation, warm-up), recorded in ``first_call_s``; when compiling
+    exceeds ``limit`` seconds the item falls back to its eager run (re-raises without one), with a note in ``error``.
+    """
     import torch
 
     t0 = time.perf_counter()

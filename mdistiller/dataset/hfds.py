@@ -118,6 +118,7 @@ class ArrowSplit(Dataset):
 
     @property
     def num_classes(self) -> int:
+        """Number of classes (the label feature's names, else the largest label + 1)."""
         return len(self.classes)
 
     def __len__(self) -> int:

@@ -80,6 +80,7 @@ class WdsShards(Dataset):
 
     @property
     def num_classes(self) -> int:
+        """Number of classes (``classes.txt``, else the largest label + 1; 0 when unlabelled)."""
         return len(self.classes)
 
     def __len__(self) -> int:
@@ -163,6 +164,7 @@ class WdsStream(IterableDataset):
 
     @property
     def num_classes(self) -> int:
+        """Number of classes (``classes.txt``, else the largest label + 1; 0 when unlabelled)."""
         return len(self.classes)
 
     def guard(self, skip: bool) -> None:

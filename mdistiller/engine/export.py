@@ -135,6 +135,7 @@ def export_checkpoint(run_dir: str | Path, checkpoint: str = "last", out: str | 
 
 
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    """The options of ``tools/export.py``: ``run_dir``, ``--checkpoint``, ``--out``, ``--extras``."""
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a run directory written by tools/train.py")
     p.add_argument("--checkpoint", default="last", metavar="last|prev|PATH",

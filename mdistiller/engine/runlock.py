@@ -48,6 +48,10 @@ class RunLock:
             return {}
 
     def acquire(self) -> RunLock:
+        """Take the exclusive ``flock`` on ``RUN_DIR/.lock`` and write this process's PID, host and start time into
+        it; a previous holder that is gone is recorded in :attr:`stale`. Raises :class:`RunLockedError` when a live
+        run holds it; returns ``self``.
+        """
         import fcntl
 
         for _ in range(16):  # a run that never started removes its lock file (release(remove_file=True)): retry

@@ -203,6 +203,7 @@ class StreamPosition:
 
     @property
     def num_samples(self) -> int:
+        """Samples per rank and epoch: ``steps_per_epoch × batch_size``."""
         return self.steps_per_epoch * self.batch_size
 
     @property

@@ -45,6 +45,9 @@ class Segment:
     closed: bool
 
     def describe(self) -> str:
+        """One line for the listing: folder name, history step range and row count, and whether it is already
+        synced or was never closed.
+        """
         rows = (f"history steps {self.steps[0]}–{self.steps[-1]} ({len(self.steps)} rows)" if self.steps
                 else "no history rows")
         flags = [f for f, on in (("synced already", self.synced), ("not closed: its process was killed; wandb "

@@ -84,6 +84,7 @@ class CachedSplit:
 
     @property
     def fields(self) -> tuple[str, ...]:
+        """The record fields stored in the file (``index`` included)."""
         return tuple(self.array.dtype.names or ())
 
     def preload(self) -> CachedSplit:

@@ -89,6 +89,7 @@ class FeatureSpec:
         return out
 
     def to_dict(self) -> dict[str, Any]:
+        """The spec as a JSON-ready dict (``layers`` as a list), as recorded in caches and results."""
         d = asdict(self)
         d["layers"] = list(self.layers)
         return d
@@ -197,6 +198,7 @@ class FeatureExtractor(nn.Module):
             raise ValueError(f"this model has no CLS token, so tokens='{spec.tokens}' is impossible; use 'avg'.")
 
     def train(self, mode: bool = True) -> FeatureExtractor:  # the backbone stays in eval mode
+        """Set the training flag of this module while the backbone stays in eval mode."""
         super().train(mode)
         self.backbone.eval()
         return self
@@ -208,6 +210,7 @@ class FeatureExtractor(nn.Module):
         return n * d + (d if self.spec.tokens == "cls+avg" else 0)
 
     def grid(self, image_hw: tuple[int, int]) -> tuple[int, int]:
+        """The backbone's patch grid ``(h, w)`` for images of ``image_hw`` pixels."""
         return tuple(self.backbone.grid(tuple(image_hw)))  # type: ignore[return-value]
 
     def field_shapes(self, image_hw: tuple[int, int]) -> dict[str, tuple[int, ...]]:
@@ -221,6 +224,8 @@ class FeatureExtractor(nn.Module):
         return out
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Float32 features of ``images`` in [0, 1] under ``no_grad`` (and bf16 autocast on CUDA with ``amp``),
+        laid out as the class docstring says."""
         amp = self.amp and images.device.type == "cuda"
         ctx = torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
         with torch.no_grad(), ctx:

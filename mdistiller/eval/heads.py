@@ -117,6 +117,7 @@ class LinearHeadGrid(nn.Module):
 
     @property
     def num_heads(self) -> int:
+        """K, the number of heads (one per learning rate)."""
         return len(self.names)
 
     def forward_stacked(self, x: torch.Tensor) -> torch.Tensor:

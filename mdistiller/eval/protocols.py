@@ -149,6 +149,7 @@ class HeadBank(nn.Module):
                 for n, lr, h in zip(self.names, self.lrs, self.bank, strict=True)]
 
     def lr_of(self, name: str) -> float:
+        """The (unscaled) learning rate of the head called ``name``."""
         return self.lrs[self.names.index(name)]
 
 
@@ -183,6 +184,7 @@ class Task:
         raise NotImplementedError
 
     def build_heads(self, in_dim: int, lrs: Sequence[float]) -> nn.Module:
+        """K heads on ``in_dim``-dimensional features, one per learning rate in ``lrs``, trained together."""
         raise NotImplementedError
 
     def loss(self, heads: nn.Module, feats: Mapping[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
@@ -212,12 +214,15 @@ class Meter:
     """Per-head metric accumulator whose state reduces exactly across ranks."""
 
     def update(self, outputs: Mapping[str, torch.Tensor], target: torch.Tensor) -> None:
+        """Accumulate one batch: ``outputs`` maps each head's name to its prediction for ``target``."""
         raise NotImplementedError
 
     def all_reduce(self) -> Meter:
+        """Sum the accumulated state over all ranks in place (a no-op without distributed); returns self."""
         raise NotImplementedError
 
     def compute(self) -> dict[str, dict[str, Any]]:
+        """``{head name: {metric: value}}`` from everything accumulated so far."""
         raise NotImplementedError
 
 
@@ -231,16 +236,19 @@ class PerHeadMeter(Meter):
         self.prepare = prepare
 
     def update(self, outputs: Mapping[str, torch.Tensor], target: torch.Tensor) -> None:
+        """Feed each head's output (after ``prepare``) and ``target`` to that head's accumulator."""
         for n, m in self.meters.items():
             out = outputs[n]
             m.update(self.prepare(out) if self.prepare is not None else out, target)
 
     def all_reduce(self) -> Meter:
+        """All-reduce every head's accumulator in place; returns self."""
         for m in self.meters.values():
             m.all_reduce()
         return self
 
     def compute(self) -> dict[str, dict[str, Any]]:
+        """``{head name: that accumulator's compute()}``."""
         return {n: m.compute() for n, m in self.meters.items()}
 
 
@@ -287,6 +295,7 @@ class ClassificationTask(Task):
         self.num_classes = int(num_classes)
 
     def target_of(self, targets: Any) -> torch.Tensor:
+        """Integer labels ``[B]`` (``targets['label']`` or the targets themselves), checked against ``num_classes``."""
         t = targets["label"] if isinstance(targets, Mapping) else targets
         t = torch.as_tensor(t).long()
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.num_classes):
@@ -297,28 +306,35 @@ class ClassificationTask(Task):
         return t
 
     def target_field(self) -> tuple[str, Any]:
+        """Labels are cached as ``('label', int64)``."""
         return "label", np.int64
 
     def build_heads(self, in_dim: int, lrs: Sequence[float]) -> nn.Module:
+        """One :class:`LinearHeadGrid` holding a classifier per learning rate."""
         return LinearHeadGrid(in_dim, self.num_classes, _check_lrs(lrs))
 
     def loss(self, heads: nn.Module, feats: Mapping[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        """Sum of the heads' mean cross-entropies on the global feature ``feats['feat']``."""
         return heads.loss(heads.forward_stacked(feats["feat"]), target)
 
     def predict(self, heads: nn.Module, feats: Mapping[str, torch.Tensor], names: Sequence[str],
                 out_size: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+        """Logits ``[B, C]`` of each head in ``names`` (``out_size`` is unused)."""
         out = heads(feats["feat"])
         return {n: out[n] for n in names}
 
     def new_meter(self, names: Sequence[str], device: torch.device,
                   class_mask: torch.Tensor | None = None) -> Meter:
+        """A top-1/top-5 accumulator per head; ``class_mask`` restricts the predictions to a class subset."""
         return _TopKMeter(names, device, class_mask)
 
     def augment(self, images: torch.Tensor, target: torch.Tensor,
                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random resized crop + flip of the images (:func:`random_resized_crop`); labels unchanged."""
         return random_resized_crop(images, gen), target
 
     def describe(self) -> dict[str, Any]:
+        """Head, initialisation, loss and metric description recorded in the result JSON."""
         return {"type": "linear", "classes": self.num_classes, "init": "W ~ N(0, 0.01^2), b = 0",
                 "loss": "cross-entropy", "metrics": "top-1 / top-5 accuracy (%) over all test images",
                 "metric_source": "mdistiller.eval.metrics.topk_correct"}
@@ -351,18 +367,22 @@ class SegmentationTask(DenseTask):
         self.loss_size = loss_size
 
     def target_of(self, targets: Any) -> torch.Tensor:
+        """The class mask ``[B, H, W]`` (long) from ``targets['mask']``; a clear error when there is none."""
         if not isinstance(targets, Mapping) or "mask" not in targets:
             raise ValueError("segmentation needs a dataset whose targets hold a 'mask'; use ade20k or toy_scenes.")
         return targets["mask"].long()
 
     def target_field(self) -> tuple[str, Any]:
+        """Masks are cached as ``('mask', uint8)``, or int32 when the class count or the ignore index exceeds 255."""
         return "mask", (np.uint8 if max(self.num_classes, self.ignore_index) < 256 else np.int32)
 
     def build_heads(self, in_dim: int, lrs: Sequence[float]) -> nn.Module:
+        """A :class:`HeadBank` of :class:`SegHead` (BatchNorm + 1×1 conv), one per learning rate."""
         lrs = _check_lrs(lrs)
         return HeadBank([SegHead(in_dim, self.num_classes) for _ in lrs], lrs)
 
     def loss(self, heads: nn.Module, feats: Mapping[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        """Sum over heads of the pixel cross-entropy (ignore index), at ``loss_size`` when set, else at target size."""
         target = _resize_target(target, self.loss_size)
         size = tuple(target.shape[-2:])
         return sum(h.loss(h(feats["patch"], size), target, self.ignore_index)
@@ -370,17 +390,21 @@ class SegmentationTask(DenseTask):
 
     def predict(self, heads: nn.Module, feats: Mapping[str, torch.Tensor], names: Sequence[str],
                 out_size: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+        """Logits ``[B, C, H, W]`` of each head in ``names``, upsampled to ``out_size``."""
         return {n: heads[n](feats["patch"], out_size) for n in names}
 
     def new_meter(self, names: Sequence[str], device: torch.device, class_mask: torch.Tensor | None = None) -> Meter:
+        """A :class:`ConfusionMatrix` per head, fed the argmax over classes (dataset-level mIoU)."""
         return PerHeadMeter(names, lambda: ConfusionMatrix(self.num_classes, self.ignore_index, device=device),
                             prepare=lambda logits: logits.argmax(1))
 
     def augment(self, images: torch.Tensor, target: torch.Tensor,
                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same random crop and flip for images and masks (:func:`paired_random_crop`)."""
         return paired_random_crop(images, target, gen)
 
     def describe(self) -> dict[str, Any]:
+        """Head, loss and metric description recorded in the result JSON."""
         return {"type": "BatchNorm2d + Conv1x1 on the patch grid, bilinear upsampling after the conv",
                 "classes": self.num_classes, "ignore_index": self.ignore_index,
                 "loss": "pixel cross-entropy (ignore_index)", "loss_size": self.loss_size or "target size",
@@ -413,14 +437,17 @@ class DepthTask(DenseTask):
         DepthMetrics(self.min_depth, self.max_depth, self.eigen_crop, self.aggregate)  # validate early
 
     def target_of(self, targets: Any) -> torch.Tensor:
+        """The depth map ``[B, H, W]`` (float) from ``targets['depth']``; a clear error when there is none."""
         if not isinstance(targets, Mapping) or "depth" not in targets:
             raise ValueError("depth estimation needs a dataset whose targets hold a 'depth'; use nyud or toy_scenes.")
         return targets["depth"].float()
 
     def target_field(self) -> tuple[str, Any]:
+        """Depth maps are cached as ``('depth', float32)``."""
         return "depth", np.float32
 
     def build_heads(self, in_dim: int, lrs: Sequence[float]) -> nn.Module:
+        """A :class:`HeadBank` of :class:`DepthHead` (bins or regression over the padded depth range), one per LR."""
         lrs = _check_lrs(lrs)
         return HeadBank([DepthHead(in_dim, self.n_bins, self.min_depth, self.max_depth, self.mode, self.use_cls)
                          for _ in lrs], lrs)
@@ -429,6 +456,7 @@ class DepthTask(DenseTask):
         return feats.get("cls") if self.use_cls else None
 
     def loss(self, heads: nn.Module, feats: Mapping[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        """Sum over heads of the depth loss (bin CE or L1), at ``loss_size`` when set, else at target size."""
         target = _resize_target(target, self.loss_size)
         size = tuple(target.shape[-2:])
         return sum(h.loss(h.logits(feats["patch"], self._cls(feats), size), target)
@@ -436,18 +464,22 @@ class DepthTask(DenseTask):
 
     def predict(self, heads: nn.Module, feats: Mapping[str, torch.Tensor], names: Sequence[str],
                 out_size: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+        """Predicted depth ``[B, H, W]`` in metres of each head in ``names``, at ``out_size``."""
         return {n: heads[n](feats["patch"], self._cls(feats), out_size) for n in names}
 
     def new_meter(self, names: Sequence[str], device: torch.device, class_mask: torch.Tensor | None = None) -> Meter:
+        """A :class:`DepthMetrics` per head over the padded depth range (Eigen crop and aggregation as configured)."""
         return PerHeadMeter(names, lambda: DepthMetrics(device=device, min_depth=self.min_depth,
                                                         max_depth=self.max_depth, eigen_crop=self.eigen_crop,
                                                         aggregate=self.aggregate))
 
     def augment(self, images: torch.Tensor, target: torch.Tensor,
                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same random crop (area fraction 0.5-1) and flip for images and depth maps."""
         return paired_random_crop(images, target, gen, scale=(0.5, 1.0))
 
     def describe(self) -> dict[str, Any]:
+        """Head, decoding, loss and metric description recorded in the result JSON."""
         return {"type": "BatchNorm2d + Conv1x1 on patch (+) CLS, bilinear upsampling after the conv",
                 "mode": self.mode, "bins": self.n_bins if self.mode == "bins" else None,
                 "decode": "soft-argmax over uniform bin centres, T = 1" if self.mode == "bins" else "scaled sigmoid",

@@ -30,6 +30,7 @@ class TokenSplit:
 
     @property
     def prefix(self) -> torch.Tensor:
+        """The prefix tokens ``[B, num_prefix, D]``: CLS (when present) followed by the registers."""
         parts = ([self.cls[:, None]] if self.cls is not None else []) + [self.registers]
         return torch.cat(parts, dim=1)
 
@@ -84,32 +85,40 @@ class ViTFeatures(nn.Module):
     # ----------------------------------------------------------------------------------------- facts
     @property
     def depth(self) -> int:
+        """Number of transformer blocks."""
         return len(self.model.blocks)
 
     @property
     def width(self) -> int:
+        """Token width D (the model's ``embed_dim``)."""
         return int(self.model.embed_dim)
 
     @property
     def num_prefix(self) -> int:
+        """Number of tokens before the patch tokens (CLS + registers)."""
         return int(self.model.num_prefix_tokens)
 
     @property
     def has_cls(self) -> bool:
+        """Whether the model has a CLS token."""
         return getattr(self.model, "cls_token", None) is not None
 
     @property
     def patch_size(self) -> int:
+        """The (square) patch size in pixels."""
         return int(self.model.patch_embed.patch_size[0])
 
     def grid(self, image_hw: tuple[int, int]) -> tuple[int, int]:
+        """The patch grid ``(h, w)`` for images of ``image_hw`` pixels (:func:`grid_of`)."""
         return grid_of(self.model, image_hw)
 
     def split(self, tokens: torch.Tensor, grid: tuple[int, int]) -> TokenSplit:
+        """Split one block output ``[B, N, D]`` into CLS, registers and patches (:func:`split_tokens`)."""
         return split_tokens(tokens, self.num_prefix, self.has_cls, grid)
 
     # ----------------------------------------------------------------------------------------- compute
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] normalised with the model's own mean and std."""
         return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -123,6 +132,9 @@ class ViTFeatures(nn.Module):
     def forward(
         self, images: torch.Tensor, layers: Iterable[int], final_norm: bool = False
     ) -> dict[int, torch.Tensor]:
+        """``{block: tokens [B, N, D]}`` after each requested block (0-based, negative from the end), running
+        the blocks only up to the deepest one; ``final_norm`` applies the model's final norm to each.
+        """
         want = sorted({int(i) if i >= 0 else self.depth + int(i) for i in layers})
         if not want:
             return {}

@@ -42,14 +42,17 @@ class FrozenTeacher(nn.Module):
         self.train(False)
 
     def train(self, mode: bool = True) -> FrozenTeacher:  # noqa: ARG002 - always eval
+        """Always stays in eval mode, whatever ``mode`` says (dropout and drop-path stay off)."""
         return super().train(False)
 
     @property
     def blocks(self) -> nn.ModuleList:
+        """The kept blocks (those up to the deepest block the method needs)."""
         return self.net.model.blocks
 
     @property
     def width(self) -> int:
+        """Token width D of the teacher."""
         return self.net.width
 
     def input_for(self, images: torch.Tensor, student_grid: tuple[int, int] | None) -> torch.Tensor:
