@@ -52,7 +52,7 @@ _EXPORTS = {
     "run": ("run_study",),
 }
 _PRECISION = ("native_bf16", "resolve_amp")
-__all__, _getattr, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__, _getattr, _dir = lazy_exports(__name__, _EXPORTS)
 __all__ = sorted([*__all__, *_PRECISION])
 
 
@@ -63,3 +63,8 @@ def __getattr__(name: str) -> Any:
 
         return getattr(precision, name)
     return _getattr(name)
+
+
+def __dir__() -> list[str]:
+    """The package's namespace with every exported name."""
+    return sorted(set(_dir()) | set(_PRECISION))
