@@ -14,8 +14,8 @@ LAYERS = {
     "models": 3,
     "distillers": 4,
     "engine": 5,
-    "eval": 6, "analysis": 6, "bench": 6,
-    "api": 7, "study": 7, "cli": 7, "jobs": 7,
+    "eval": 6, "analysis": 6, "bench": 6, "jobs": 6,
+    "api": 7, "study": 7, "cli": 7,
 }
 
 

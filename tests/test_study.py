@@ -1,13 +1,19 @@
-"""The study library: presets become overrides, runs are planned, statistics equal hand computations."""
+"""The study library: presets become overrides, runs and jobs are planned, statistics equal hand computations and
+scipy, the report renders from plain data."""
 
 from __future__ import annotations
 
+import ast
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from mdistiller import study
 from mdistiller.config import load_config
+from mdistiller.engine import precision
 
 
 def test_mode_overrides_reproduce_each_preset_on_the_demo_config():
@@ -97,12 +103,12 @@ def test_demo_budget_follows_the_cpus_bf16(tmp_path, monkeypatch, flags, kind, a
     values always win."""
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
-    real = study.Path
+    real = precision.Path
 
     def fake_path(p, *rest):
         return real(cpuinfo) if str(p) == "/proc/cpuinfo" else real(p, *rest)
 
-    monkeypatch.setattr(study, "Path", fake_path)
+    monkeypatch.setattr(precision, "Path", fake_path)
     assert study.native_bf16() == kind
     assert study.resolve_amp("auto") == amp and study.resolve_amp("auto", "cuda") == "bf16"
     assert study.demo_budget(study.resolve_amp("auto")) == budget
@@ -117,3 +123,91 @@ def test_ladder_job_order_runs_the_main_question_first():
     assert all(r.artifacts for r in head) and {r.method for r in head} == set(ladder.first)
     assert [r.seed for r in head] == [0, 0, 1, 1, 2, 2]
     assert all(r.artifacts for r in ordered[:15]) and not any(r.artifacts for r in ordered[15:])
+
+
+def test_every_t_quantile_is_scipys_rounded_to_the_tables_three_decimals():
+    """``T_95`` holds ``t_{0.975, df}`` as scipy computes it (the table's 3 decimals: within 5e-4), and the interval
+    uses exactly the table's value."""
+    t = pytest.importorskip("scipy.stats").t
+    assert sorted(study.T_95) == list(range(1, 10))
+    for df, value in study.T_95.items():
+        assert value == pytest.approx(t.ppf(0.975, df), abs=5e-4), df
+        assert study.t_quantile_95(df) == value
+        diffs = [float(i % 2) for i in range(df + 1)]  # df + 1 pairs
+        mean, lo, hi = study.paired_interval(diffs)
+        sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / df)
+        assert hi - mean == pytest.approx(value * sd / math.sqrt(df + 1), rel=1e-12)
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            names.add("." * node.level + (node.module or ""))
+    return names
+
+
+def test_the_rendering_imports_neither_torch_nor_the_matrix():
+    """render.py draws from plain data: no import of torch, the matrix or the jobs anywhere in it (function bodies
+    included), and importing it through the package loads neither torch nor the matrix."""
+    render = Path(study.__file__).with_name("render.py")
+    imported = _imports(render)
+    assert not {n for n in imported if n.split(".")[0] == "torch" or n.lstrip(".").split(".")[-1] in
+                ("matrix", "jobs", "run", "results")}, imported
+    code = ("import sys; import mdistiller.study.render as r; "
+            "r.render_tables({'cells': {}, 'paired': {}}, [('p', True)], ['m']); "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('mdistiller.study.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['mdistiller.study.render', 'mdistiller.study.settings']"
+
+
+def _settings(**kw) -> study.StudySettings:
+    base = dict(matrix="ladder", methods=("fitnet", "fitnet_clamp"), seeds=(0, 1), steps=3,
+                probe_labels=tuple(label for label, *_ in study.PROBES))
+    return study.StudySettings(**{**base, **kw})
+
+
+def test_jobs_plan_only_missing_work_in_the_matrix_order(tmp_path):
+    """Every run without a student gets a training job, every probe without a result a job after its training
+    (depth after segmentation); a finished training is not planned again; the order puts the artifact teacher and
+    the matrix's first methods first."""
+    args = _settings()
+    matrix = study.MATRICES["ladder"]
+    runs = study.plan_runs(args.methods, args.seeds, matrix.teachers)
+    done = tmp_path / "runs" / runs[0].name
+    done.mkdir(parents=True)
+    (done / "student.safetensors").write_bytes(b"")
+    trains = study.train_jobs(runs, tmp_path, study.budget_overrides(args), "cpu")
+    assert [j.name for j in trains] == [f"train {r.name}" for r in runs[1:]]
+    assert trains[0].args[0][trains[0].args[0].index("SOLVER.MAX_STEPS") + 1] == "3"
+    probes, results = study.probe_jobs(args, runs, tmp_path)
+    assert len(results) == len(probes) == (len(runs) + 2) * len(study.PROBES)  # + the two reference rows
+    depth = next(j for j in probes if j.name == f"probe {runs[1].name} toy depth RMSE")
+    assert depth.after == f"probe {runs[1].name} toy seg mIoU"
+    assert {j.after for j in probes if "F-MNIST" in j.name and runs[1].name in j.name} == {f"train {runs[1].name}"}
+    ordered = study.order_jobs(trains + probes, matrix, runs, args.seeds)
+    assert ordered[0].name == f"train {runs[1].name}" and runs[1].name == "fitnet_clamp_artifacts_s0"
+    assert study.progress(trains + probes, results, runs) == ((1, 8), (0, 40))
+    assert study.probe_jobs(_settings(no_probes=True), runs, tmp_path) == ([], {})
+
+
+def test_report_renders_the_settings_and_marks_a_partial_study(tmp_path):
+    args = _settings(amp="bf16")
+    note = study.partial_note((3, 8), (10, 40))
+    md = study.render_report(args, title="T", teachers=(True, False), command_flags=" --steps 3", minutes=0.25,
+                             status=note, tables="TABLES", figure_name="ladder.png", acceptance="ACC")
+    assert md.startswith("# T\n") and "every run 3 steps of batch 32 at 112 px\n(bf16), seeds [0, 1]" in md
+    assert "teachers: emulated artifacts and clean." in md and "`python tools/study.py --matrix ladder --steps 3`" in md
+    assert "**Partial: 3 of 8 trainings and 10 of 40 probes" in md and "0.2 min (cpu)" in md
+    assert "![study](figures/ladder.png)" in md and md.endswith("ACC\n")
+    section = study.doc_section(md)
+    assert section.startswith("## T\n") and "\n### Does the adapter refine the teacher?" in section
+    fig = tmp_path / "out" / "ladder.png"
+    fig.parent.mkdir()
+    fig.write_bytes(b"png")
+    doc = tmp_path / "docs" / "study.md"
+    study.write_doc_section(doc, "ladder", md, fig)
+    assert (doc.parent / "figures" / "ladder.png").read_bytes() == b"png"
+    assert doc.read_text().startswith("<!-- study:ladder -->\n## T\n")
