@@ -12,7 +12,12 @@ import importlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import torch
+
+    from mdistiller.analysis.inputs import AnalysisModel
 
 __all__ = ["Command", "EmulateDirection", "ImageSet", "UsageError", "check_against_model", "check_positive",
            "load_model_inputs"]
@@ -75,7 +80,7 @@ def check_positive(values: Mapping[str, Any]) -> None:
         raise UsageError(f"--ranks {bad} must be positive integers.")
 
 
-def check_against_model(am: Any, *, rank: int | None = None, layers: Iterable[int] = (),
+def check_against_model(am: AnalysisModel, *, rank: int | None = None, layers: Iterable[int] = (),
                         emulate: int | None = None) -> None:
     """Raise :class:`UsageError` when ``rank``, ``layers`` or the ``emulate`` layer do not fit the depth and width
     of the analysed model ``am`` (an :class:`~mdistiller.analysis.inputs.AnalysisModel`)."""
@@ -102,7 +107,7 @@ def load_model_inputs(
     emulate_direction: EmulateDirection = "principal",
     rank: int | None = None,
     layers: Iterable[int] = (),
-) -> tuple[Any, Any, list[str]]:
+) -> tuple[AnalysisModel, torch.Tensor, list[str]]:
     """``(AnalysisModel, images [B, 3, H, W], image names)`` of a model-level command: the model (a short/timm name
     with ``weights`` and ``model_kwargs``, or a run directory: its teacher), emulated artifacts after block
     ``emulate`` if given, checked against ``rank`` and ``layers`` (:func:`check_against_model`), and the image set
