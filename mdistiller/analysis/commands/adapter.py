@@ -230,6 +230,7 @@ def refinement_curve(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def format_text(report: Mapping[str, Any]) -> str:
+    """The text tables of a ``adapter`` report (what the command line prints and ``adapter.txt`` holds)."""
     lines: list[str] = []
     lines.append(header(report, f"SiNGER adapters of run {report['run_name']} ({report['num_images']} held-out "
                                  f"toy scenes at {report['image_size']} px)"))

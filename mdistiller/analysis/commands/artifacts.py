@@ -195,6 +195,7 @@ def plot(report: Mapping[str, Any], out_dir: str | Path, max_images: int = 4) ->
 
 
 def format_text(report: Mapping[str, Any]) -> str:
+    """The text tables of a ``artifacts`` report (what the command line prints and ``artifacts.txt`` holds)."""
     lines: list[str] = []
     lines.append(header(report, "Patch-norm artifacts per layer (§3.1.1, §4.5)"))
     lines.append(f"{report['num_images']} {report['images']} images at {report['image_size']} px, grid "

@@ -189,6 +189,7 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
 
 
 def format_text(report: Mapping[str, Any]) -> str:
+    """The text tables of a ``figures`` report (what the command line prints and ``figures.txt`` holds)."""
     lines: list[str] = []
     lines.append(header(report, "Feature-map figures (Figure 2, 9, 11, 12)"))
     for run in report["runs"]:

@@ -257,6 +257,7 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
 
 
 def format_text(report: Mapping[str, Any]) -> str:
+    """The text tables of a ``null-vs-reality`` report (what the command line prints, ``null_vs_reality.txt``)."""
     lines: list[str] = []
     lines.append(header(report, f"Null directions vs the real block {report['next_block']} (§5, Table 8 "
                                  "extended)"))

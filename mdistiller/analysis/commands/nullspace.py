@@ -172,6 +172,7 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
 
 
 def format_text(report: Mapping[str, Any]) -> str:
+    """The text tables of a ``nullspace`` report (what the command line prints and ``nullspace.txt`` holds)."""
     lines: list[str] = []
     lines.append(header(report, "Singular spectra of the linearised FFN W̃_l (App. A.2, Figure 8)"))
     lines.append(f"eps = {report['eps']:g} (absolute), rho = {report['rho']:g}, rank r = {report['rank']}")

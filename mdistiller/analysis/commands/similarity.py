@@ -132,6 +132,7 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
 
 
 def format_text(report: Mapping[str, Any]) -> str:
+    """The text tables of a ``similarity`` report (what the command line prints and ``similarity.txt`` holds)."""
     lines: list[str] = []
     lines.append(header(report, f"Teacher–student similarity on {report['num_images']} held-out toy scenes "
                                  "(§4.3, Table 2)"))

@@ -148,6 +148,7 @@ def plot(report: Mapping[str, Any], out_dir: str | Path, max_points: int = 2000)
 
 
 def format_text(report: Mapping[str, Any]) -> str:
+    """The text tables of a ``subspace`` report (what the command line prints and ``subspace.txt`` holds)."""
     lines: list[str] = []
     lines.append(header(report, "Subspace energy vs patch norm (App. I, Figure 13)"))
     lines.append(f"W̃ of block {'l+1' if report['basis_block'] == 'next' else 'l'}; outliers = patches above "
