@@ -5,7 +5,7 @@ same name in ``tools/``, so both spellings take the same arguments::
     mdistiller-train --cfg configs/demo/singer.yaml          # = python tools/train.py --cfg ...
     mdistiller-lineval transfer RUN_DIR --dataset toy_scenes  # = python tools/lineval/transfer.py RUN_DIR ...
     mdistiller-lineval table RUN_A RUN_B                      # = python tools/lineval/table.py RUN_A RUN_B
-    mdistiller-analyze artifacts --model dinov2_small_imgfocus
+    mdistiller-analyze artifacts --model dinov2_small_imgfocus  # = python tools/analyze.py artifacts ...
     mdistiller-export RUN_DIR --checkpoint last --out student.safetensors  # = python tools/export.py ...
     mdistiller-sync RUN_DIR --dry-run                         # = python tools/sync.py RUN_DIR --dry-run
 """
@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 __all__ = ["train", "lineval", "analyze", "export", "sync", "LINEVAL_COMMANDS", "INTERRUPTED", "exit_on_interrupt",
@@ -98,25 +96,7 @@ def lineval(argv: list[str] | None = None) -> int:
 
 @interruptible
 def analyze(argv: list[str] | None = None) -> int:
-    """``mdistiller-analyze``: runs ``tools/analyze.py`` of the source checkout this package is installed from.
+    """``mdistiller-analyze``: :func:`mdistiller.analysis.cli.main` (the same command line as ``tools/analyze.py``)."""
+    from mdistiller.analysis.cli import main
 
-    The analysis command line lives in ``tools/`` (it is a research script that changes with the paper's figures), so
-    this entry point needs an editable install (``pip install -e .``, what ``make install`` does); from a wheel it
-    says so in one sentence.
-    """
-    argv = sys.argv[1:] if argv is None else list(argv)
-    script = Path(__file__).resolve().parents[1] / "tools" / "analyze.py"
-    if not script.is_file():
-        print("error: mdistiller-analyze runs tools/analyze.py of a source checkout; install the package with "
-              "`pip install -e .` from a clone of the repository.", file=sys.stderr)
-        return 2
-    spec = importlib.util.spec_from_file_location("_mdistiller_tools_analyze", script)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    old = sys.argv
-    sys.argv = ["mdistiller-analyze", *argv]
-    try:
-        return int(module.main(argv) or 0)
-    finally:
-        sys.argv = old
+    return main(sys.argv[1:] if argv is None else argv, prog="mdistiller-analyze")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -221,3 +223,120 @@ def test_loading_a_run_leaves_the_callers_random_streams_alone(runs):
     random.seed(5), np.random.seed(5), torch.manual_seed(5)
     load_run_seeded(runs["singer"])
     assert draws() == expected
+
+
+# ---- the typed functions behind the command line, and the command line inside the package
+def _written(result_or_dir) -> dict[str, object]:
+    """The files of an analysis folder by name: JSON (figure paths reduced to their names), text (the figures line
+    left out, it names the folder) and PNG bytes."""
+    out: dict[str, object] = {}
+    for path in sorted(Path(result_or_dir).iterdir()):
+        if path.suffix == ".json":
+            data = json.loads(path.read_text())
+            data["figures"] = [Path(p).name for p in data["figures"]]
+            out[path.name] = data
+        elif path.suffix == ".txt":
+            out[path.name] = [line for line in path.read_text().splitlines() if not line.startswith("figures: ")]
+        else:
+            out[path.name] = path.read_bytes()
+    return out
+
+
+def test_typed_function_writes_what_the_command_line_writes(runs, tmp_path, capsys):
+    """``adapter.run(run_dir, ...)`` — no Namespace — writes the same files with the same content as
+    ``tools/analyze.py adapter`` with the same options, and returns them."""
+    from mdistiller.analysis.commands import AnalysisResult, adapter
+
+    rc, _, _ = _run(["adapter", str(runs["singer"]), "--num-images", "2", "--out", str(tmp_path / "cli")], capsys)
+    assert rc == 0
+    result = adapter.run(runs["singer"], num_images=2, out=tmp_path / "py")
+    assert isinstance(result, AnalysisResult) and result.out_dir == tmp_path / "py"
+    assert {p.name for p in result.paths} == {p.name for p in (tmp_path / "py").iterdir()}
+    assert [p.suffix for p in result.figures] == [".png"] * len(result.figures) and len(result.figures) >= 3
+    assert _written(tmp_path / "py") == _written(tmp_path / "cli")
+    assert result.report["alignment_table"] and "Refinement per saved checkpoint" in result.format()
+
+
+def test_typed_function_refuses_a_bad_value_before_writing(tmp_path):
+    """A value that cannot work raises :class:`UsageError` with one sentence naming the option; nothing is
+    written."""
+    from mdistiller.analysis.commands import UsageError, nullspace
+
+    with pytest.raises(UsageError, match=r"^--rank 9999 exceeds the width 96 of the model") as e:
+        nullspace.run("vit_small", weights="random", model_kwargs=TINY_TEACHER, images="toy", num_images=1, size=32,
+                      rank=9999, out=tmp_path / "out")
+    assert "\n" not in str(e.value) and str(e.value).endswith(".")
+    with pytest.raises(UsageError, match="--num-images is 0"):
+        nullspace.run("vit_small", num_images=0, out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_option_is_a_keyword_of_the_typed_function():
+    """The command line's options and each command's ``run(...)`` keywords match one to one (the options the
+    command line keeps for itself and the common ``--batch-size`` of ``figures`` aside), so no option is dropped
+    on the way to the library."""
+    import inspect
+
+    from mdistiller.analysis.cli import call_arguments, parse_args
+    from mdistiller.analysis.commands import COMMANDS
+
+    positional = {"adapter": ["RUN"], "similarity": ["RUN"], "figures": ["RUN"]}
+    for name, command in COMMANDS.items():
+        args = parse_args([name, *positional.get(name, ["--model", "M"])])
+        params = set(inspect.signature(command.function).parameters)
+        assert set(call_arguments(args)) == params, name
+    assert "batch_size" not in inspect.signature(COMMANDS["figures"].function).parameters
+
+
+def _tools_references(path: Path) -> list[str]:
+    """Where ``path`` runs a script or builds a path into ``tools/``: a subprocess / runpy / exec / file-import
+    call, or a ``"tools"`` path component (``/ "tools"``, ``Path("tools/...")``, ``os.path.join(..., "tools")``)."""
+    def runs_code(name: str) -> bool:  # subprocess.*, runpy.*, os.system/exec*/spawn*, exec, spec_from_file_location
+        return (name.split(".")[0] in ("subprocess", "runpy") or name in ("exec", "os.system", "os.popen")
+                or name.startswith(("os.exec", "os.spawn"))
+                or name.rsplit(".", 1)[-1] in ("spec_from_file_location", "run_path", "run_module"))
+
+    def dotted(node: ast.AST) -> str:
+        return f"{dotted(node.value)}.{node.attr}" if isinstance(node, ast.Attribute) else getattr(node, "id", "")
+
+    def tools_str(node: ast.AST) -> bool:
+        return isinstance(node, ast.Constant) and isinstance(node.value, str) and (
+            node.value.strip("/") == "tools" or node.value.startswith(("tools/", "./tools/")))
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        where = f"{path.name}:{getattr(node, 'lineno', '?')}"
+        if isinstance(node, ast.Call):
+            name = dotted(node.func)
+            if runs_code(name):
+                found.append(f"{where} calls {name}")
+            if name in ("Path", "pathlib.Path", "os.path.join", "joinpath") or name.endswith(".joinpath"):
+                found += [f"{where} builds a tools/ path" for a in node.args if tools_str(a)]
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) and (tools_str(node.left)
+                                                                                or tools_str(node.right)):
+            found.append(f"{where} builds a tools/ path")
+    return found
+
+
+def test_analyze_entry_point_needs_no_tools_directory(tmp_path):
+    """``mdistiller-analyze`` works from the package alone: neither ``mdistiller/cli.py`` nor ``mdistiller/analysis``
+    runs a script or builds a ``tools/`` path, and the entry point answers from a copy of the package that has no
+    ``tools/`` beside it."""
+    import shutil
+
+    package = ROOT / "mdistiller"
+    found = [f for p in [package / "cli.py", *sorted((package / "analysis").rglob("*.py"))]
+             for f in _tools_references(p)]
+    assert not found, found
+    # the check sees what the old entry point did
+    old = tmp_path / "old.py"
+    old.write_text("import runpy, subprocess\nfrom pathlib import Path\nscript = Path(__file__).parents[1] / 'tools' "
+                   "/ 'analyze.py'\nrunpy.run_path(str(script))\nsubprocess.run(['python', 'tools/analyze.py'])\n")
+    assert len(_tools_references(old)) == 3
+
+    shutil.copytree(package, tmp_path / "site" / "mdistiller", ignore=shutil.ignore_patterns("__pycache__"))
+    code = "import sys; from mdistiller.cli import analyze; sys.exit(analyze(['nullspace', '--help']))"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**env, "PYTHONPATH": str(tmp_path / "site")},
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "usage: mdistiller-analyze nullspace" in res.stdout, res.stderr

@@ -1,12 +1,14 @@
 """Analysis library: artifacts, similarity, subspace energy/alignment, sub-layer changes, emulated artifacts.
 
-Pure functions over tensors (plus hooks for timm ViTs) backing ``tools/analyze.py`` and the paper's analyses:
+Pure functions over tensors (plus hooks for timm ViTs) backing the analysis commands and the paper's analyses:
 Gram distance / CKA (§4.3, Table 2, Table 5b), patch cosine (Table 3), adapter alignment (eq. 13, Table 5a),
 subspace energy (App. I), artifact statistics and the distillation-layer rule (§4.5, Table 7, App. C),
 sub-layer changes (App. A.1). Emulated artifacts live with the teacher in :mod:`mdistiller.models.emulated`.
 
-Names are imported lazily, so ``import mdistiller.analysis.commands`` (the registry and options behind
-``tools/analyze.py --help``) stays light.
+Each analysis command is a typed function, ``mdistiller.analysis.commands.<command>.run(...)`` (returns an
+:class:`AnalysisResult`), and :mod:`mdistiller.analysis.cli` is their command line (``mdistiller-analyze``,
+``tools/analyze.py``). Names are imported lazily, so ``import mdistiller.analysis.commands`` (the registry and
+options behind ``--help``) stays light.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ _EXPORTS = {
     "similarity": ("gram", "gram_distance", "linear_cka", "linear_cka_per_image", "patch_cosine", "summary"),
     "sublayer": ("instrument_block", "sublayer_changes", "sublayer_profile"),
     "subspace": ("adapter_alignment", "alignment", "norm_energy_correlation", "pearson", "subspace_energy"),
-    "commands": ("COMMANDS", "format_report", "save_report", "write_figures"),
+    "commands": ("COMMANDS", "AnalysisResult", "UsageError", "format_report", "save_report", "write_figures"),
     "commands.adapter": ("adapter_report",),
     "commands.artifacts": ("artifacts_report",),
     "commands.figures": ("figures_report",),

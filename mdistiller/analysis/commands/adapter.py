@@ -1,8 +1,10 @@
 """``adapter``: How the trained SiNGER adapters act: alignment (eq. 13, Table 5a), cosines (Table 3), norms (Figure 6),
 Gram distances (Table 5b).
 
-Compute (:func:`adapter_report`), text (:func:`format_text`), figures (:func:`plot`) of this ``tools/analyze.py``
-command; its options are in :mod:`.options`, its entry in :data:`mdistiller.analysis.commands.COMMANDS`.
+Typed entry point (:func:`run`: keyword arguments named like the options, returns an
+:class:`~.output.AnalysisResult`), computation (:func:`adapter_report`), text (:func:`format_text`) and figures
+(:func:`plot`) of the analysis command ``adapter`` (``mdistiller-analyze adapter``); its options are in
+:mod:`.options`, its entry in :data:`mdistiller.analysis.commands.COMMANDS`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from mdistiller.analysis.render import format_table, header
 from mdistiller.analysis.similarity import gram_distance, patch_cosine, summary
 from mdistiller.analysis.subspace import adapter_alignment
 from mdistiller.analysis.viz import figure_title, finish_figure, save_figure
+
+from .base import check_positive
+from .output import AnalysisResult, finish
 
 
 def adapter_report(run_dir: str | Path, num_images: int = 64, batch_size: int = 16) -> dict[str, Any]:
@@ -225,6 +230,7 @@ def refinement_curve(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def format_text(report: Mapping[str, Any]) -> str:
+    """The text tables of a ``adapter`` report (what the command line prints and ``adapter.txt`` holds)."""
     lines: list[str] = []
     lines.append(header(report, f"SiNGER adapters of run {report['run_name']} ({report['num_images']} held-out "
                                  f"toy scenes at {report['image_size']} px)"))
@@ -254,3 +260,26 @@ def format_text(report: Mapping[str, Any]) -> str:
         ("cos_inlier", "cos@l", ".4f"), ("cos_next", "cos@l+1", ".4f"), ("cos_final", "cos@final", ".4f"),
         ("pass", "pass", "s")]))
     return "\n".join(lines)
+
+
+def run(
+    run_dir: str | Path,
+    *,
+    num_images: int = 64,
+    batch_size: int = 8,
+    out: str | Path | None = None,
+    figures: bool = True,
+    wandb: bool = False,
+) -> AnalysisResult:
+    """How the trained adapters of the SiNGER run ``run_dir`` act on ``num_images`` held-out toy scenes (eq. 13,
+    Table 3, 5a, 5b, Figure 6), and the refinement per saved checkpoint: the ``adapter`` command
+    (:func:`adapter_report`).
+
+    Writes ``adapter.json``, ``adapter.txt`` and (unless ``figures`` is false) the PNG figures into ``out`` (default
+    ``RUN_DIR/analysis``; ``wandb``: also logged beside the training run, see :func:`.output.finish`). Raises
+    :class:`.base.UsageError` for a value that cannot work (before any compute), ``FileNotFoundError`` /
+    ``ValueError`` with one sentence for a missing or unusable input (e.g. not a run directory).
+    """
+    check_positive(dict(num_images=num_images, batch_size=batch_size))
+    return finish(lambda: adapter_report(run_dir, num_images=num_images, batch_size=batch_size), source=run_dir,
+                  out=out, figures=figures, wandb=wandb)

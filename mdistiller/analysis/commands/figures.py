@@ -1,8 +1,10 @@
 """``figures``: Per-image feature maps of one or more runs: norm, PCA and similarity to a marked patch (Figure 2, 9,
 11, 12).
 
-Compute (:func:`figures_report`), text (:func:`format_text`), figures (:func:`plot`) of this ``tools/analyze.py``
-command; its options are in :mod:`.options`, its entry in :data:`mdistiller.analysis.commands.COMMANDS`.
+Typed entry point (:func:`run`: keyword arguments named like the options, returns an
+:class:`~.output.AnalysisResult`), computation (:func:`figures_report`), text (:func:`format_text`) and figures
+(:func:`plot`) of the analysis command ``figures`` (``mdistiller-analyze figures``); its options are in
+:mod:`.options`, its entry in :data:`mdistiller.analysis.commands.COMMANDS`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from mdistiller.analysis import viz
 from mdistiller.analysis.inputs import load_toy_images, stamp
 from mdistiller.analysis.render import header
 from mdistiller.analysis.runs import checkpoint_step, load_run_seeded, run_features, run_name, teacher_emulation
+
+from .output import AnalysisResult, finish, write_figures
 
 
 def _marked_patch(mask: torch.Tensor | None, grid: tuple[int, int], patch: tuple[int, int] | None) -> tuple[int, int]:
@@ -86,8 +90,6 @@ def run_figures(run_dir: str | Path, cfg: Any, distiller: Any, step: int | None 
     """The feature-map figures of the training run's ``distiller`` in memory at training step ``step``
     (``figures`` on its first held-out scene) written to ``RUN_DIR/analysis/wandb_figures``: the trainer's
     ``"run_figures"`` hook (``LOG.WANDB_FIGURES``)."""
-    from . import write_figures
-
     report = figures_report([run_dir], loaded={str(run_dir): (cfg, distiller)}, loaded_step=step)
     return write_figures(report, Path(run_dir) / "analysis" / "wandb_figures")
 
@@ -187,9 +189,34 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
 
 
 def format_text(report: Mapping[str, Any]) -> str:
+    """The text tables of a ``figures`` report (what the command line prints and ``figures.txt`` holds)."""
     lines: list[str] = []
     lines.append(header(report, "Feature-map figures (Figure 2, 9, 11, 12)"))
     for run in report["runs"]:
         lines.append(f"{run['name']} ({run['distiller']}) at {run['weights']}: layers {run['layers']}, grid "
                      f"{run['grid'][0]}x{run['grid'][1]}, marked patches {run['marked']}")
     return "\n".join(lines)
+
+
+def run(
+    run_dirs: str | Path | Sequence[str | Path],
+    *,
+    image_indices: Sequence[int] = (0,),
+    patch: tuple[int, int] | None = None,
+    out: str | Path | None = None,
+    figures: bool = True,
+    wandb: bool = False,
+) -> AnalysisResult:
+    """Norm, PCA and similarity maps of one run directory or several on the held-out toy scenes
+    ``image_indices``, similarity to the patch ``(row, col)`` (default: the object centre) (Figure 2, 9, 11,
+    12): the ``figures`` command (:func:`figures_report`).
+
+    Writes ``figures.json``, ``figures.txt`` and (unless ``figures`` is false) the PNG figures into ``out``
+    (default ``<first run directory>/analysis``; ``wandb``: also logged beside the training run, see
+    :func:`.output.finish`). Raises :class:`.base.UsageError` for a value that cannot work (before any compute),
+    ``FileNotFoundError`` / ``ValueError`` with one sentence for a missing or unusable input (e.g. not a run
+    directory).
+    """
+    run_dirs = [run_dirs] if isinstance(run_dirs, str | Path) else list(run_dirs)
+    return finish(lambda: figures_report(run_dirs, image_indices, patch), source=run_dirs[0] if run_dirs else "",
+                  out=out, figures=figures, wandb=wandb)

@@ -1,8 +1,10 @@
 """``nullspace``: Singular spectra of the linearised FFN W̃_l (App. A.2, eq. 18-19, Figure 8) and sub-layer changes
 (App. A.1, Figure 7).
 
-Compute (:func:`nullspace_report`), text (:func:`format_text`), figures (:func:`plot`) of this ``tools/analyze.py``
-command; its options are in :mod:`.options`, its entry in :data:`mdistiller.analysis.commands.COMMANDS`.
+Typed entry point (:func:`run`: keyword arguments named like the options, returns an
+:class:`~.output.AnalysisResult`), computation (:func:`nullspace_report`), text (:func:`format_text`) and figures
+(:func:`plot`) of the analysis command ``nullspace`` (``mdistiller-analyze nullspace``); its options are in
+:mod:`.options`, its entry in :data:`mdistiller.analysis.commands.COMMANDS`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from mdistiller.analysis.similarity import summary
 from mdistiller.analysis.sublayer import sublayer_profile
 from mdistiller.analysis.viz import finish_figure
 from mdistiller.singer.nullspace import k_energy, k_eps, linearize_ffn, singular_spectrum
+
+from .base import EmulateDirection, ImageSet, check_positive, load_model_inputs
+from .output import AnalysisResult, finish
 
 
 def nullspace_report(
@@ -167,6 +172,7 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
 
 
 def format_text(report: Mapping[str, Any]) -> str:
+    """The text tables of a ``nullspace`` report (what the command line prints and ``nullspace.txt`` holds)."""
     lines: list[str] = []
     lines.append(header(report, "Singular spectra of the linearised FFN W̃_l (App. A.2, Figure 8)"))
     lines.append(f"eps = {report['eps']:g} (absolute), rho = {report['rho']:g}, rank r = {report['rank']}")
@@ -185,3 +191,52 @@ def format_text(report: Mapping[str, Any]) -> str:
                                          ("delta_ffn", "Δ_FFN", "s"), ("g_ffn1", "G_FFN1", "s"),
                                          ("g_ffn2", "G_FFN2", "s")]))
     return "\n".join(lines)
+
+
+def run(
+    model: str | Path,
+    *,
+    weights: str = "pretrained",
+    model_kwargs: Mapping[str, Any] | None = None,
+    images: ImageSet = "skimage",
+    size: int = 224,
+    num_images: int | None = None,
+    emulate: int | None = None,
+    emulate_share: float = 0.03,
+    emulate_scale: float = 10.0,
+    emulate_direction: EmulateDirection = "principal",
+    eps: float = 0.05,
+    rho: float = 0.999,
+    rank: int = 16,
+    include_norm: bool = False,
+    include_layerscale: bool = False,
+    batch_size: int = 8,
+    out: str | Path | None = None,
+    figures: bool = True,
+    wandb: bool = False,
+) -> AnalysisResult:
+    """Singular spectra of every block's ``W̃_l`` and the sub-layer changes (App. A, Figure 7-8, eq. 18-19):
+    the ``nullspace`` command (:func:`nullspace_report` with ``eps``, ``rho``, ``rank``, ``include_norm``,
+    ``include_layerscale``).
+
+    ``model`` is a short/timm name (with ``weights``: ``pretrained`` | ``random`` | a weights file, and
+    ``model_kwargs`` for :func:`mdistiller.models.build_model`) or a run directory (its teacher, as trained);
+    ``images`` (``skimage`` photos or held-out ``toy`` scenes, ``num_images`` of them at ``size`` px snapped to the
+    patch size) and ``emulate`` (implant emulated artifacts after that block, see
+    :func:`mdistiller.models.emulated.implant_artifacts`) as in :func:`.base.load_model_inputs`. Writes
+    ``nullspace.json``, ``nullspace.txt`` and (unless ``figures`` is false) the PNG figures into ``out`` (default
+    ``RUN_DIR/analysis`` or ``output/analysis/<model>``; ``wandb``: also logged beside the run, see
+    :func:`.output.finish`). Raises :class:`.base.UsageError` for a value that cannot work (before any compute),
+    ``FileNotFoundError`` / ``ValueError`` with one sentence for a missing or unusable input.
+    """
+    check_positive(dict(size=size, batch_size=batch_size, num_images=num_images, rank=rank))
+
+    def compute() -> dict[str, Any]:
+        am, batch, _ = load_model_inputs(
+            model, weights=weights, model_kwargs=model_kwargs, images=images, size=size, num_images=num_images,
+            emulate=emulate, emulate_share=emulate_share, emulate_scale=emulate_scale,
+            emulate_direction=emulate_direction, rank=rank)
+        return nullspace_report(am, batch, eps=eps, rho=rho, rank=rank, include_norm=include_norm,
+                                include_layerscale=include_layerscale, batch_size=batch_size)
+
+    return finish(compute, source=model, out=out, figures=figures, wandb=wandb)

@@ -1,5 +1,8 @@
-"""The options of every ``tools/analyze.py`` command and how they map onto its library call (``<command>_run``).
-Only argparse is imported here, so ``--help`` never waits for torch; a command's module is imported when it runs."""
+"""The options of every analysis command (argparse only, so ``--help`` never waits for torch) and the parsers of
+the option strings that are not plain values (``--model-kwargs``, ``--patch``). An option's destination is the
+keyword argument of the command's typed ``run(...)`` of the same name (``--no-figures``/``--no-principal`` become
+``figures``/``principal``); :mod:`mdistiller.analysis.cli` makes the call. This module imports nothing else of
+the package."""
 
 from __future__ import annotations
 
@@ -101,60 +104,11 @@ def figures_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch", default=None, metavar="ROW,COL", help="marked patch (default: the object centre)")
 
 
-# ---- from options to the library call (the command's module is imported only here)
-def artifacts_run(args: argparse.Namespace) -> dict[str, Any]:
-    from .artifacts import artifacts_report
-    from .base import model_inputs
-
-    am, images, names = model_inputs(args)
-    return artifacts_report(am, images, names, args.images, k=args.k, ratio_threshold=args.ratio_threshold,
-                            share_threshold=args.share_threshold, share_k=args.share_k, batch_size=args.batch_size)
-
-
-def nullspace_run(args: argparse.Namespace) -> dict[str, Any]:
-    from .base import model_inputs
-    from .nullspace import nullspace_report
-
-    am, images, _ = model_inputs(args)
-    return nullspace_report(am, images, eps=args.eps, rho=args.rho, rank=args.rank, include_norm=args.include_norm,
-                            include_layerscale=args.include_layerscale, batch_size=args.batch_size)
-
-
-def null_vs_reality_run(args: argparse.Namespace) -> dict[str, Any]:
-    from .base import model_inputs
-    from .null_vs_reality import null_vs_reality_report
-
-    am, images, _ = model_inputs(args)
-    return null_vs_reality_report(am, images, layer=args.layer, rank=args.rank, scales=args.scales, mode=args.mode,
-                                  jacobian_samples=args.jacobian_samples, seed=args.seed,
-                                  include_principal=not args.no_principal, batch_size=args.batch_size)
-
-
-def subspace_run(args: argparse.Namespace) -> dict[str, Any]:
-    from .base import model_inputs
-    from .subspace import subspace_report
-
-    am, images, _ = model_inputs(args)
-    return subspace_report(am, images, layers=args.layers, ranks=args.ranks, basis_block=args.basis_block,
-                           outlier_k=args.outlier_k, batch_size=args.batch_size)
-
-
-def adapter_run(args: argparse.Namespace) -> dict[str, Any]:
-    from .adapter import adapter_report
-
-    return adapter_report(args.run_dir, num_images=args.num_images, batch_size=args.batch_size)
-
-
-def similarity_run(args: argparse.Namespace) -> dict[str, Any]:
-    from .similarity import similarity_report
-
-    return similarity_report(args.run_dirs, num_images=args.num_images, batch_size=args.batch_size)
-
-
-def figures_run(args: argparse.Namespace) -> dict[str, Any]:
-    from .figures import figures_report
-
-    patch = tuple(int(v) for v in args.patch.split(",")) if args.patch else None
-    if patch is not None and len(patch) != 2:
-        raise ValueError(f"--patch expects ROW,COL, got '{args.patch}'.")
-    return figures_report(args.run_dirs, args.image_index, patch)
+def parse_patch(text: str | None) -> tuple[int, int] | None:
+    """``"ROW,COL"`` → ``(row, col)`` (``None`` stays ``None``): the ``--patch`` option of ``figures``."""
+    if not text:
+        return None
+    patch = tuple(int(v) for v in text.split(","))
+    if len(patch) != 2:
+        raise ValueError(f"--patch expects ROW,COL, got '{text}'.")
+    return patch[0], patch[1]

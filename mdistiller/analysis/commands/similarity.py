@@ -1,7 +1,9 @@
 """``similarity``: Teacher-student Gram distance and CKA of several runs (§4.3, Table 2).
 
-Compute (:func:`similarity_report`), text (:func:`format_text`), figures (:func:`plot`) of this ``tools/analyze.py``
-command; its options are in :mod:`.options`, its entry in :data:`mdistiller.analysis.commands.COMMANDS`.
+Typed entry point (:func:`run`: keyword arguments named like the options, returns an
+:class:`~.output.AnalysisResult`), computation (:func:`similarity_report`), text (:func:`format_text`) and figures
+(:func:`plot`) of the analysis command ``similarity`` (``mdistiller-analyze similarity``); its options are in
+:mod:`.options`, its entry in :data:`mdistiller.analysis.commands.COMMANDS`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from mdistiller.analysis.inputs import load_toy_images, stamp
 from mdistiller.analysis.render import format_table, header
 from mdistiller.analysis.similarity import gram_distance, linear_cka, patch_cosine, summary
 from mdistiller.analysis.viz import finish_figure, show_image, show_map
+
+from .base import check_positive
+from .output import AnalysisResult, finish
 
 
 def similarity_report(run_dirs: Sequence[str | Path], num_images: int = 64, batch_size: int = 16) -> dict[str, Any]:
@@ -127,6 +132,7 @@ def plot(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
 
 
 def format_text(report: Mapping[str, Any]) -> str:
+    """The text tables of a ``similarity`` report (what the command line prints and ``similarity.txt`` holds)."""
     lines: list[str] = []
     lines.append(header(report, f"Teacher–student similarity on {report['num_images']} held-out toy scenes "
                                  "(§4.3, Table 2)"))
@@ -139,3 +145,27 @@ def format_text(report: Mapping[str, Any]) -> str:
         ("student_implanted_over_median", "S impl/med", ".2f"),
         ("projected_implanted_over_median", "P(S) impl/med", ".2f")]))
     return "\n".join(lines)
+
+
+def run(
+    run_dirs: str | Path | Sequence[str | Path],
+    *,
+    num_images: int = 64,
+    batch_size: int = 8,
+    out: str | Path | None = None,
+    figures: bool = True,
+    wandb: bool = False,
+) -> AnalysisResult:
+    """Teacher–student Gram distance and linear CKA of one run directory or several side by side, on
+    ``num_images`` held-out toy scenes (§4.3, Table 2): the ``similarity`` command (:func:`similarity_report`).
+
+    Writes ``similarity.json``, ``similarity.txt`` and (unless ``figures`` is false) the PNG figures into ``out``
+    (default ``<first run directory>/analysis``; ``wandb``: also logged beside the training run, see
+    :func:`.output.finish`). Raises :class:`.base.UsageError` for a value that cannot work (before any compute),
+    ``FileNotFoundError`` / ``ValueError`` with one sentence for a missing or unusable input (e.g. not a run
+    directory).
+    """
+    check_positive(dict(num_images=num_images, batch_size=batch_size))
+    run_dirs = [run_dirs] if isinstance(run_dirs, str | Path) else list(run_dirs)
+    return finish(lambda: similarity_report(run_dirs, num_images=num_images, batch_size=batch_size),
+                  source=run_dirs[0] if run_dirs else "", out=out, figures=figures, wandb=wandb)

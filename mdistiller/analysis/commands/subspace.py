@@ -1,14 +1,16 @@
 """``subspace``: Subspace energy of patch tokens against their norm (App. I, Figure 13).
 
-Compute (:func:`subspace_report`), text (:func:`format_text`), figures (:func:`plot`) of this ``tools/analyze.py``
-command; its options are in :mod:`.options`, its entry in :data:`mdistiller.analysis.commands.COMMANDS`.
+Typed entry point (:func:`run`: keyword arguments named like the options, returns an
+:class:`~.output.AnalysisResult`), computation (:func:`subspace_report`), text (:func:`format_text`) and figures
+(:func:`plot`) of the analysis command ``subspace`` (``mdistiller-analyze subspace``); its options are in
+:mod:`.options`, its entry in :data:`mdistiller.analysis.commands.COMMANDS`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import matplotlib.colors
 import matplotlib.pyplot as plt
@@ -22,6 +24,9 @@ from mdistiller.analysis.subspace import pearson, subspace_energy
 from mdistiller.analysis.viz import finish_figure
 from mdistiller.models.indices import normalize_layers
 from mdistiller.singer.nullspace import linearize_ffn, singular_spectrum
+
+from .base import EmulateDirection, ImageSet, check_positive, load_model_inputs
+from .output import AnalysisResult, finish
 
 
 def subspace_report(
@@ -143,6 +148,7 @@ def plot(report: Mapping[str, Any], out_dir: str | Path, max_points: int = 2000)
 
 
 def format_text(report: Mapping[str, Any]) -> str:
+    """The text tables of a ``subspace`` report (what the command line prints and ``subspace.txt`` holds)."""
     lines: list[str] = []
     lines.append(header(report, "Subspace energy vs patch norm (App. I, Figure 13)"))
     lines.append(f"W̃ of block {'l+1' if report['basis_block'] == 'next' else 'l'}; outliers = patches above "
@@ -154,3 +160,51 @@ def format_text(report: Mapping[str, Any]) -> str:
         ("E_prin_outliers", "E_prin out", ".4f"), ("E_prin_rest", "E_prin rest", ".4f"),
         ("random_reference", "r/d", ".4f"), ("num_outliers", "#out", "d")]))
     return "\n".join(lines)
+
+
+def run(
+    model: str | Path,
+    *,
+    weights: str = "pretrained",
+    model_kwargs: Mapping[str, Any] | None = None,
+    images: ImageSet = "skimage",
+    size: int = 224,
+    num_images: int | None = None,
+    emulate: int | None = None,
+    emulate_share: float = 0.03,
+    emulate_scale: float = 10.0,
+    emulate_direction: EmulateDirection = "principal",
+    layers: Sequence[int] | None = None,
+    ranks: Sequence[int] = (4, 8, 16, 32, 64),
+    basis_block: Literal["next", "same"] = "next",
+    outlier_k: float = 4.0,
+    batch_size: int = 8,
+    out: str | Path | None = None,
+    figures: bool = True,
+    wandb: bool = False,
+) -> AnalysisResult:
+    """Subspace energy of patch tokens in ``W̃``'s principal and null bases against their norm (App. I,
+    Figure 13): the ``subspace`` command (:func:`subspace_report` with ``layers``, ``ranks``, ``basis_block``,
+    ``outlier_k``).
+
+    ``model`` is a short/timm name (with ``weights``: ``pretrained`` | ``random`` | a weights file, and
+    ``model_kwargs`` for :func:`mdistiller.models.build_model`) or a run directory (its teacher, as trained);
+    ``images`` (``skimage`` photos or held-out ``toy`` scenes, ``num_images`` of them at ``size`` px snapped to the
+    patch size) and ``emulate`` (implant emulated artifacts after that block, see
+    :func:`mdistiller.models.emulated.implant_artifacts`) as in :func:`.base.load_model_inputs`. Writes
+    ``subspace.json``, ``subspace.txt`` and (unless ``figures`` is false) the PNG figures into ``out`` (default
+    ``RUN_DIR/analysis`` or ``output/analysis/<model>``; ``wandb``: also logged beside the run, see
+    :func:`.output.finish`). Raises :class:`.base.UsageError` for a value that cannot work (before any compute),
+    ``FileNotFoundError`` / ``ValueError`` with one sentence for a missing or unusable input.
+    """
+    check_positive(dict(size=size, batch_size=batch_size, num_images=num_images, ranks=ranks))
+
+    def compute() -> dict[str, Any]:
+        am, batch, _ = load_model_inputs(
+            model, weights=weights, model_kwargs=model_kwargs, images=images, size=size, num_images=num_images,
+            emulate=emulate, emulate_share=emulate_share, emulate_scale=emulate_scale,
+            emulate_direction=emulate_direction, layers=layers or ())
+        return subspace_report(am, batch, layers=layers, ranks=ranks, basis_block=basis_block,
+                               outlier_k=outlier_k, batch_size=batch_size)
+
+    return finish(compute, source=model, out=out, figures=figures, wandb=wandb)
