@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["ACCEPTANCE_ONLY", "DEMO_DENSE_LRS", "LADDER", "MATRICES", "METHODS", "PROBES", "Matrix", "demo_budget",
-           "figure", "mode_overrides", "native_bf16", "paired_interval", "plan_runs", "probe_argv", "probe_input_size",
+           "figure", "mode_overrides", "native_bf16", "paired_interval", "plan_runs", "probe_input_size",
            "refinement_run", "render_tables", "resolve_amp", "run_config", "StudyRun", "summarize", "target_changes",
-           "write_section"]
+           "write_section", "probe_options"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -204,15 +204,18 @@ def probe_input_size(target: str, size: int) -> int:
     return size // 16 * 14 if "dinov2" in target else size
 
 
-def probe_argv(command: str, input_size: int, num_train: int, num_test: int, cache_dir: Path, seed: int = 0,
-               cls_epochs: int = 100, dense_epochs: int = 10, loss_size: int = 16,
-               dense_lrs: str = DENSE_LRS) -> list[str]:
-    """The cached-probe arguments shared by the demo and the study (classification: CLS ⊕ mean patch, batch 32)."""
-    argv = ["--input-size", str(input_size), "--protocol", "cached", "--num-train", str(num_train),
-            "--num-test", str(num_test), "--cache-dir", str(cache_dir), "--workers", "0", "--seed", str(seed)]
+def probe_options(command: str, input_size: int, num_train: int, num_test: int, cache_dir: Path, seed: int = 0,
+                  cls_epochs: int = 100, dense_epochs: int = 10, loss_size: int = 16,
+                  dense_lrs: str = DENSE_LRS) -> dict[str, Any]:
+    """The cached-probe keyword arguments of :func:`mdistiller.eval.probe` shared by the demo and the study
+    (classification: CLS ⊕ mean patch, batch 32), for :func:`mdistiller.eval.probing.probe_job`."""
+    options: dict[str, Any] = {"input_size": input_size, "protocol": "cached", "num_train": num_train,
+                               "num_test": num_test, "cache_dir": str(cache_dir), "workers": 0, "seed": seed}
     if command == "transfer":
-        return argv + ["--tokens", "cls+avg", "--batch-size", "32", "--epochs", str(cls_epochs), "--lrs", CLS_LRS]
-    return argv + ["--epochs", str(dense_epochs), "--loss-size", str(loss_size), "--lrs", dense_lrs]
+        return options | {"tokens": "cls+avg", "batch_size": 32, "epochs": cls_epochs,
+                          "lrs": tuple(float(v) for v in CLS_LRS.split(","))}
+    return options | {"epochs": dense_epochs, "loss_size": loss_size,
+                      "lrs": tuple(float(v) for v in dense_lrs.split(","))}
 
 
 def refinement_run(run_dir: Path, images: Any, device: str = "cpu", q: float = 0.95) -> dict[int, dict[str, float]]:

@@ -144,9 +144,10 @@ def main(argv: list[str] | None = None) -> int:
             result = folder / f"{dataset}_{command}.json"
             results[key, label] = result, metric
             if not current_result(result):  # not yet, or measured on a student the run no longer has
-                argv_p = [target, "--dataset", dataset, "--out", str(result),
-                          *study.probe_argv(command, size, n_tr, n_te, folder / f"cache_{dataset}", seed=seed)]
-                jobs.append(Job(f"probe {name} {label}", "mdistiller.eval.cli:main", (command, argv_p),
+                options = {"dataset": dataset, "out": str(result),
+                           **study.probe_options(command, size, n_tr, n_te, folder / f"cache_{dataset}", seed=seed)}
+                jobs.append(Job(f"probe {name} {label}", "mdistiller.eval.probing:probe_job",
+                                (target, command, options),
                                 str(result.with_suffix(".log")),  # depth reuses segmentation's features
                                 after=f"probe {name} toy seg mIoU" if command == "nyud" else f"train {name}"))
     workers, per_job = split_threads(args.jobs or (2 if args.device == "cpu" else 1), args.threads)
