@@ -67,6 +67,16 @@ def test_probe_returns_what_the_command_writes(tiny_run: Path, tmp_path: Path, c
     assert printed == ProbeResult.from_dict(written, cli_out).summary() and str(cli_out) in printed
 
 
+def test_probe_takes_a_built_backbone(tiny_run: Path, tmp_path: Path) -> None:
+    from mdistiller.eval.features import load_backbone
+
+    common = {**SMALL, "lrs": [0.1], "cache_dir": str(tmp_path / "cache")}
+    by_path = probe(tiny_run, "transfer", "toy_scenes", **common, out=tmp_path / "a.json")
+    built = probe(load_backbone(tiny_run), "transfer", "toy_scenes", **common, out=tmp_path / "b.json")
+    assert built.model == by_path.model and built.metrics == by_path.metrics
+    assert built.val_metrics == by_path.val_metrics and built.train_loss == by_path.train_loss
+
+
 def test_result_round_trips_unknown_and_missing_keys() -> None:
     data = {"metrics": {"top1": 70.0}, "future_key": [1, 2], "task": "imagenet"}
     res = ProbeResult.from_dict(data)
