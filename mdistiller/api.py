@@ -7,12 +7,12 @@
     res["metrics"]["top1"]
 
 :func:`train` is ``tools/train.py`` without the command line (same config stacking, run-directory lock, resume);
-:func:`evaluate` is ``tools/lineval/<task>.py`` and returns its result dict (also written as JSON).
+:func:`evaluate` is ``tools/lineval/<task>.py`` (:func:`mdistiller.eval.probe`) and returns its result dict (also
+written as JSON).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -105,54 +105,30 @@ def train(cfg_or_paths: Any, overrides: Mapping[str, Any] | Sequence[Any] | None
             "metrics": metrics, "interrupted": metrics.get("interrupted")}
 
 
-def _argv(options: Mapping[str, Any]) -> list[str]:
-    argv: list[str] = []
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if value is None:
-            continue
-        if value is True:
-            argv.append(flag)
-        elif value is False:
-            argv.append("--no-" + key.replace("_", "-"))
-        elif isinstance(value, list | tuple):
-            argv += [flag, ",".join(str(v) for v in value)] if key == "lrs" else [flag, *map(str, value)]
-        else:
-            argv += [flag, str(value)]
-    return argv
-
-
 def evaluate(run_dir_or_model: str | os.PathLike[str], task: str = "transfer", **options: Any) -> dict[str, Any]:
     """Linear-probe a run directory or a model name and return the result dict (``metrics``, ``chosen_lr``,
     ``val_metrics``, ``time``, ...), also written where the command writes it (``RUN_DIR/lineval/<task>.json``).
 
+    The dict is the written JSON's content, :meth:`mdistiller.eval.ProbeResult.to_dict`; :func:`mdistiller.eval.probe`
+    (which this calls) returns the typed :class:`~mdistiller.eval.ProbeResult` itself.
+
     Args:
         run_dir_or_model: a training run directory, a model name (``dinov2_small_imgfocus``) or ``random:<name>``.
         task: ``imagenet`` | ``ade20k`` | ``nyud`` | ``transfer`` (the ``tools/lineval`` command).
-        options: the command's options with ``_`` for ``-`` (``dataset="toy_scenes"``, ``num_train=200``,
-            ``protocol="online"``, ``lrs=[1e-3, 1e-2]``; ``norm=False`` for ``--no-norm``, ``verbose=True``).
+        options: the keyword arguments of :func:`mdistiller.eval.probe`, the command's options with ``_`` for ``-``
+            (``dataset="toy_scenes"``, ``num_train=200``, ``protocol="online"``, ``lrs=[1e-3, 1e-2]``;
+            ``norm=False`` for ``--no-norm``, ``verbose=True``; ``log=callback`` receives the progress messages).
 
-    Raises ``ValueError`` for an unknown task and ``RuntimeError`` (with the command's error sentence) when the
-    probe fails.
+    Raises ``ValueError`` for an unknown task and :class:`~mdistiller.eval.ProbeError` (a ``RuntimeError``: the
+    command's error sentence, ``exit_code``) when the probe refuses an option or fails.
     """
-    import contextlib
-    import io
+    import inspect
 
-    from mdistiller.eval.cli import COMMANDS, default_out_dir, main, result_name
+    from mdistiller.eval.probing import ProbeError, probe
 
-    if task not in COMMANDS:
-        raise ValueError(f"unknown task '{task}'; pick one of {', '.join(COMMANDS)}.")
-    options = dict(options)
-    out = options.pop("out", None)
-    if out is None:  # where the command writes by default
-        dataset = options.get("dataset") or COMMANDS[task]["default"]
-        online = ".online" if options.get("protocol") == "online" else ""
-        out = default_out_dir(str(run_dir_or_model)) / f"{result_name(dataset, COMMANDS[task]['kind'])}{online}.json"
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        code = main(task, [str(run_dir_or_model), *_argv(options), "--out", str(out)],
-                    prog=f"mdistiller.evaluate(task={task!r})")
-    if code != 0:
-        lines = [ln for ln in err.getvalue().splitlines() if ln.startswith("error:")]
-        raise RuntimeError(lines[-1] if lines else f"the {task} probe failed (exit {code}): {err.getvalue()[-500:]}")
-    return json.loads(Path(out).read_text())
+    known = inspect.signature(probe).parameters
+    unknown = sorted(k for k in options if k not in known or k in ("model_or_run", "task"))
+    if unknown:
+        raise ProbeError(f"unknown option(s) {', '.join(unknown)}; pass the options of tools/lineval/{task}.py with "
+                         "_ for - (e.g. num_train=200).", 2)
+    return probe(run_dir_or_model, task, **options).to_dict()

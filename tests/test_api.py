@@ -66,8 +66,9 @@ def test_evaluate_returns_the_result_dict(api_run: dict) -> None:
     res = mdistiller.evaluate(api_run["run_dir"], task="transfer", dataset="toy_scenes", lrs=[1e-2], **opts)
     assert 0.0 <= res["metrics"]["top1"] <= 100.0 and res["task"] == "toy_scenes_cls"
     assert (api_run["run_dir"] / "lineval/toy_scenes_cls.json").is_file()
-    with pytest.raises(RuntimeError, match="error"):
+    with pytest.raises(RuntimeError, match="NYUd-v2 folder '/nonexistent/nyud' not found") as failed:
         mdistiller.evaluate(api_run["run_dir"], task="nyud", data_root="/nonexistent/nyud", device="cpu")
+    assert failed.value.exit_code == 1  # a ProbeError: the command's sentence and exit status
     with pytest.raises(ValueError, match="unknown task"):
         mdistiller.evaluate(api_run["run_dir"], task="cifar")
 

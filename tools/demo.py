@@ -95,7 +95,7 @@ def probe_jobs(args: argparse.Namespace, out: Path, targets: dict[str, str]) -> 
     """Result folders of every probed model, and the probe jobs not done yet (each after its model's training)."""
     from mdistiller.eval.table import current_result
     from mdistiller.jobs import Job
-    from mdistiller.study import DEMO_DENSE_LRS, probe_argv, probe_input_size
+    from mdistiller.study import DEMO_DENSE_LRS, probe_input_size, probe_options
 
     folders, jobs = {}, []
     for label, target in targets.items():
@@ -105,13 +105,13 @@ def probe_jobs(args: argparse.Namespace, out: Path, targets: dict[str, str]) -> 
             if current_result(result):  # done before, on the run's current student
                 print(f"{label} {kind}: done before, skipped")
                 continue
-            argv = [target, "--dataset", "toy_scenes", "--out", str(result), *probe_argv(
+            options = {"dataset": "toy_scenes", "out": str(result), **probe_options(
                 command, probe_input_size(target, args.size), args.probe_train, args.probe_test, folder / "cache",
                 cls_epochs=args.cls_epochs, dense_epochs=args.probe_epochs, loss_size=args.loss_size,
-                dense_lrs=DEMO_DENSE_LRS)]
+                dense_lrs=DEMO_DENSE_LRS)}
             # depth after segmentation: it then copies the same scenes' features from the segmentation cache
             after = f"probe {label} seg" if kind == "depth" else f"train {label}"
-            jobs.append(Job(f"probe {label} {kind}", "mdistiller.eval.cli:main", (command, argv),
+            jobs.append(Job(f"probe {label} {kind}", "mdistiller.eval.probing:probe_job", (target, command, options),
                             str(folder / f"{kind}.log"), after=after))
     return folders, jobs
 

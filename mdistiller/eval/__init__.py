@@ -6,6 +6,9 @@
 * :mod:`~mdistiller.eval.cache` — one memory-mapped feature file per split;
 * :mod:`~mdistiller.eval.protocols` — the three tasks behind one interface, online augmentations;
 * :mod:`~mdistiller.eval.runner` — the single engine (cached and online protocols, LR grid, val selection);
+* :mod:`~mdistiller.eval.probe_data` — each command's datasets, result names and folders, ``make_data``;
+* :mod:`~mdistiller.eval.probing` — :func:`probe` (a ``tools/lineval`` command as a function), ``ProbeResult``,
+  ``ProbeError`` and the process-pool job ``probe_job``;
 * :mod:`~mdistiller.eval.cli` / :mod:`~mdistiller.eval.table` — the ``tools/lineval`` commands and Table 1.
 
 Names are imported lazily, so ``import mdistiller.eval.cli`` (argument parsing, ``--help``) stays light.
@@ -25,6 +28,8 @@ _EXPORTS = {
     "protocols": ("ClassificationTask", "DepthTask", "HeadBank", "SegmentationTask", "Task", "paired_random_crop",
                   "random_resized_crop"),
     "runner": ("ProbeData", "ProbeSettings", "carve_validation", "evaluate", "run_probe", "train_heads"),
+    "probe_data": ("DataOptions", "make_data"),
+    "probing": ("ProbeError", "ProbeResult", "probe", "probe_job"),
     "table": ("collect_results", "render_csv", "render_markdown"),
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -308,8 +308,11 @@ def _log_fn(settings: ProbeSettings) -> Callable[[str], None] | None:
 
 
 def run_probe(backbone: Backbone, spec: FeatureSpec, task: Task, data: ProbeData, settings: ProbeSettings,
-              device: torch.device | str = "cpu") -> dict[str, Any]:
+              device: torch.device | str = "cpu", log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train, select (on validation) and test linear heads; returns the result dictionary (see the module doc).
+
+    Progress messages (cache extraction, per-epoch head losses) go to ``log`` when given, else to stderr
+    (``[lineval] ...``) with ``settings.verbose`` on the main rank.
 
     Seeds torch's global RNG with ``settings.seed`` before the data sources are built (data-loader worker seeds) and
     again right before the heads are initialised, so a probe is reproducible from its settings and gives the same
@@ -318,7 +321,7 @@ def run_probe(backbone: Backbone, spec: FeatureSpec, task: Task, data: ProbeData
     """
     device = torch.device(device)
     t_start = time.perf_counter()
-    log = _log_fn(settings)
+    log = log if log is not None else _log_fn(settings)
     if spec.dense != task.dense:
         raise ValueError(f"tokens='{spec.tokens}' does not fit a {task.kind} probe; use "
                          f"{'patch' if task.dense else 'cls, avg or cls+avg'}.")
