@@ -10,7 +10,8 @@ named option (see ``configs/imagenet/vit/singer_official.yaml`` and ``docs/relea
 This module imports no other layer of the package: checks that need the classes a config names (distillers,
 models, datasets) are registered as ``"module:function"`` names with :func:`register_check` (kept in
 ``mdistiller.hooks`` and re-exported here; the package root registers them) and run by :func:`validate_config`
-after the scalar checks.
+after the scalar checks. Every ``SiNGER.*`` check is ``SiNGER.check_config`` (run by the registered
+``check_config_against_models``), beside the parts the keys choose.
 """
 
 from __future__ import annotations
@@ -98,8 +99,9 @@ _C.DISTILLER.STUDENT_WEIGHTS = "random"  # random | pretrained | /path/to/file
 _C.DISTILLER.STRICT_WEIGHTS = True
 _C.DISTILLER.TEACHER_KWARGS = CN(new_allowed=True)  # extra timm.create_model kwargs (e.g. depth, embed_dim)
 _C.DISTILLER.STUDENT_KWARGS = CN(new_allowed=True)
-# Distillation layers 𝒟 (0-based teacher block indices). Empty → the method's default: SiNGER.M_LAYERS plus the
-# teacher's last block. The last teacher block is always included for FitNet and SiNGER (paper §4.5).
+# Distillation layers 𝒟 (0-based teacher block indices). Empty → the method's default: FITNET.LAYERS (FitNet) or
+# SiNGER.M_LAYERS (SiNGER) plus the teacher's last block. The last teacher block is always included for FitNet and
+# SiNGER (paper §4.5).
 _C.DISTILLER.TEACHER_LAYERS = []
 # Student blocks matched to TEACHER_LAYERS. Empty → relative depth l/(T−1) ↔ s/(S−1), last ↔ last.
 _C.DISTILLER.STUDENT_LAYERS = []
@@ -120,6 +122,9 @@ _C.DISTILLER.ARTIFACTS.PERSIST = False  # re-implant after every later block (ar
 
 # ---------------------------------------------------------------------------------------------- FitNet
 _C.FITNET = CN()
+# intermediate teacher layers of eq. 1; the final layer is appended automatically (the shipped configs: SiNGER's). A
+# config that sets no FITNET.LAYERS anywhere (written before the key existed) keeps FitNet on SiNGER.M_LAYERS, as then
+_C.FITNET.LAYERS = [17]
 _C.FITNET.LOSS = CN()
 _C.FITNET.LOSS.FEAT_WEIGHT = 1.0  # λ of eq. 1 summed over 𝒟
 # Controls of SiNGER's ablation ladder (not the paper; docs/singer_modes.md). SCALE median: L_KD,l / s_l², s_l the
@@ -336,6 +341,7 @@ def load_config(cfg_files: Sequence[str | Path] = (), opts: Sequence[str] = (), 
     """
     cfg = get_default_config()
     known = flatten(cfg)
+    fitnet_layers_given = "FITNET.LAYERS" in [str(k) for k in list(opts)[0::2]]
     for f in cfg_files:
         path = resolve_config_path(f)
         if path.is_dir():
@@ -344,6 +350,7 @@ def load_config(cfg_files: Sequence[str | Path] = (), opts: Sequence[str] = (), 
             raise ConfigError(f"config file '{path}' does not exist; check the --cfg path.")
         for source, loaded in _load_with_bases(path):
             try:
+                fitnet_layers_given |= "LAYERS" in (loaded.get("FITNET") or {})
                 _coerce_numbers(loaded, cfg)
                 _check_types(loaded, cfg)
                 cfg.merge_from_other_cfg(loaded)
@@ -352,10 +359,19 @@ def load_config(cfg_files: Sequence[str | Path] = (), opts: Sequence[str] = (), 
             except (ValueError, AssertionError) as e:  # ConfigError included: each names its key, not the file
                 raise ConfigError(f"{source}: {e}".rstrip(".") + ".") from None
     apply_overrides(cfg, opts, known)
+    if not fitnet_layers_given:
+        _legacy_fitnet_layers(cfg)
     if validate:
         validate_config(cfg)
     cfg.freeze()
     return cfg
+
+
+def _legacy_fitnet_layers(cfg: CN) -> None:
+    """A FitNet config that sets ``FITNET.LAYERS`` nowhere was written before the key existed, when FitNet read its
+    layers from ``SiNGER.M_LAYERS``: it keeps training those (old run directories load and resume unchanged)."""
+    if str(cfg.DISTILLER.TYPE).lower() == "fitnet":
+        cfg.FITNET.LAYERS = list(cfg.SiNGER.M_LAYERS)
 
 
 def _load_with_bases(path: Path, depth: int = 0) -> list[tuple[Path, CN]]:
@@ -481,12 +497,6 @@ _CHOICES = {
     "DISTILLER.ARTIFACTS.DIRECTION": ("principal", "null", "random"),
     "FITNET.SCALE": ("none", "median"),
     "FITNET.TARGET": ("teacher", "clamp", "mask"),
-    "SiNGER.INIT": ("nullspace", "random"),
-    "SiNGER.BASIS": ("smallest", "threshold"),
-    "SiNGER.INFO": ("paper", "official"),
-    "SiNGER.GRAM": ("cosine", "raw", "none"),
-    "SiNGER.SCALE": ("none", "median"),
-    "SiNGER.INFO_PATCHES": ("all", "inliers"),
     "SOLVER.TYPE": ("adamw", "sgd"),
     "SOLVER.SCHEDULE": ("cosine", "multistep", "constant"),
     "SOLVER.AMP": ("none", "bf16", "fp16"),
@@ -524,15 +534,6 @@ def validate_config(cfg: CN) -> None:
     if bad:
         raise ConfigError(f"EXPERIMENT.RESUME_ALLOW_CHANGES may only list keys whose change within a run is sound "
                           f"({', '.join(RESUME_ALLOWABLE_KEYS)}), not {bad}; a change of any other key is a new run.")
-    q = cfg.SiNGER.OUTLIER_Q
-    if not 0.0 < q < 1.0:
-        raise ConfigError(f"SiNGER.OUTLIER_Q is {q} but must lie strictly inside (0, 1), e.g. 0.95.")
-    f = cfg.SiNGER.INFO_FRACTION
-    if not 0.0 < f <= 1.0:
-        raise ConfigError(f"SiNGER.INFO_FRACTION is {f} but must lie in (0, 1]; use 1.0 for the paper's L_info.")
-    if not cfg.SiNGER.ADAPTER_LR_SCALE > 0:
-        raise ConfigError(f"SiNGER.ADAPTER_LR_SCALE is {cfg.SiNGER.ADAPTER_LR_SCALE} but must be positive; 1.0 = the "
-                          "paper's single learning rate.")
     if not 0.0 < cfg.VITKD.MASK_RATIO < 1.0:
         raise ConfigError(f"VITKD.MASK_RATIO is {cfg.VITKD.MASK_RATIO} but must lie inside (0, 1), e.g. 0.5.")
     for key in ("SOLVER.LR", "SOLVER.BATCH_SIZE", "DATASET.INPUT_SIZE", "EXPERIMENT.DIST_TIMEOUT_MIN"):

@@ -31,6 +31,7 @@ def tiny_config(kind: str = "SiNGER", size: int = 32, **overrides):
         cfg.DISTILLER.STUDENT_KWARGS[k] = v
     cfg.DATASET.INPUT_SIZE = size
     cfg.SiNGER.M_LAYERS = [1]
+    cfg.FITNET.LAYERS = [1]  # FitNet distils the same layers as SiNGER
     cfg.SiNGER.RANK = 8
     for key, value in overrides.items():
         node = cfg

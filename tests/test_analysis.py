@@ -29,7 +29,14 @@ from mdistiller.analysis import (
     summary,
 )
 from mdistiller.models.emulated import artifact_direction, implant_artifacts, patch_pixel_std
-from mdistiller.singer import SiNGERAdapter, linearize_ffn, null_basis, principal_basis, singular_spectrum
+from mdistiller.singer import (
+    SiNGERAdapter,
+    linearize_ffn,
+    null_basis,
+    principal_basis,
+    random_basis,
+    singular_spectrum,
+)
 
 IMG, PATCH = 64, 8  # 8 x 8 = 64 patches
 
@@ -146,7 +153,7 @@ def test_alignment_of_null_basis_and_adapter(vit: torch.nn.Module) -> None:
         assert res[key]["E_prob"] == pytest.approx(0.0, abs=1e-6)
     res_p = adapter_alignment(SiNGERAdapter(p), w)
     assert res_p["up"]["E_prob"] == pytest.approx(1.0, abs=1e-6)
-    rand = adapter_alignment(SiNGERAdapter.random(d, r, torch.Generator().manual_seed(0)), w)
+    rand = adapter_alignment(SiNGERAdapter(random_basis(d, r, generator=torch.Generator().manual_seed(0))), w)
     assert 0.0 < rand["up"]["E_safe"] < 0.9
     with pytest.raises(ValueError, match="no dimension of size"):
         alignment(torch.randn(3, 5), n)

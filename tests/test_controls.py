@@ -59,7 +59,7 @@ def test_clamp_target_leaves_inliers_bit_identical_and_brings_artifacts_to_the_q
 
 
 def test_scaled_fitnet_loss_is_fitnet_loss_over_the_stored_scale_squared(make_cfg):
-    overrides = {"SiNGER.M_LAYERS": []}  # one distilled layer (the last block): one scale s
+    overrides = {"FITNET.LAYERS": []}  # one distilled layer (the last block): one scale s
     torch.manual_seed(0)
     plain = build_distiller(make_cfg("FitNet", **overrides))
     torch.manual_seed(0)
@@ -120,7 +120,8 @@ def test_control_config_trains_with_the_artifact_teacher(tmp_path, name):
     tiny = {"DISTILLER.TEACHER": "vit_small", "DISTILLER.TEACHER_WEIGHTS": "random",
             **{f"DISTILLER.TEACHER_KWARGS.{k}": v for k, v in TINY_TEACHER.items()},
             **{f"DISTILLER.STUDENT_KWARGS.{k}": v for k, v in TINY_STUDENT.items()}, "SiNGER.M_LAYERS": [2],
-            "SiNGER.RANK": 8, "DISTILLER.ARTIFACTS.LAYER": 1, "DATASET.INPUT_SIZE": 32, "DATASET.NUM_WORKERS": 0,
+            "FITNET.LAYERS": [2], "SiNGER.RANK": 8, "DISTILLER.ARTIFACTS.LAYER": 1, "DATASET.INPUT_SIZE": 32,
+            "DATASET.NUM_WORKERS": 0,
             "DATASET.TRAIN_SIZE": 64, "DATASET.VAL_SIZE": 8, "SOLVER.BATCH_SIZE": 8, "SOLVER.MAX_STEPS": 2,
             "LOG.FREQ": 1, "LOG.PROGRESS": False, "LOG.CKPT_EVERY_STEPS": 0, "LOG.AGREEMENT_EVERY_STEPS": 2}
     cfg = load_config([ROOT / f"configs/demo/{name}.yaml", ROOT / "configs/demo/artifacts.yaml"], validate=False)

@@ -98,9 +98,15 @@ def test_adapter_at_init_returns_f_plus_f_n_nt(block):
     torch.testing.assert_close(delta @ n @ n.T, delta, rtol=1e-4, atol=1e-5)
 
 
-def test_random_adapter_variant_and_rank_errors():
-    a = SiNGERAdapter.random(32, 4, generator=torch.Generator().manual_seed(0))
-    assert a.rank == 4 and a.dim == 32
+def test_random_adapter_variant_and_rank_errors(make_cfg):
+    """The Table-4 random init is ``SiNGER.INIT random``: unit-norm Gaussian columns, not the nullspace basis."""
+    from mdistiller.distillers import build_distiller
+
+    d = build_distiller(make_cfg("SiNGER", **{"SiNGER.INIT": "random"}))
+    a = d.adapters["1"]
+    assert a.rank == 8 and a.dim == 96
+    torch.testing.assert_close(a.down.norm(dim=0), torch.ones(8))
+    assert not torch.allclose(a.down, null_basis(d.init_weight(1), 8))
     with pytest.raises(ValueError, match="rank"):
         null_basis(torch.randn(8, 8), 9)
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mdistiller.analysis.render import EMULATED_LABEL
+from mdistiller.analysis.runs import is_run_dir, load_run_seeded
 from mdistiller.distillers import weights_arg
 from mdistiller.models.emulated import ArtifactImplant, implant_artifacts
 
@@ -121,11 +122,6 @@ class AnalysisModel:
         return max(1, round(size / p)) * p
 
 
-def is_run_dir(spec: str | Path) -> bool:
-    """Whether ``spec`` is a run directory written by ``tools/train.py`` (it holds ``config.yaml``)."""
-    return (Path(spec) / "config.yaml").is_file()
-
-
 def load_analysis_model(
     spec: str,
     weights: str = "pretrained",
@@ -147,8 +143,6 @@ def load_analysis_model(
     source = str(spec)
     implant = None
     if is_run_dir(spec):
-        from mdistiller.analysis.runs import load_run_seeded
-
         cfg, distiller = load_run_seeded(spec)  # the run's own (full-depth: 𝒟 holds the last block) frozen teacher
         name = cfg.DISTILLER.TEACHER
         model = distiller.teacher.net.model

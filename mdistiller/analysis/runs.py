@@ -9,12 +9,16 @@ from typing import Any
 import torch
 
 from mdistiller.analysis.artifacts import patch_norms
-from mdistiller.analysis.inputs import is_run_dir
 
 #: run directory → fingerprint of the student weights :func:`load_run_seeded` loaded from it
 #: (:mod:`mdistiller.engine.fingerprint`); :func:`mdistiller.analysis.commands.run_report` puts them in the report,
 #: so every analysis result says which weights it measured
 MEASURED: dict[str, str] = {}
+
+
+def is_run_dir(spec: str | Path) -> bool:
+    """Whether ``spec`` is a run directory written by ``tools/train.py`` (it holds ``config.yaml``)."""
+    return (Path(spec) / "config.yaml").is_file()
 
 
 def load_run_seeded(run_dir: str | Path):
@@ -49,55 +53,59 @@ def checkpoint_step(run_dir: str | Path) -> int | None:
 
 
 def run_name(cfg, run_dir: str | Path) -> str:
+    """The run's ``EXPERIMENT.NAME``, else its directory's name."""
     return str(cfg.EXPERIMENT.NAME or Path(run_dir).name)
 
 
 def teacher_emulation(distiller) -> dict[str, Any] | None:
+    """The emulated-artifact settings of the run's teacher (None without an implant)."""
     implant = distiller.teacher.implant if distiller.teacher is not None else None
     return dict(implant.config) if implant is not None else None
 
 
 @torch.no_grad()
 def run_features(distiller, images: torch.Tensor, batch_size: int = 16, want_next: bool = True) -> dict[str, Any]:
-    """Teacher ``F``, refined ``F̂`` (SiNGER), next-block ``F_{l+1}``/``F̂_{l+1}`` (intermediate SiNGER layers),
-    student ``F^S`` and its projection ``P(F^S)``, all patch tokens on the student grid, per distilled layer."""
+    """Teacher ``F``, refined ``F̂`` and next-block ``F_{l+1}``/``F̂_{l+1}`` (intermediate layers) of a distiller that
+    refines its teacher (``Distiller.refined_teacher``: SiNGER), student ``F^S`` and its projection ``P(F^S)``, all
+    patch tokens on the student grid, per distilled layer."""
     plan = distiller.plan
-    singer = distiller.refines_teacher
-    final = plan.teacher[-1]
     keys = ("t", "t_hat", "t_next", "t_next_hat", "s", "s_proj")
     out: dict[int, dict[str, list[torch.Tensor]]] = {t: {k: [] for k in keys} for t in plan.teacher}
-    masks = []
+    masks, refines = [], False
+    split = distiller.teacher.net.split
     for start in range(0, images.shape[0], batch_size):
         x = images[start : start + batch_size]
         sgrid = distiller.student_grid(x)
-        request = set(plan.teacher)
-        if singer and want_next:
-            request |= {t + 1 for t in plan.teacher if t != final}
-        t_feats, tgrid = distiller.teacher(x, sorted(request), student_grid=sgrid)
+        refined = distiller.refined_teacher(x, next_block=want_next)
+        refines = refines or bool(refined)
+        if refined:
+            tgrid = next(iter(refined.values())).grid
+            originals = {t: r.original for t, r in refined.items()}
+        else:
+            t_feats, tgrid = distiller.teacher(x, plan.teacher, student_grid=sgrid)
+            originals = {t: split(t_feats[t], tgrid) for t in plan.teacher}
         implant = distiller.teacher.implant
         if implant is not None and implant.last_mask is not None:
             masks.append(implant.last_mask.cpu())
         s_feats = distiller.student(x, plan.student)
-        to_s = distiller.teacher.to_student_grid
+
+        def to_s(tokens: torch.Tensor, tgrid: tuple[int, int] = tgrid, sgrid: tuple[int, int] = sgrid) -> torch.Tensor:
+            return distiller.teacher.to_student_grid(tokens, tgrid, sgrid).float()
+
         for t, s in plan.pairs():
-            split = distiller.teacher.net.split(t_feats[t], tgrid)
             o = out[t]
-            o["t"].append(to_s(split.patches, tgrid, sgrid).float())
+            o["t"].append(to_s(originals[t].patches))
             s_patches = distiller.student.split(s_feats[s], sgrid).patches
             o["s"].append(s_patches.float())
             o["s_proj"].append(distiller.proj[str(t)](s_patches).float())
-            if singer:
-                f_hat = distiller.adapters[str(t)](split.patches)
-                o["t_hat"].append(to_s(f_hat, tgrid, sgrid).float())
-                if want_next and t != final:
-                    block = distiller.teacher.blocks[t + 1]
-                    y_hat = block(torch.cat([split.prefix.to(f_hat.dtype), f_hat], dim=1))
-                    nxt = distiller.teacher.net.split(t_feats[t + 1], tgrid).patches
-                    o["t_next"].append(to_s(nxt, tgrid, sgrid).float())
-                    y_hat = distiller.teacher.net.split(y_hat, tgrid).patches
-                    o["t_next_hat"].append(to_s(y_hat, tgrid, sgrid).float())
+            r = refined.get(t)
+            if r is not None:
+                o["t_hat"].append(to_s(r.refined))
+                if r.next is not None and r.next_refined is not None:
+                    o["t_next"].append(to_s(split(r.next, tgrid).patches))
+                    o["t_next_hat"].append(to_s(split(r.next_refined, tgrid).patches))
     feats = {t: {k: torch.cat(v) for k, v in o.items() if v} for t, o in out.items()}
-    return {"feats": feats, "mask": torch.cat(masks) if masks else None, "singer": singer}
+    return {"feats": feats, "mask": torch.cat(masks) if masks else None, "singer": refines}
 
 
 def norm_stats(n: torch.Tensor, k: float = 4.0) -> dict[str, float]:

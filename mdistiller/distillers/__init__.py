@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from .base import Distiller, LayerPlan
+from .base import AdapterInit, Distiller, LayerPlan, RefinedFeatures
 from .build import DISTILLERS, build_distiller, build_teacher, check_config_against_models, plan_layers, weights_arg
 from .fitnet import FitNet
 from .layers import map_layers, normalize_layers
@@ -14,9 +14,11 @@ from .vitkd import ViTKD
 
 __all__ = [
     "DISTILLERS",
+    "AdapterInit",
     "Distiller",
     "FitNet",
     "LayerPlan",
+    "RefinedFeatures",
     "SiNGER",
     "Supervised",
     "ViTKD",

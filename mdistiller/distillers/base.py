@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,11 +16,9 @@ from mdistiller.models.indices import LayerIndexError
 
 from .layers import map_layers, normalize_layers
 from .losses import feature_kd_loss
+from .units import SCALES, UNITS, RawUnits
 
-__all__ = ["Distiller", "LayerPlan", "SCALES"]
-
-#: units of the feature losses: the teacher's raw units, or the per-layer median patch norm (scale-aware mode)
-SCALES = ("none", "median")
+__all__ = ["AdapterInit", "Distiller", "LayerPlan", "RefinedFeatures", "SCALES"]
 
 
 def _quantile_ratio(patches: torch.Tensor, q: float) -> torch.Tensor:
@@ -42,10 +41,46 @@ class LayerPlan:
         self.student = [int(s) for s in student]
 
     def pairs(self) -> list[tuple[int, int]]:
+        """``(teacher block, student block)`` per distilled layer."""
         return list(zip(self.teacher, self.student))
+
+    def next_block(self, t: int) -> int | None:
+        """Block l+1 of distilled layer ``t`` (the one L_info runs and whose FFN initialises the adapter, eq. 8, 11),
+        or None for the final layer, which has no next block in 𝒟."""
+        return t + 1 if t != self.teacher[-1] else None
+
+    def source_block(self, t: int) -> int:
+        """The block whose FFN initialises the adapter of layer ``t`` (eq. 8): :meth:`next_block`, or ``t`` itself
+        for the final layer (no next block; the released code does the same)."""
+        nxt = self.next_block(t)
+        return t if nxt is None else nxt
 
     def __repr__(self) -> str:
         return "LayerPlan(" + ", ".join(f"T{t}→S{s}" for t, s in self.pairs()) + ")"
+
+
+@dataclass
+class RefinedFeatures:
+    """One distilled layer l of a refined teacher on the teacher's grid (:meth:`Distiller.refined_teacher`).
+
+    ``original``: the teacher's tokens ``F_l`` split into prefix and patches; ``refined``: the patches of ``F̂_l``
+    (eq. 6); ``next`` / ``next_refined``: teacher block l+1's full output on ``[prefix, F_l]`` (from the teacher pass)
+    and on ``[prefix, F̂_l]`` (eq. 11), None for the final layer or when not asked for."""
+
+    original: TokenSplit
+    refined: torch.Tensor
+    grid: tuple[int, int]
+    next: torch.Tensor | None = None
+    next_refined: torch.Tensor | None = None
+
+
+@dataclass
+class AdapterInit:
+    """A trained adapter with what initialised it (eq. 7-8): ``weight`` is ``W̃`` of ``source_block`` (eq. 14)."""
+
+    adapter: nn.Module
+    weight: torch.Tensor
+    source_block: int
 
 
 def _in_range(key: str, layers: Sequence[int], depth: int, what: str) -> list[int]:
@@ -69,20 +104,21 @@ class Distiller(nn.Module):
     :meth:`extra_flops` (its FLOPs beyond the teacher forward and the student step).
     """
 
+    #: config key of the method's own intermediate layers l_inter (the last block is appended), read by
+    #: :meth:`plan_layers` when ``DISTILLER.TEACHER_LAYERS`` is empty; "" = the last block alone
+    inter_layers_key: str = ""
+
     #: config key(s) that choose the distillation layers, named in layer-plan errors
-    layer_keys: str = "DISTILLER.TEACHER_LAYERS / SiNGER.M_LAYERS"
+    layer_keys: str = "DISTILLER.TEACHER_LAYERS"
 
     #: whether the method distils from a teacher (the supervised baseline does not)
     needs_teacher: bool = True
 
-    #: whether the method's targets are refined teacher features (SiNGER's adapters), not the teacher itself
-    refines_teacher: bool = False
-
     #: α of the per-image patch-norm quantile (eq. 10) the method's target and :meth:`refinement_stats` use
     q: float = 0.95
 
-    #: units of the feature losses (:data:`SCALES`); ``"median"`` after :meth:`use_feature_scale`
-    scale: str = "none"
+    #: units of the feature losses (a part of :mod:`.units`, chosen by :meth:`use_feature_scale`)
+    feature_units: RawUnits = UNITS["none"]
 
     #: whether the method reads the student's final LayerNorm (otherwise it is frozen: it would get no gradient)
     uses_student_final_norm: bool = False
@@ -113,11 +149,15 @@ class Distiller(nn.Module):
     def plan_layers(cls, cfg, teacher_depth: int, student_depth: int) -> LayerPlan:
         """The distillation layers 𝒟 and their student blocks (FitNet/SiNGER rule, see ``DISTILLER.TEACHER_LAYERS``).
 
-        ``TEACHER_LAYERS`` (or ``SiNGER.M_LAYERS``) plus the teacher's last block, mapped by relative depth unless
-        ``STUDENT_LAYERS`` is given. Raises ``IndexError``/``ValueError`` with one sentence for bad indices.
+        ``TEACHER_LAYERS`` (or the method's own :attr:`inter_layers_key`: ``FITNET.LAYERS``, ``SiNGER.M_LAYERS``)
+        plus the teacher's last block, mapped by relative depth unless ``STUDENT_LAYERS`` is given. Raises
+        ``IndexError``/``ValueError`` with one sentence for bad indices.
         """
-        base = list(cfg.DISTILLER.TEACHER_LAYERS) or list(cfg.SiNGER.M_LAYERS)
-        key = "DISTILLER.TEACHER_LAYERS" if cfg.DISTILLER.TEACHER_LAYERS else "SiNGER.M_LAYERS"
+        key = "DISTILLER.TEACHER_LAYERS" if cfg.DISTILLER.TEACHER_LAYERS else cls.inter_layers_key
+        base = list(cfg.DISTILLER.TEACHER_LAYERS)
+        if not base and key:
+            section, name = key.split(".")
+            base = list(cfg[section][name])
         named = _in_range(key, base, teacher_depth, "teacher")
         if named and named == [teacher_depth - 1]:
             raise ValueError(
@@ -136,8 +176,9 @@ class Distiller(nn.Module):
         return LayerPlan(teacher, student)
 
     @classmethod
-    def check_config(cls, cfg, teacher_width: int) -> None:
-        """Method-specific checks against the teacher's width; raise ``ValueError`` with one sentence."""
+    def check_config(cls, cfg, teacher_width: int | None = None, plan: LayerPlan | None = None) -> None:
+        """The method's own config checks (its section's values; against the teacher's width and the layer plan when
+        given); raise ``ValueError`` with one sentence."""
 
     @classmethod
     def deepest_teacher_block(cls, cfg, plan: LayerPlan) -> int:
@@ -264,7 +305,25 @@ class Distiller(nn.Module):
     def changes_target(self) -> bool:
         """Whether the method's L_KD target differs from the teacher (SiNGER's ``F̂``, FitNet's norm clamp):
         then :meth:`agreement` logs :meth:`refinement_stats` too."""
-        return self.refines_teacher
+        return False
+
+    def next_block_on(self, t: int, prefix: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        """Teacher block l+1 of layer ``t`` (:meth:`LayerPlan.next_block`) on ``[prefix, patches]``: eq. 11's
+        ``block_{l+1}(F̂_l)`` — the one place this is computed (L_info, :meth:`refined_teacher`,
+        :meth:`refinement_stats`). Gradients reach ``patches`` only (the teacher is frozen)."""
+        block = self.teacher.blocks[self.plan.next_block(t)]
+        return block(torch.cat([prefix.to(patches.dtype), patches], dim=1))
+
+    def refined_teacher(self, images: torch.Tensor, next_block: bool = True) -> dict[int, RefinedFeatures]:
+        """Per distilled layer, ``F``, the refined ``F̂`` and (``next_block``) block l+1's outputs on both
+        (:class:`RefinedFeatures`, teacher grid). This method does not refine the teacher: the base returns an
+        empty dict (SiNGER overrides it)."""
+        return {}
+
+    def adapter_inits(self) -> dict[int, AdapterInit]:
+        """Per distilled layer, the trained adapter and the ``W̃`` that initialised it (eq. 7-8, for the alignment of
+        eq. 13). This method has no adapters: the base returns an empty dict (SiNGER overrides it)."""
+        return {}
 
     def refine(self, t_feats: dict[int, torch.Tensor], tgrid: tuple[int, int]) -> dict[int, tuple]:
         """Per layer ``(split teacher tokens, target patches)`` on the teacher's grid: the teacher's own patches here;
@@ -289,38 +348,36 @@ class Distiller(nn.Module):
     # ------------------------------------------------------------------------------------------ scale-aware units
     def use_feature_scale(self, scale: str) -> None:
         """Express the feature losses in units of a fixed per-layer scale (``"median"``) or in the teacher's raw units
-        (``"none"``). ``"median"`` keeps the buffer ``feature_scale [layer, (F_l, block l+1's output)]``, zero until
-        :meth:`units` measures it on the first training batch, so a checkpoint resumes in the same units."""
-        if scale not in SCALES:
+        (``"none"``): the part :data:`.units.UNITS` holds under ``scale``. ``"median"`` keeps the buffer
+        ``feature_scale [layer, (F_l, block l+1's output)]``, zero until :meth:`units` measures it on the first
+        training batch, so a checkpoint resumes in the same units."""
+        if scale not in UNITS:
             raise ValueError(f"feature scale {scale!r}: choose one of {SCALES}.")
-        self.scale = scale
-        if scale != "none":
-            self.register_buffer("feature_scale", torch.zeros(len(self.plan.teacher), 2))
-            self._scale_known = False
-            self.register_load_state_dict_post_hook(lambda module, _keys: setattr(module, "_scale_known", False))
+        self.feature_units = UNITS[scale]
+        self.feature_units.attach(self)
+
+    @property
+    def scale(self) -> str:
+        """The name of the feature units (:data:`SCALES`)."""
+        return self.feature_units.name
 
     def units(self, t_feats: dict[int, torch.Tensor], tgrid: tuple[int, int]) -> dict[int, tuple]:
         """Per layer ``(s_l, s_next)``: the feature scale of ``F_l`` and of block l+1's output (``F_l`` again for the
         final layer, or when the step does not read block l+1) in which the terms are expressed — ``1.0`` in the
-        raw units (``scale="none"``)."""
-        if self.scale == "none":
-            return {t: (1.0, 1.0) for t in self.plan.teacher}
-        if not self._scale_known:
-            if not bool((self.feature_scale > 0).all()):  # first batch: measure once (one host sync, ever)
-                self.feature_scale.copy_(self.measure_scale(t_feats, tgrid))
-            self._scale_known = True
-        return {t: (self.feature_scale[i, 0], self.feature_scale[i, 1]) for i, t in enumerate(self.plan.teacher)}
+        raw units."""
+        return self.feature_units.scales(self, t_feats, tgrid)
 
     @torch.no_grad()
     def measure_scale(self, t_feats: dict[int, torch.Tensor], tgrid: tuple[int, int]) -> torch.Tensor:
         """Median patch norm of every ``F_l`` and of block l+1's output on this batch, averaged over ranks."""
-        final = self.plan.teacher[-1]
-
         def median_norm(layer: int) -> torch.Tensor:
             return self.teacher.net.split(t_feats[layer], tgrid).patches.float().norm(dim=-1).median()
 
-        rows = [torch.stack([median_norm(t), median_norm(t + 1 if t + 1 in t_feats and t != final else t)])
-                for t in self.plan.teacher]
+        def next_or_own(t: int) -> int:
+            nxt = self.plan.next_block(t)
+            return nxt if nxt in t_feats else t
+
+        rows = [torch.stack([median_norm(t), median_norm(next_or_own(t))]) for t in self.plan.teacher]
         scale = torch.stack(rows).to(self.feature_scale.device)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(scale)
@@ -369,7 +426,7 @@ class Distiller(nn.Module):
         teacher, plan, q = self.teacher, self.plan, float(self.q if q is None else q)
         final = plan.teacher[-1]
         sgrid = self.student_grid(images)
-        layers = sorted(set(plan.teacher) | {t + 1 for t in plan.teacher if t != final})
+        layers = sorted(set(plan.teacher) | {plan.source_block(t) for t in plan.teacher})
         t_feats, tgrid = teacher(images, layers, student_grid=sgrid)
         implant = getattr(teacher, "implant", None)
         known = implant.last_mask if implant is not None and implant.last_mask is not None else None
@@ -384,14 +441,13 @@ class Distiller(nn.Module):
             if outlier.any():
                 stats.update(ratio_before=before[outlier].mean().item(), ratio_after=after[outlier].mean().item(),
                              ratio_after_max=after[outlier].max().item())
-            if t != final:
-                x_hat = torch.cat([split.prefix.to(f_hat.dtype), f_hat], dim=1)
-                x = t_feats[t]
-                for i in range(t + 1, final + 1):
+            nxt = plan.next_block(t)
+            if nxt is not None:
+                x_hat, x = self.next_block_on(t, split.prefix, f_hat), teacher.blocks[nxt](t_feats[t])
+                stats["cos_next"] = _inlier_cos(teacher.net.split(x_hat, tgrid).patches,
+                                                teacher.net.split(x, tgrid).patches, inlier)
+                for i in range(nxt + 1, final + 1):
                     x_hat, x = teacher.blocks[i](x_hat), teacher.blocks[i](x)
-                    if i == t + 1:
-                        stats["cos_next"] = _inlier_cos(teacher.net.split(x_hat, tgrid).patches,
-                                                        teacher.net.split(x, tgrid).patches, inlier)
                 stats["cos_final"] = _inlier_cos(teacher.net.split(x_hat, tgrid).patches,
                                                  teacher.net.split(x, tgrid).patches, inlier)
             out[t] = stats

@@ -80,7 +80,8 @@ def build_distiller(cfg, device=None) -> Distiller:
 
 def check_config_against_models(cfg) -> None:
     """Checks that need no weights but the chosen classes and architectures: ``DISTILLER.TYPE``, the model names,
-    layer indices in range for the teacher/student depth, the method's own bounds (SiNGER's rank ≤ teacher width),
+    layer indices in range for the teacher/student depth, the method's own checks (``Distiller.check_config``:
+    e.g. every ``SiNGER.*`` key),
     the artifact layer. The models are built on the ``meta`` device (no memory, no download): well under a second.
     Raises :class:`mdistiller.config.ConfigError` with one sentence.
     """
@@ -120,12 +121,13 @@ def check_config_against_models(cfg) -> None:
         raise ConfigError(f"DATASET.INPUT_SIZE {size} is not a multiple of the patch size {patch} of student "
                           f"'{d.STUDENT}'; use a multiple of {patch}, e.g. {near}.")
     try:
-        cls.plan_layers(cfg, t_depth, s_depth)
+        plan = cls.plan_layers(cfg, t_depth, s_depth)
     except (IndexError, ValueError) as e:
-        named = str(e.args[0]).startswith(("DISTILLER.", "SiNGER.", "VITKD."))  # the message names its key itself
+        # the message names its key itself
+        named = str(e.args[0]).startswith(("DISTILLER.", "SiNGER.", "FITNET.", "VITKD."))
         raise ConfigError(e.args[0] if named else f"{cls.layer_keys}: {e.args[0]}") from None
     try:
-        cls.check_config(cfg, width)
+        cls.check_config(cfg, width, plan)
     except ValueError as e:
         raise ConfigError(e.args[0]) from None
     if d.ARTIFACTS.ENABLE and not 0 <= d.ARTIFACTS.LAYER < t_depth - 1:

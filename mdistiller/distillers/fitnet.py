@@ -1,11 +1,12 @@
-"""FitNet for ViTs: feature MSE on the same layers as SiNGER (paper eq. 1), and its controls for SiNGER's ablation
-ladder (scale-aware units, a fixed norm clamp of the target, outliers left out of L_KD)."""
+"""FitNet for ViTs: feature MSE on its own layers ``FITNET.LAYERS`` (paper eq. 1; the shipped configs give it the
+same layers as SiNGER), and its controls for SiNGER's ablation ladder (scale-aware units, a fixed norm clamp of the
+target, outliers left out of L_KD)."""
 
 from __future__ import annotations
 
 import torch
 
-from .base import Distiller
+from .base import Distiller, LayerPlan
 from .losses import inlier_mask, norm_clamp
 
 #: ``FITNET.TARGET``: the teacher itself (eq. 1), its norm-clamped patches, or the teacher with outliers masked out
@@ -15,8 +16,9 @@ TARGETS = ("teacher", "clamp", "mask")
 class FitNet(Distiller):
     """``L = λ Σ_{l∈𝒟} (1/n) Σ_i ‖F^T_{l,i} − P_l(F^S_{l,i})‖²`` (eq. 1) on raw (pre-norm) block outputs.
 
-    Uses the same distillation layers 𝒟 as SiNGER by default (the released baseline used {11, 17, 23} against
-    SiNGER's {17, 23}, and a 10× weight, which made the comparison unfair).
+    Its layers are ``FITNET.LAYERS`` plus the last block; the shipped configs give it the same 𝒟 as SiNGER (the
+    released baseline used {11, 17, 23} against SiNGER's {17, 23}, and a 10× weight, which made the comparison
+    unfair).
 
     Controls that take SiNGER's changes to FitNet one at a time (**not the paper**; ``docs/singer_modes.md``):
 
@@ -28,6 +30,9 @@ class FitNet(Distiller):
       L_KD (CLS, with ``kd_cls``, is always kept).
     """
 
+    inter_layers_key = "FITNET.LAYERS"
+    layer_keys = "DISTILLER.TEACHER_LAYERS / FITNET.LAYERS"
+
     def __init__(self, *args, feat_weight: float = 1.0, scale: str = "none", target: str = "teacher",
                  q: float = 0.95, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -37,12 +42,21 @@ class FitNet(Distiller):
         self.use_feature_scale(scale)
 
     @classmethod
+    def check_config(cls, cfg, teacher_width: int | None = None, plan: LayerPlan | None = None) -> None:
+        """FitNet reads α from ``SiNGER.OUTLIER_Q`` (clamp and mask targets): the SiNGER section's own checks."""
+        from .singer import SiNGER
+
+        SiNGER.check_config(cfg)
+
+    @classmethod
     def from_config(cls, cfg, student, teacher, plan) -> FitNet:
+        """FitNet with its ``FITNET.*`` options (α from ``SiNGER.OUTLIER_Q``)."""
         return cls(student, teacher, plan, feat_weight=cfg.FITNET.LOSS.FEAT_WEIGHT, scale=cfg.FITNET.SCALE.lower(),
                    target=cfg.FITNET.TARGET.lower(), q=cfg.SiNGER.OUTLIER_Q, **cls.common_kwargs(cfg))
 
     @property
     def changes_target(self) -> bool:
+        """Only the clamp control's target differs from the teacher."""
         return self.target == "clamp"
 
     def refine(self, t_feats: dict[int, torch.Tensor], tgrid: tuple[int, int]) -> dict[int, tuple]:
@@ -53,6 +67,7 @@ class FitNet(Distiller):
         return out
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Eq. 1 summed over 𝒟 (or the chosen control)."""
         sgrid = self.student_grid(images)
         s_feats = self.student(images, self.plan.student)
         t_feats, tgrid = self.teacher(images, self.plan.teacher, student_grid=sgrid)

@@ -14,7 +14,8 @@ class SiNGERAdapter(nn.Module):
     Parameters ``down ∈ R^{d×r}`` (φ_down) and ``up ∈ R^{r×d}`` (φ_up), initialised from an orthonormal basis
     ``N ∈ R^{d×r}`` as ``down = N``, ``up = Nᵀ`` (eq. 7-8). With the nullspace basis of the next block's
     linearised FFN this biases the perturbation ``ΔF = F N Nᵀ`` (non-zero at init, unlike standard LoRA) toward
-    directions the next block ignores. Use :meth:`random` for the random-init ablation (Table 4).
+    directions the next block ignores. The random-init ablation (Table 4) passes a random basis instead
+    (``SiNGER.INIT random``, ``mdistiller/distillers/singer_parts.py:RandomBasis``).
     """
 
     def __init__(self, basis: torch.Tensor) -> None:
@@ -25,19 +26,14 @@ class SiNGERAdapter(nn.Module):
         self.down = nn.Parameter(basis)  # φ_down [d, r]
         self.up = nn.Parameter(basis.T.contiguous())  # φ_up [r, d]
 
-    @classmethod
-    def random(cls, dim: int, rank: int, generator: torch.Generator | None = None) -> SiNGERAdapter:
-        """Random-init variant (Table 4 "Random"): an orthonormal Gaussian basis in place of the nullspace."""
-        from .nullspace import random_basis
-
-        return cls(random_basis(dim, rank, generator=generator))
-
     @property
     def dim(self) -> int:
+        """``d``, the feature width."""
         return self.down.shape[0]
 
     @property
     def rank(self) -> int:
+        """``r``, the adapter rank."""
         return self.down.shape[1]
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
@@ -45,6 +41,7 @@ class SiNGERAdapter(nn.Module):
         return (x @ self.down.to(x.dtype)) @ self.up.to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``F̂ = F + ΔF`` (eq. 6)."""
         return x + self.delta(x)
 
     def extra_repr(self) -> str:

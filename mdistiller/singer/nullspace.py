@@ -65,9 +65,10 @@ def singular_spectrum(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _check_rank_bound(rank: int, dim: int) -> None:
-    """The library's own guard of the adapter rank (configs are checked earlier, in ``SiNGER.check_config``)."""
+    """The library's own guard of the rank argument (the config key ``SiNGER.RANK`` is checked by
+    ``SiNGER.check_config``)."""
     if not 1 <= rank <= dim:
-        raise ValueError(f"rank {rank} must lie in [1, {dim}] (the feature width); lower SiNGER.RANK.")
+        raise ValueError(f"rank {rank} must lie in [1, {dim}] (the feature width); lower the rank.")
 
 
 def _check_rank(w: torch.Tensor, rank: int) -> None:

@@ -43,7 +43,8 @@ def adapter_report(run_dir: str | Path, num_images: int = 64, batch_size: int = 
     ``‖G(F_i) − G(F_j)‖_F``) and on cosine Grams divided by the number of patches (``gd_cos``, scale-free).
     """
     cfg, distiller = run_io.load_run_seeded(run_dir)
-    if not distiller.refines_teacher:
+    inits = distiller.adapter_inits()
+    if not inits:
         raise ValueError(f"'{run_dir}' is a {cfg.DISTILLER.TYPE} run; the adapter analysis needs a SiNGER run.")
     images, _ = load_toy_images(int(cfg.DATASET.INPUT_SIZE), num_images)
     got = run_io.run_features(distiller, images, batch_size)
@@ -53,13 +54,13 @@ def adapter_report(run_dir: str | Path, num_images: int = 64, batch_size: int = 
     norms: dict[str, torch.Tensor] = {}
     cosines: dict[str, torch.Tensor] = {}
     for t in distiller.plan.teacher:
-        adapter = distiller.adapters[str(t)]
-        a = adapter_alignment(adapter, distiller.init_weight(t))
-        ref = math.sqrt(a["rank"] / adapter.dim)
+        init = inits[t]
+        a = adapter_alignment(init.adapter, init.weight)
+        ref = math.sqrt(a["rank"] / init.adapter.dim)
         for m in ("up", "down_T"):
             align_rows.append({"layer": t, "matrix": m, "E_prob": a[m]["E_prob"], "E_safe": a[m]["E_safe"],
                                "rank": a["rank"], "random_reference": ref,
-                               "basis_block": t + 1 if t != final else t})
+                               "basis_block": init.source_block})
         f, fh = feats[t]["t"], feats[t]["t_hat"]
         pairs = [(f"F_{t}", f"F̂_{t}", f, fh)]
         if "t_next" in feats[t] and t != final:
