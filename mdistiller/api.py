@@ -22,6 +22,7 @@ __all__ = ["train", "evaluate"]
 
 
 def _opts(overrides: Mapping[str, Any] | Sequence[Any] | None) -> list[Any]:
+    """``{"K": v}`` or ``["K", v]`` as the flat ``KEY VALUE`` list of :func:`mdistiller.config.apply_overrides`."""
     if overrides is None:
         return []
     if isinstance(overrides, Mapping):
@@ -56,9 +57,9 @@ def train(cfg_or_paths: Any, overrides: Mapping[str, Any] | Sequence[Any] | None
     stopped.
     """
     from mdistiller.config import CN, load_config
-    from mdistiller.engine.distributed import broadcast_object, cleanup, init_distributed
+    from mdistiller.engine.distributed import cleanup, init_distributed
     from mdistiller.engine.preflight import check_launch
-    from mdistiller.engine.rundir import RunDirError, named_config, open_run_dir, say
+    from mdistiller.engine.rundir import claim_run_dir, named_config
     from mdistiller.engine.trainer import Trainer, run_dir_for
 
     opts = _opts(overrides)
@@ -82,23 +83,12 @@ def train(cfg_or_paths: Any, overrides: Mapping[str, Any] | Sequence[Any] | None
     out = Path(run_dir) if run_dir else run_dir_for(cfg)
     check_launch(cfg, out, device, run_dir_flag="run_dir")  # before any lock, process group or model
     env = init_distributed(device or cfg.EXPERIMENT.DEVICE, timeout_minutes=cfg.EXPERIMENT.DIST_TIMEOUT_MIN)
-    start, refused = None, None
-    if env.is_main:
-        try:
-            start = open_run_dir(out, resume, overwrite)
-            say(start.notes)
-        except Exception as e:  # noqa: BLE001 (re-raised below, after the other ranks have heard of it)
-            refused = e
-    ckpt = broadcast_object(None if start is None else start.checkpoint)
-    if broadcast_object(None if refused is None else str(refused)) is not None:
-        cleanup()
-        raise refused if refused is not None else RunDirError("the main process refused the run directory")
+    start = claim_run_dir(out, resume, overwrite, is_main=env.is_main)  # the lock and resume of tools/train.py
     try:
         trainer = Trainer(cfg, env, out)
-        metrics = trainer.fit(ckpt)
+        metrics = trainer.fit(start.checkpoint)
     finally:
-        if start is not None:
-            start.release()
+        start.release()
         cleanup()
     student = out / "student.safetensors"
     return {"run_dir": out, "step": trainer.step, "student": student if student.is_file() else None,

@@ -68,7 +68,7 @@ _C.DATASET.PREFETCH_FACTOR = 4
 # never copy a parent's threads (a fork after torch's threads started can, rarely, hang a worker on a copied lock);
 # they re-import the dataset code in each worker (seconds), so pair them with PERSISTENT_WORKERS
 _C.DATASET.WORKER_START = ""
-_C.DATASET.TRAIN_SIZE = 0  # toy_scenes: number of training images (0 → dataset default); others: a subset cap
+_C.DATASET.TRAIN_SIZE = 0  # a generated dataset (toy_scenes): training images (0 → its default); others: 0
 _C.DATASET.VAL_SIZE = 0  # held-out images for the feature-agreement check (0 → one batch)
 _C.DATASET.NUM_CLASSES = 0  # classes for DISTILLER.TYPE Supervised (0 → the dataset's own count)
 _C.DATASET.AUGMENT = True  # paper augmentation (RandomResizedCrop + flip) for training

@@ -243,7 +243,7 @@ def _image_folders(root: Path) -> Path:
 def test_a_bad_image_in_val_is_one_sentence_or_skipped(tmp_path, train_tool, capsys):
     bad = _image_folders(tmp_path / "data")
     opts = ["--cfg", str(tiny_yaml(tmp_path)), "DATASET.TYPE", "imagenet", "DATASET.ROOT", str(tmp_path / "data"),
-            "SOLVER.MAX_STEPS", "2", "SOLVER.BATCH_SIZE", "8"]
+            "DATASET.TRAIN_SIZE", "0", "SOLVER.MAX_STEPS", "2", "SOLVER.BATCH_SIZE", "8"]
     line = _refused(train_tool, capsys, [*opts, "--run-dir", str(tmp_path / "r1")], code=1)
     assert line.startswith(f"error: held-out (val) image '{bad}' cannot be decoded (") and line.endswith(
         "); replace or delete it, or set DATASET.SKIP_BAD_IMAGES True to skip undecodable images.")

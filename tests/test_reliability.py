@@ -339,8 +339,9 @@ def _image_tree(root: Path) -> Path:
 def test_undecodable_training_image_stops_naming_it_or_is_skipped(tmp_path, train_tool, capsys):
     bad = _image_tree(tmp_path / "data")
     y = str(tiny_yaml(tmp_path))
-    opts = ["DATASET.TYPE", "imagenet", "DATASET.ROOT", str(tmp_path / "data"), "DATASET.NUM_WORKERS", "1",
-            "DATASET.PERSISTENT_WORKERS", "False", "SOLVER.MAX_STEPS", "2", "DATASET.WORKER_START", "forkserver"]
+    opts = ["DATASET.TYPE", "imagenet", "DATASET.ROOT", str(tmp_path / "data"), "DATASET.TRAIN_SIZE", "0",
+            "DATASET.NUM_WORKERS", "1", "DATASET.PERSISTENT_WORKERS", "False", "SOLVER.MAX_STEPS", "2",
+            "DATASET.WORKER_START", "forkserver"]
     code, err = _cli(train_tool, capsys, ["--cfg", y, "--run-dir", str(tmp_path / "r1"), *opts])
     line = _one_error_line(err)
     assert code == 1 and "Traceback" not in err

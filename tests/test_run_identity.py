@@ -353,7 +353,7 @@ def test_the_fingerprint_is_the_same_from_memory_checkpoint_and_export(tmp_path)
     trainer = Trainer(cfg, cpu_env(), tmp_path / "run")
     trainer.fit()
     in_memory = weights_fingerprint(trainer.distiller.student.model.state_dict())
-    from mdistiller.engine.trainer import load_run
+    from mdistiller.engine.load import load_run
 
     _, loaded = load_run(tmp_path / "run")
     assert in_memory == trainer.student_fingerprint == student_fingerprint(tmp_path / "run") == \

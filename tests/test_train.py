@@ -234,7 +234,7 @@ def test_epoch_summary_records(tmp_path):
 def test_missing_data_folder_message(tmp_path):
     cfg = tiny_yaml(tmp_path)
     res = run_train(["--cfg", str(cfg), "--run-dir", str(tmp_path / "r"), "DATASET.TYPE", "imagenet",
-                     "DATASET.ROOT", str(tmp_path / "nowhere")], timeout=120)
+                     "DATASET.TRAIN_SIZE", "0", "DATASET.ROOT", str(tmp_path / "nowhere")], timeout=120)
     assert res.returncode == 1
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and "nowhere" in last and "train/" in last

@@ -154,7 +154,7 @@ def norm_similarity_figure(dirs: dict[str, Path], out: Path, size: int) -> Path:
 
     from mdistiller.analysis.inputs import load_toy_images
     from mdistiller.analysis.viz import norm_similarity_figure as figure
-    from mdistiller.engine.trainer import load_run
+    from mdistiller.engine.load import load_run
 
     image = load_toy_images(size, 4)[0][1:2]
     panels: list[tuple[str, torch.Tensor]] = []

@@ -27,7 +27,7 @@ def load_run_seeded(run_dir: str | Path):
     afterwards. The student's fingerprint is recorded in :data:`MEASURED`."""
     from mdistiller.engine.checkpoint import rng_state, set_rng_state
     from mdistiller.engine.fingerprint import weights_fingerprint
-    from mdistiller.engine.trainer import load_run
+    from mdistiller.engine.load import load_run
 
     if not is_run_dir(run_dir):
         raise FileNotFoundError(f"'{run_dir}' is not a run directory (no config.yaml); pass one written by "

@@ -6,7 +6,10 @@ is an ``int`` class label, or for dense tasks a dict of tensors that the default
 (toy scenes: ``{"label": int, "mask": LongTensor[H, W], "depth": FloatTensor[H, W]}``).
 
 Each registered class provides a classmethod ``build(split, *, root, input_size, train, **kwargs)``
-that maps the uniform factory arguments onto its own constructor.
+that maps the uniform factory arguments onto its own constructor. A dataset that generates its images (toy scenes)
+names the constructor keyword that sets how many in a class attribute ``size_arg``; :func:`size_kwargs` turns a
+size (``DATASET.TRAIN_SIZE``, ``DATASET.VAL_SIZE``) into that keyword, so no caller tests a dataset's name. A dataset
+read from files has no ``size_arg``: its files set its size, and ``DATASET.TRAIN_SIZE`` is refused for it.
 """
 
 from __future__ import annotations
@@ -55,6 +58,21 @@ def build_dataset(name: str, split: str, *, root: str | None, input_size: int, t
     return cls.build(split, root=root, input_size=input_size, train=train, **kwargs)
 
 
+def takes_size(name: str) -> bool:
+    """Whether the registered dataset ``name`` is sized by a constructor keyword (its ``size_arg``) rather than by
+    its files."""
+    return bool(getattr(DATASETS.get(name), "size_arg", None))
+
+
+def size_kwargs(name: str, num_images: int) -> dict[str, int]:
+    """The constructor keyword that makes dataset ``name`` hold ``num_images`` images (``{"num_images": n}`` for toy
+    scenes), to pass to :func:`build_dataset`; ``{}`` when ``num_images`` is 0 (the dataset's default) or the dataset
+    is sized by its files."""
+    if not num_images or not takes_size(name):
+        return {}
+    return {DATASETS.get(name).size_arg: int(num_images)}
+
+
 __all__ = [
     "DATASETS",
     "FashionMNIST",
@@ -65,6 +83,8 @@ __all__ = [
     "fashion_mnist",
     "folders",
     "read_idx",
+    "size_kwargs",
+    "takes_size",
     "toy_scenes",
     "train_transform",
 ]
@@ -76,7 +96,7 @@ from mdistiller.dataset import ade20k, finegrained, imagenet_variants, inat2019,
 def check_dataset_config(cfg) -> None:
     """The config check of ``DATASET.TYPE`` (registered with :func:`mdistiller.config.register_check`): an unknown
     name is one sentence with the closest valid one; then ``DATASET.FORMAT`` and its keys
-    (:func:`mdistiller.dataset.formats.check_format_config`)."""
+    (:func:`mdistiller.dataset.formats.check_format_config`), and ``DATASET.TRAIN_SIZE`` (:func:`_check_train_size`)."""
     import difflib
 
     from mdistiller.config import ConfigError
@@ -85,7 +105,22 @@ def check_dataset_config(cfg) -> None:
         from mdistiller.dataset.formats import check_format_config
 
         check_format_config(cfg)
+        _check_train_size(cfg)
         return
     close = difflib.get_close_matches(str(cfg.DATASET.TYPE), DATASETS.names(), n=1)
     hint = f"did you mean '{close[0]}'?" if close else f"valid datasets: {', '.join(DATASETS.names())}."
     raise ConfigError(f"unknown DATASET.TYPE '{cfg.DATASET.TYPE}'; {hint}")
+
+
+def _check_train_size(cfg) -> None:
+    """``DATASET.TRAIN_SIZE`` sizes only a dataset that generates its images (:func:`takes_size`); for one read from
+    files it would be ignored, so it is refused in one sentence instead of training on another set than asked."""
+    from mdistiller.config import ConfigError
+
+    n, name = int(cfg.DATASET.TRAIN_SIZE), str(cfg.DATASET.TYPE)
+    if not n or takes_size(name):
+        return
+    sized = ", ".join(d for d in DATASETS.names() if takes_size(d))
+    raise ConfigError(f"DATASET.TRAIN_SIZE {n} sets the number of images only of a generated dataset ({sized}), but "
+                      f"'{name}' is read from its files under DATASET.ROOT, which set its size; set DATASET.TRAIN_SIZE "
+                      "0 and put the images to train on under DATASET.ROOT.")

@@ -507,6 +507,9 @@ class ToyScenes(Dataset):
     mask and depth together.
     """
 
+    #: the constructor keyword that sets how many images the dataset holds (``DATASET.TRAIN_SIZE``/``VAL_SIZE``;
+    #: :func:`mdistiller.dataset.size_kwargs`)
+    size_arg = "num_images"
     num_classes = NUM_CLASSES
     num_seg_classes = NUM_SEG_CLASSES
     ignore_index = IGNORE_INDEX

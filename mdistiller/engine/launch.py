@@ -31,6 +31,7 @@ from pathlib import Path
 
 
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    """The command line's options (``--cfg`` files, ``--resume``, ``--run-dir``, ...) and ``KEY VALUE`` overrides."""
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cfg", nargs="+", default=[], metavar="YAML", help="config files, merged left to right")
     p.add_argument("--resume", default="auto", metavar="auto|none|PATH",
@@ -93,9 +94,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return 2
     from mdistiller.dataset.bad_images import BadImageError, bad_image_sentence
     from mdistiller.engine.checkpoint import CheckpointError
-    from mdistiller.engine.distributed import broadcast_object, cleanup, init_distributed, peer_failure
+    from mdistiller.engine.distributed import cleanup, init_distributed, peer_failure
     from mdistiller.engine.preflight import check_launch
-    from mdistiller.engine.rundir import RunDirError, open_run_dir, say
+    from mdistiller.engine.rundir import RunDirError, claim_run_dir
     from mdistiller.engine.runlock import RunLockedError
     from mdistiller.engine.trainer import NonFiniteLossError, Trainer, run_dir_for
 
@@ -107,21 +108,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     env = init_distributed(args.device or cfg.EXPERIMENT.DEVICE, timeout_minutes=cfg.EXPERIMENT.DIST_TIMEOUT_MIN)
-    start, refused = None, None
-    if env.is_main:
-        try:
-            start = open_run_dir(run_dir, args.resume, args.overwrite)
-            say(start.notes)
-        except (RunLockedError, RunDirError) as e:
-            refused = str(e)
-    resume = broadcast_object(None if start is None else start.checkpoint)
-    refused = broadcast_object(refused)
-    if refused:
+    try:
+        start = claim_run_dir(run_dir, args.resume, args.overwrite, is_main=env.is_main)
+    except (RunLockedError, RunDirError) as e:  # the process group is already torn down
         if env.is_main:
-            print(f"error: {refused.rstrip('.')}.", file=sys.stderr)
-        cleanup()
+            print(f"error: {str(e).rstrip('.')}.", file=sys.stderr)
         return 2
-    trainer = None
+    resume, trainer = start.checkpoint, None
     try:
         trainer = Trainer(cfg, env, run_dir)
         if env.is_main:
@@ -149,8 +142,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(f"error: {_peers_lost_sentence(env.rank, why, trainer)}.", file=sys.stderr, flush=True)
         return PEERS_LOST
     finally:
-        if start is not None:
-            start.release()
+        start.release()
     cleanup()
     if "interrupted" in result:
         if env.is_main:

@@ -114,8 +114,10 @@ def check_batch_fits(num_images: int, cfg: CN) -> None:
     b = int(cfg.SOLVER.BATCH_SIZE)
     if num_images >= b:
         return
-    more = (f"raise DATASET.TRAIN_SIZE to at least {b}" if cfg.DATASET.TYPE == "toy_scenes"
-            else "add images under DATASET.ROOT (or raise the DATASET.TRAIN_SIZE cap)")
+    from mdistiller.dataset import takes_size
+
+    more = (f"raise DATASET.TRAIN_SIZE to at least {b}" if takes_size(cfg.DATASET.TYPE)
+            else "add images under DATASET.ROOT")
     raise PreflightError(f"the training set has {num_images} images, fewer than one global batch of SOLVER.BATCH_SIZE "
                          f"{b}; lower SOLVER.BATCH_SIZE to at most {num_images} (a multiple of the number of "
                          f"processes), or {more}.")

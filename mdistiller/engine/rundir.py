@@ -1,6 +1,7 @@
 """Taking a run directory for a training command: the lock, ``--resume`` and ``--overwrite``, with nothing lost.
 
-:func:`open_run_dir` is the one place ``tools/train.py`` and :func:`mdistiller.train` decide where a run starts:
+:func:`open_run_dir` is the one place ``tools/train.py`` and :func:`mdistiller.train` decide where a run starts,
+called by both through :func:`claim_run_dir` (the main rank claims, every rank learns the checkpoint or the refusal):
 
 * ``resume="auto"``: ``checkpoints/last.pth`` when it is readable; when it is missing or unreadable but
   ``prev.pth`` is readable, ``prev.pth`` (one note says so; an unreadable ``last.pth`` is kept as
@@ -27,7 +28,8 @@ from .checkpoint import CheckpointError, load_checkpoint, previous_path
 from .identity import run_name
 from .runlock import RunLock
 
-__all__ = ["DERIVED_FILES", "RUN_FILES", "RunDirError", "RunStart", "named_config", "open_run_dir", "run_history"]
+__all__ = ["DERIVED_FILES", "RUN_FILES", "RunDirError", "RunStart", "claim_run_dir", "named_config", "open_run_dir",
+           "run_history"]
 
 #: what a training run writes into its directory; ``--overwrite`` deletes exactly these
 RUN_FILES = ("config.yaml", "run_info.json", "metrics.jsonl", "checkpoints", "student.safetensors",
@@ -201,6 +203,34 @@ def open_run_dir(run_dir: str | os.PathLike[str], resume: str = "auto", overwrit
         start.release()
         raise
     return start
+
+
+def claim_run_dir(run_dir: str | os.PathLike[str], resume: str = "auto", overwrite: bool = False, *,
+                  is_main: bool = True) -> RunStart:
+    """Claim ``run_dir`` for a training run on every rank: the main rank (``is_main``) locks it and decides where the
+    run starts (:func:`open_run_dir`, its notes printed by :func:`say`); every rank then learns the checkpoint to
+    resume (``None``: a fresh start) or the refusal. The command line and :func:`mdistiller.train` both start here.
+
+    Returns the main rank's :class:`RunStart` (call :meth:`RunStart.release` when the run ends) and, on the other
+    ranks, a :class:`RunStart` without a lock holding the same checkpoint. On a refusal the process group is torn
+    down and every rank raises: the main rank its own error (:class:`~mdistiller.engine.runlock.RunLockedError`,
+    :class:`RunDirError`, or whatever else the claim raised), the other ranks a :class:`RunDirError` with its message.
+    """
+    from .distributed import broadcast_object, cleanup
+
+    start, refused = None, None
+    if is_main:
+        try:
+            start = open_run_dir(run_dir, resume, overwrite)
+            say(start.notes)
+        except Exception as e:  # noqa: BLE001 (re-raised below, after the other ranks have heard of it)
+            refused = e
+    checkpoint = broadcast_object(None if start is None else start.checkpoint)
+    message = broadcast_object(None if refused is None else str(refused))
+    if message is not None:
+        cleanup()
+        raise refused if refused is not None else RunDirError(message)
+    return start if start is not None else RunStart(Path(run_dir), None, checkpoint)
 
 
 def named_config(cfg: CN, base: CN, override_keys: list[str]) -> CN:

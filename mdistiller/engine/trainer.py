@@ -7,6 +7,7 @@ import math
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from .console import ImageRate, format_count, key_value_block, layer_tables, pro
 from .data import DeviceDecodedBatches, build_train_loader
 from .distributed import DistEnv, all_gather_object, barrier, broadcast_object, reduce_mean_dict
 from .fingerprint import weights_fingerprint
+from .load import checkpoint_meta, load_run  # load_run: its old import path (it lives in engine/load.py)
 from .logging import MetricsWriter, truncate_metrics, write_run_info
 from .optim import IterationScheduler, build_optimizer, clip_grad
 from .preflight import check_batch_fits
@@ -43,11 +45,18 @@ def run_dir_for(cfg: CN) -> Path:
     return Path(e.OUTPUT_DIR) / e.PROJECT / (e.NAME or e.TAG)
 
 
-def checkpoint_meta(cfg: CN, model: nn.Module) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed: method, models, and every trainable parameter's shape."""
-    d = cfg.DISTILLER
-    return {"distiller": d.TYPE, "teacher": d.TEACHER, "student": d.STUDENT,
-            "params": ckpt.param_shapes([(n, p) for n, p in model.named_parameters() if p.requires_grad])}
+@dataclass
+class _FitRun:
+    """What one call of :meth:`Trainer.fit` carries from step to step."""
+
+    log: MetricsWriter
+    bar: Any = None  # the progress bar (main rank, a terminal), else None
+    last: dict[str, Any] = field(default_factory=dict)  # the last logged metrics: what fit returns
+    window: list[dict[str, float]] = field(default_factory=list)  # the steps since the last log record
+    epoch_steps: list[dict[str, float]] = field(default_factory=list)  # the steps of this (partial) epoch
+    rate: ImageRate = field(default_factory=ImageRate)  # the one img/s: images of all ranks per second of the loop
+    t0: float = 0.0  # perf_counter at the start of fit (the end block's wall time)
+    first_step: int = 0  # the step fit started from
 
 
 class Trainer:
@@ -57,7 +66,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: CN, env: DistEnv, run_dir: str | Path | None = None) -> None:
-        from mdistiller.dataset import build_dataset
+        from mdistiller.dataset import build_dataset, size_kwargs
         from mdistiller.dataset.formats import format_kwargs
 
         self.cfg, self.env = cfg, env
@@ -76,9 +85,9 @@ class Trainer:
         ckpt.seed_everything(cfg.EXPERIMENT.SEED)  # same init on every rank
         self.distiller: Distiller = build_distiller(cfg, device=env.device)
         torch.manual_seed(cfg.EXPERIMENT.SEED + env.rank)  # per-rank stream for in-model randomness (ViTKD masks)
-        extra = {"num_images": data.TRAIN_SIZE} if data.TRAIN_SIZE and data.TYPE == "toy_scenes" else {}
         train_set = build_dataset(data.TYPE, "train", root=data.ROOT, input_size=data.INPUT_SIZE,
-                                  train=bool(data.AUGMENT), **extra, **format_kwargs(data, "train"))
+                                  train=bool(data.AUGMENT), **size_kwargs(data.TYPE, data.TRAIN_SIZE),
+                                  **format_kwargs(data, "train"))
         if not device_decode:
             from mdistiller.dataset.bad_images import guard_images
 
@@ -142,11 +151,14 @@ class Trainer:
         return DeviceDecodedBatches(loader, transform), sampler
 
     def _heldout_batch(self, build_dataset) -> torch.Tensor:
+        """The held-out batch of the agreement check: the first ``DATASET.VAL_SIZE`` (default: one batch, at most
+        16) images of the val split, on the device; empty when there is no val split (the check is skipped)."""
+        from mdistiller.dataset import size_kwargs
         from mdistiller.dataset.formats import format_kwargs
 
         data = self.cfg.DATASET
         n = data.VAL_SIZE or min(self.batch, 16)
-        kwargs = ({"num_images": n} if data.TYPE == "toy_scenes" else {}) | format_kwargs(data, "val")
+        kwargs = size_kwargs(data.TYPE, n) | format_kwargs(data, "val")
         try:
             ds = build_dataset(data.TYPE, "val", root=data.ROOT, input_size=data.INPUT_SIZE, train=False, **kwargs)
         except (FileNotFoundError, ValueError):
@@ -172,6 +184,8 @@ class Trainer:
         return {"path": str(w), **file_identity(w)}
 
     def state(self) -> dict[str, Any]:
+        """Everything a checkpoint holds: weights, optimizer, schedule, scaler, step, every rank's RNG, config,
+        teacher file and accepted changes (collective: every rank calls it)."""
         epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
         return {"meta": checkpoint_meta(self.cfg, self.distiller), "model": self.distiller.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -290,6 +304,8 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------- loop
     def train_step(self, images: torch.Tensor, targets: Any = None) -> dict[str, float]:
+        """One optimizer step (autocast, the step's agreement on non-finite losses and signals, backward, clipping,
+        update and schedule); returns the step's loss terms and ``grad_norm``."""
         self.model.train()
         every = self.cfg.LOG.GRAD_TERMS_EVERY_STEPS
         measure_terms = bool(self.env.is_main and every and self.step % every == 0)
@@ -332,6 +348,7 @@ class Trainer:
             f"the loss was finite); {self._advice(self.step + 1)}.")
 
     def agreement(self) -> dict[str, float]:
+        """The teacher-student agreement on the held-out batch (``agree/...``; empty without one)."""
         if self.heldout is None or self.heldout.numel() == 0:
             return {}
         self.distiller.eval()
@@ -463,7 +480,50 @@ class Trainer:
         """Train to ``total_steps``; returns the last logged metrics. A SIGINT/SIGTERM writes a checkpoint and
         returns early with ``"interrupted": signal``; under a process group a signal to any one rank stops every
         rank after the same step, which each step agrees on (:mod:`~mdistiller.engine.stopping`), and a second
-        signal ends the process at once."""
+        signal ends the process at once.
+
+        The loop, step by step: :meth:`_begin` (resume or refuse a restart, the starting checkpoint, ``run_info.json``,
+        the writer, the signal handlers, the start block and the bar), then for every batch :meth:`_train_one_step`,
+        :meth:`_log_if_due`, :meth:`_agreement_if_due`, :meth:`_end_of_epoch`, :meth:`_checkpoint_if_due`,
+        :meth:`_draw_figures_if_due`, the bar, and :meth:`_agree_to_stop` (:meth:`_stop` when a signal came); at the
+        end :meth:`_finish` (export and the end block), and always :meth:`_close`."""
+        run = self._begin(resume)
+        try:
+            while self.step < self.total_steps:
+                epoch, start = divmod(self.step, self.steps_per_epoch)
+                self.sampler.set_epoch(epoch, start=start * self.batch)
+                for images, targets in self.loader:
+                    self._train_one_step(run, images, targets, epoch)
+                    self._log_if_due(run, epoch)
+                    self._agreement_if_due(run, epoch)
+                    self._end_of_epoch(run, epoch)
+                    self._checkpoint_if_due()
+                    self._draw_figures_if_due(run)
+                    if run.bar is not None:
+                        run.bar.update(1)
+                    stop = self._agree_to_stop()
+                    if stop:
+                        return self._stop(run, stop)
+                    if self.step >= self.total_steps:
+                        break
+            return self._finish(run)
+        finally:
+            self._close(run)
+
+    # ---------------------------------------------------------------------------------------------- fit's steps
+    def _epoch_done(self) -> bool:
+        """The step just trained ends an epoch."""
+        return self.step % self.steps_per_epoch == 0
+
+    def _at_end(self) -> bool:
+        """The step just trained is the run's last."""
+        return self.step == self.total_steps
+
+    def _begin(self, resume: str | Path | None) -> _FitRun:
+        """Everything before the first step: resume ``resume`` (or refuse to restart over a run's history), drop
+        stale temporaries and replayed metric records, write the starting checkpoint of a fresh run and
+        ``run_info.json``, open the metrics writer, install the signal handlers, print the start block and open
+        the progress bar (a terminal only)."""
         cfg, env = self.cfg, self.env
         if resume:
             self.resume(resume)
@@ -486,7 +546,7 @@ class Trainer:
                             wandb_project=cfg.EXPERIMENT.PROJECT, wandb_name=cfg.EXPERIMENT.NAME or self.run_dir.name,
                             wandb_tags=[t for t in cfg.EXPERIMENT.TAG.split(",") if t], wandb_config=hparams)
         self.stop.install()  # SIGINT/SIGTERM: a checkpoint at the next agreed step; restored on return
-        fit_t0, first_step = time.perf_counter(), self.step
+        t0, first_step = time.perf_counter(), self.step
         show_bar = env.is_main and progress_bar_allowed(cfg.LOG.PROGRESS)  # a terminal only: no \r in log files
         if env.is_main:
             self._say(self._start_block(show_bar))
@@ -496,76 +556,99 @@ class Trainer:
 
             bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{cfg.DISTILLER.TYPE}", dynamic_ncols=True,
                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
-        last: dict[str, Any] = {}
-        window: list[dict[str, float]] = []
-        epoch_steps: list[dict[str, float]] = []
-        rate = ImageRate()  # the one img/s: images of all ranks per second of the loop's wall time
-        agree_every = cfg.LOG.AGREEMENT_EVERY_STEPS or self.steps_per_epoch
-        ckpt_every = cfg.LOG.CKPT_EVERY_STEPS
-        try:
-            while self.step < self.total_steps:
-                epoch, start = divmod(self.step, self.steps_per_epoch)
-                self.sampler.set_epoch(epoch, start=start * self.batch)
-                for images, targets in self.loader:
-                    images = images.to(env.device, non_blocking=True)
-                    if self.distiller.needs_targets:
-                        targets = _to_device(targets, env.device)
-                    window.append(self.train_step(images, targets))
-                    epoch_steps.append(window[-1])
-                    if self.grad_terms:
-                        log.log(self.grad_terms, step=self.step, epoch=epoch)
-                        last.update(self.grad_terms)
-                    rate.add(images.shape[0] * env.world_size)
-                    done_epoch = self.step % self.steps_per_epoch == 0
-                    if self.step % cfg.LOG.FREQ == 0 or done_epoch or self.step == self.total_steps:
-                        last = self._log(log, window, epoch, rate.window(), bar) | {
-                            k: v for k, v in last.items() if k.startswith(("agree/", "grad/"))}
-                        window = []
-                    if self.step % agree_every == 0 or self.step == self.total_steps:
-                        agr = self.agreement()
-                        if agr:
-                            log.log(agr, step=self.step, epoch=epoch)
-                            last.update(agr)
-                    if done_epoch or self.step == self.total_steps:  # one summary record per (partial) epoch
-                        summary = self._epoch_summary(epoch_steps, epoch, rate.epoch())
-                        log.log(summary, step=self.step)
-                        epoch_steps = []
-                    if (ckpt_every and self.step % ckpt_every == 0) or done_epoch or self.step == self.total_steps:
-                        self.save()
-                    fig_every = cfg.LOG.WANDB_FIGURES_EVERY_STEPS
-                    if fig_every and self.step % fig_every == 0 and self.step < self.total_steps:
-                        self._log_figures(log)
-                    if bar is not None:
-                        bar.update(1)
-                    # distributed: the signal all ranks agreed on in this step, so all save this step and return
-                    stop = self.stop_agreed if env.distributed else (self.stop.signum or 0)
-                    if stop:
-                        if self.saved_step != self.step:  # no second checkpoint of a step just saved
-                            self.save()
-                        last["interrupted"] = stop
-                        self._say(f"[mdistiller] stopped by signal {stop} at step {self.step}; "
-                                  f"checkpoint {self.ckpt_path}", console=False)
-                        return last
-                    if self.step >= self.total_steps:
-                        break
-            self.export()
-            skipped = self.bad_images.value if self.bad_images is not None else 0
-            if skipped:
-                log.log({"bad_images": skipped}, step=self.step)
-                last["bad_images"] = skipped
-            if bar is not None:
-                bar.close()
-                bar = None
-            self._log_figures(log)
-            block, values = self._summary_block(last, time.perf_counter() - fit_t0, self.step - first_step, rate.rate)
-            self._say(block)
-            log.summary(values)
-            return last
-        finally:
-            if bar is not None:
-                bar.close()
-            log.close()
-            self.stop.restore()
+        return _FitRun(log, bar, t0=t0, first_step=first_step)  # its ImageRate's clock starts now
+
+    def _train_one_step(self, run: _FitRun, images: Any, targets: Any, epoch: int) -> None:
+        """One optimizer step on a batch (:meth:`train_step`), its metrics kept for the log window and the epoch,
+        the per-term gradient norms logged when measured, and the batch counted for img/s."""
+        env = self.env
+        images = images.to(env.device, non_blocking=True)
+        if self.distiller.needs_targets:
+            targets = _to_device(targets, env.device)
+        run.window.append(self.train_step(images, targets))
+        run.epoch_steps.append(run.window[-1])
+        if self.grad_terms:
+            run.log.log(self.grad_terms, step=self.step, epoch=epoch)
+            run.last.update(self.grad_terms)
+        run.rate.add(images.shape[0] * env.world_size)
+
+    def _log_if_due(self, run: _FitRun, epoch: int) -> None:
+        """Every ``LOG.FREQ`` steps, at an epoch's end and at the last step: one record of the window's means
+        (:meth:`_log`), which becomes the returned metrics (the last agreement and gradient terms kept)."""
+        if self.step % self.cfg.LOG.FREQ == 0 or self._epoch_done() or self._at_end():
+            run.last = self._log(run.log, run.window, epoch, run.rate.window(), run.bar) | {
+                k: v for k, v in run.last.items() if k.startswith(("agree/", "grad/"))}
+            run.window = []
+
+    def _agreement_if_due(self, run: _FitRun, epoch: int) -> None:
+        """Every ``LOG.AGREEMENT_EVERY_STEPS`` steps (default: once an epoch) and at the last step: the
+        teacher-student agreement on the held-out batch (:meth:`agreement`)."""
+        every = self.cfg.LOG.AGREEMENT_EVERY_STEPS or self.steps_per_epoch
+        if self.step % every == 0 or self._at_end():
+            agr = self.agreement()
+            if agr:
+                run.log.log(agr, step=self.step, epoch=epoch)
+                run.last.update(agr)
+
+    def _end_of_epoch(self, run: _FitRun, epoch: int) -> None:
+        """At an epoch's end and at the last step: one summary record per (partial) epoch (:meth:`_epoch_summary`)."""
+        if self._epoch_done() or self._at_end():
+            run.log.log(self._epoch_summary(run.epoch_steps, epoch, run.rate.epoch()), step=self.step)
+            run.epoch_steps = []
+
+    def _checkpoint_if_due(self) -> None:
+        """Every ``LOG.CKPT_EVERY_STEPS`` steps, at an epoch's end and at the last step: :meth:`save`."""
+        every = self.cfg.LOG.CKPT_EVERY_STEPS
+        if (every and self.step % every == 0) or self._epoch_done() or self._at_end():
+            self.save()
+
+    def _draw_figures_if_due(self, run: _FitRun) -> None:
+        """Every ``LOG.WANDB_FIGURES_EVERY_STEPS`` steps before the last: the dashboards' figures
+        (:meth:`_log_figures`; :meth:`_finish` draws the last ones)."""
+        every = self.cfg.LOG.WANDB_FIGURES_EVERY_STEPS
+        if every and self.step % every == 0 and self.step < self.total_steps:
+            self._log_figures(run.log)
+
+    def _agree_to_stop(self) -> int:
+        """The signal the loop stops on after this step (0: none). Under a process group it is the one every rank
+        agreed on inside :meth:`train_step` (:func:`~mdistiller.engine.stopping.agree_step_flags`), so every rank
+        saves this same step and returns; in one process, the signal received."""
+        return self.stop_agreed if self.env.distributed else (self.stop.signum or 0)
+
+    def _stop(self, run: _FitRun, signum: int) -> dict[str, Any]:
+        """Stop on signal ``signum``: a checkpoint of this step (unless it was just written), a ``train.log`` line,
+        and the last metrics with ``"interrupted": signum``."""
+        if self.saved_step != self.step:  # no second checkpoint of a step just saved
+            self.save()
+        run.last["interrupted"] = signum
+        self._say(f"[mdistiller] stopped by signal {signum} at step {self.step}; checkpoint {self.ckpt_path}",
+                  console=False)
+        return run.last
+
+    def _finish(self, run: _FitRun) -> dict[str, Any]:
+        """After the last step: export the student, record skipped bad images, close the bar, draw the last figures,
+        print and record the end block; returns the last metrics."""
+        self.export()
+        skipped = self.bad_images.value if self.bad_images is not None else 0
+        if skipped:
+            run.log.log({"bad_images": skipped}, step=self.step)
+            run.last["bad_images"] = skipped
+        if run.bar is not None:
+            run.bar.close()
+            run.bar = None
+        self._log_figures(run.log)
+        block, values = self._summary_block(run.last, time.perf_counter() - run.t0, self.step - run.first_step,
+                                            run.rate.rate)
+        self._say(block)
+        run.log.summary(values)
+        return run.last
+
+    def _close(self, run: _FitRun) -> None:
+        """However :meth:`fit` ends: close the bar and the writer, and restore the caller's signal handlers."""
+        if run.bar is not None:
+            run.bar.close()
+        run.log.close()
+        self.stop.restore()
 
     def _epoch_summary(self, steps: list[dict[str, float]], epoch: int, img_s: float) -> dict[str, Any]:
         """``{"epoch_end": e, "epoch/<term>": mean over the epoch's steps (all ranks), ..., "epoch/img_per_s"}``
@@ -620,29 +703,3 @@ def _to_device(x: Any, device: torch.device) -> Any:
     if isinstance(x, dict):
         return {k: _to_device(v, device) for k, v in x.items()}
     return x.to(device, non_blocking=True) if isinstance(x, torch.Tensor) else x
-
-
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[CN, Distiller]:
-    """Rebuild the distiller of a run directory (``config.yaml`` + ``checkpoints/last.pth``) for analysis."""
-    from mdistiller.config import load_config
-
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"run directory '{run_dir}' has no config.yaml; pass a directory written by "
-                                "tools/train.py.")
-    cfg = load_config([cfg_path])
-    ckpt.seed_everything(cfg.EXPERIMENT.SEED)  # as the Trainer does: a random-init teacher comes back identical
-    distiller = build_distiller(cfg, device=device)
-    path = run_dir / "checkpoints" / "last.pth"
-    try:
-        state = ckpt.load_checkpoint(path, map_location="cpu")
-    except ckpt.CheckpointError as e:  # the training wording ("resume from ...") does not fit an analysis
-        why = "does not exist" if not path.is_file() else "is corrupt or truncated"
-        raise ckpt.CheckpointError(
-            f"cannot analyse run {run_dir}: its checkpoint {path} {why}; rerun tools/train.py on that run directory "
-            "(it resumes and rewrites the checkpoint), then analyse it again.") from e
-    ckpt.check_compatible(state, checkpoint_meta(cfg, distiller), path=path)
-    distiller.load_state_dict(state["model"])
-    distiller.eval()
-    return cfg, distiller
