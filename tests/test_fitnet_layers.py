@@ -68,7 +68,7 @@ def _make_old(run_dir: Path) -> None:
 
 def test_a_fitnet_checkpoint_from_before_fitnet_layers_resumes_and_loads(tmp_path):
     import mdistiller
-    from mdistiller.engine.trainer import load_run
+    from mdistiller.engine.load import load_run
 
     cfg_file = tmp_path / "tiny_fitnet.yaml"
     cfg_file.write_text(TINY)

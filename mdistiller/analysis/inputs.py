@@ -132,7 +132,7 @@ def load_analysis_model(
 
     ``weights``: ``pretrained`` | ``random`` | a weights file; ``model_kwargs`` go to
     :func:`mdistiller.models.build_model` (e.g. ``depth``). Both are ignored for a run directory, whose teacher is
-    rebuilt by :func:`mdistiller.engine.trainer.load_run` exactly as trained (random-init teachers included: the
+    rebuilt by :func:`mdistiller.engine.load.load_run` exactly as trained (random-init teachers included: the
     run's seed is set first). ``emulate`` (``{"layer", "share", "scale", "direction", "seed"}``) implants emulated
     artifacts; a run trained with ``DISTILLER.ARTIFACTS.ENABLE`` keeps its own emulation unless ``emulate``
     replaces it.

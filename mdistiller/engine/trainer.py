@@ -24,7 +24,7 @@ from .console import ImageRate, format_count, key_value_block, layer_tables, pro
 from .data import DeviceDecodedBatches, build_train_loader
 from .distributed import DistEnv, all_gather_object, barrier, broadcast_object, reduce_mean_dict
 from .fingerprint import weights_fingerprint
-from .load import checkpoint_meta, load_run  # load_run: its old import path (it lives in engine/load.py)
+from .load import checkpoint_meta
 from .logging import MetricsWriter, truncate_metrics, write_run_info
 from .optim import IterationScheduler, build_optimizer, clip_grad
 from .preflight import check_batch_fits
@@ -32,7 +32,7 @@ from .rundir import RunDirError, run_history
 from .sampler import ResumableDistributedSampler
 from .stopping import SignalStop, agree_step_flags
 
-__all__ = ["Trainer", "NonFiniteLossError", "run_dir_for", "load_run", "checkpoint_meta"]
+__all__ = ["Trainer", "NonFiniteLossError", "run_dir_for"]
 
 
 class NonFiniteLossError(RuntimeError):

@@ -44,7 +44,7 @@ _EXPORTS = {
                "plan_runs", "run_config", "target_changes"),
     "settings": ("StudySettings",),
     "jobs": ("CLS_LRS", "DEMO_DENSE_LRS", "DENSE_LRS", "PROBES", "budget_overrides", "demo_budget", "order_jobs",
-             "probe_argv", "probe_input_size", "probe_jobs", "progress", "train_jobs"),
+             "probe_input_size", "probe_jobs", "probe_options", "progress", "train_jobs"),
     "results": ("read_values", "refinement_run", "refinements", "save_json"),
     "stats": ("T_95", "paired_interval", "summarize", "t_quantile_95"),
     "render": ("acceptance_table", "doc_section", "figure", "format_cell", "partial_note", "render_report",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .matrix import Matrix, StudyRun, run_config
 from .settings import StudySettings
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from mdistiller.jobs import Job
 
 __all__ = ["CLS_LRS", "DEMO_DENSE_LRS", "DENSE_LRS", "PROBES", "ProbeResults", "budget_overrides", "demo_budget",
-           "order_jobs", "probe_argv", "probe_input_size", "probe_jobs", "progress", "train_jobs"]
+           "order_jobs", "probe_input_size", "probe_jobs", "probe_options", "progress", "train_jobs"]
 
 #: (label, eval command, dataset, result key, higher is better)
 PROBES: tuple[tuple[str, str, str, str, bool], ...] = (
@@ -50,15 +50,18 @@ def probe_input_size(target: str, size: int) -> int:
     return size // 16 * 14 if "dinov2" in target else size
 
 
-def probe_argv(command: str, input_size: int, num_train: int, num_test: int, cache_dir: Path, seed: int = 0,
-               cls_epochs: int = 100, dense_epochs: int = 10, loss_size: int = 16,
-               dense_lrs: str = DENSE_LRS) -> list[str]:
-    """The cached-probe arguments shared by the demo and the study (classification: CLS ⊕ mean patch, batch 32)."""
-    argv = ["--input-size", str(input_size), "--protocol", "cached", "--num-train", str(num_train),
-            "--num-test", str(num_test), "--cache-dir", str(cache_dir), "--workers", "0", "--seed", str(seed)]
+def probe_options(command: str, input_size: int, num_train: int, num_test: int, cache_dir: Path, seed: int = 0,
+                  cls_epochs: int = 100, dense_epochs: int = 10, loss_size: int = 16,
+                  dense_lrs: str = DENSE_LRS) -> dict[str, Any]:
+    """The cached-probe keyword arguments of :func:`mdistiller.eval.probe` shared by the demo and the study
+    (classification: CLS ⊕ mean patch, batch 32), for :func:`mdistiller.eval.probing.probe_job`."""
+    options: dict[str, Any] = {"input_size": input_size, "protocol": "cached", "num_train": num_train,
+                               "num_test": num_test, "cache_dir": str(cache_dir), "workers": 0, "seed": seed}
     if command == "transfer":
-        return argv + ["--tokens", "cls+avg", "--batch-size", "32", "--epochs", str(cls_epochs), "--lrs", CLS_LRS]
-    return argv + ["--epochs", str(dense_epochs), "--loss-size", str(loss_size), "--lrs", dense_lrs]
+        return options | {"tokens": "cls+avg", "batch_size": 32, "epochs": cls_epochs,
+                          "lrs": tuple(float(v) for v in CLS_LRS.split(","))}
+    return options | {"epochs": dense_epochs, "loss_size": loss_size,
+                      "lrs": tuple(float(v) for v in dense_lrs.split(","))}
 
 
 def budget_overrides(args: StudySettings) -> list[str]:
@@ -89,7 +92,6 @@ def probe_jobs(args: StudySettings, runs: Sequence[StudyRun], out: Path) -> tupl
     """The probe jobs of ``runs`` and of the two references (the clean teacher and ViT-Ti at initialisation, first
     seed only) that have no current result yet, each after its run's training (depth after segmentation, whose
     features it reuses), and where every probe's result is written (done or not)."""
-    from mdistiller import study
     from mdistiller.eval.table import current_result
     from mdistiller.jobs import Job
 
@@ -100,19 +102,20 @@ def probe_jobs(args: StudySettings, runs: Sequence[StudyRun], out: Path) -> tupl
                 for n, t in (("teacher", "dinov2_small_imgfocus"), ("random_init", "random:vit_tiny"))]
     results = {}  # (target key, probe label) -> (result file, metric)
     for name, target, key, seed in [] if args.no_probes else targets:
-        for label, command, dataset, metric, _ in study.PROBES:
+        for label, command, dataset, metric, _ in PROBES:
             if label not in args.probe_labels:
                 continue
-            size = study.probe_input_size(target, args.size)
+            size = probe_input_size(target, args.size)
             n_tr, n_te = ((args.fmnist_train, args.fmnist_test) if dataset == "fashion_mnist"
                           else (args.probe_train, args.probe_test))
             folder = out / "probes" / name
             result = folder / f"{dataset}_{command}.json"
             results[key, label] = result, metric
             if not current_result(result):  # not yet, or measured on a student the run no longer has
-                argv_p = [target, "--dataset", dataset, "--out", str(result),
-                          *study.probe_argv(command, size, n_tr, n_te, folder / f"cache_{dataset}", seed=seed)]
-                jobs.append(Job(f"probe {name} {label}", "mdistiller.eval.cli:main", (command, argv_p),
+                options = {"dataset": dataset, "out": str(result),
+                           **probe_options(command, size, n_tr, n_te, folder / f"cache_{dataset}", seed=seed)}
+                jobs.append(Job(f"probe {name} {label}", "mdistiller.eval.probing:probe_job",
+                                (target, command, options),
                                 str(result.with_suffix(".log")),  # depth reuses segmentation's features
                                 after=f"probe {name} toy seg mIoU" if command == "nyud" else f"train {name}"))
     return jobs, results

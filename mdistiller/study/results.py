@@ -28,7 +28,7 @@ def refinement_run(run_dir: Path, images: Any, device: str = "cpu", q: float = 0
         cached = json.loads(path.read_text())
         if cached.get("student_fingerprint") == student_fingerprint(run_dir) and "layers" in cached:
             return {int(k): v for k, v in cached["layers"].items()}
-    from mdistiller.engine.trainer import load_run
+    from mdistiller.engine.load import load_run
     from mdistiller.fileio import atomic_write
 
     _, distiller = load_run(run_dir, device=device)
