@@ -18,16 +18,12 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from mdistiller.registry import Registry
-
-DATASETS = Registry("dataset")
-
-# The modules below register themselves into DATASETS, so they are imported after it exists.
-from mdistiller.dataset import fashion_mnist, folders, toy_scenes  # noqa: E402
-from mdistiller.dataset.fashion_mnist import FashionMNIST, read_idx  # noqa: E402
-from mdistiller.dataset.folders import ImageFolderSplit  # noqa: E402
-from mdistiller.dataset.toy_scenes import ToyScenes  # noqa: E402
-from mdistiller.dataset.transforms import eval_transform, train_transform  # noqa: E402
+from mdistiller.dataset import fashion_mnist, folders, toy_scenes  # the modules register into DATASETS
+from mdistiller.dataset.catalog import DATASETS
+from mdistiller.dataset.fashion_mnist import FashionMNIST, read_idx
+from mdistiller.dataset.folders import ImageFolderSplit
+from mdistiller.dataset.toy_scenes import ToyScenes
+from mdistiller.dataset.transforms import eval_transform, train_transform
 
 
 def build_dataset(name: str, split: str, *, root: str | None, input_size: int, train: bool, format: str = "folder",

@@ -41,7 +41,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 
-from mdistiller.dataset import DATASETS
+from mdistiller.dataset.catalog import DATASETS
 from mdistiller.dataset.finegrained import load_grey, load_rgb, locate_dataset
 
 DENSE_MODES = ("train", "crop", "full", "resize")

@@ -74,7 +74,7 @@ def check_device_decode(dataset_type: str) -> None:
     ``imagenet_r``, the fine-grained sets, ...), not a generated or array-backed one (``toy_scenes``,
     ``fashion_mnist``).  An unknown name raises the registry's ``KeyError``.
     """
-    from mdistiller.dataset import DATASETS
+    from mdistiller.dataset.catalog import DATASETS
     from mdistiller.dataset.finegrained import ImageListDataset
 
     if not issubclass(DATASETS.get(dataset_type), ImageListDataset):

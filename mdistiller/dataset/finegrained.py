@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from mdistiller.dataset import DATASETS
+from mdistiller.dataset.catalog import DATASETS
 from mdistiller.dataset.transforms import eval_transform, train_transform
 
 Transform = Callable[[Image.Image], Any]

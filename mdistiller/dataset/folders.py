@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image
 
-from mdistiller.dataset import DATASETS
+from mdistiller.dataset.catalog import DATASETS
 from mdistiller.dataset.finegrained import ImageListDataset
 from mdistiller.dataset.transforms import eval_transform
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from mdistiller.dataset import DATASETS
+from mdistiller.dataset.catalog import DATASETS
 from mdistiller.dataset.finegrained import ImageListDataset, Transform, locate_dataset
 from mdistiller.dataset.folders import _class_dirs, _images
 

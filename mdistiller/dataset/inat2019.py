@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from mdistiller.dataset import DATASETS
+from mdistiller.dataset.catalog import DATASETS
 from mdistiller.dataset.finegrained import ImageListDataset, Transform, check_split, require_root
 
 SPLIT_MODES = ("paper", "official")

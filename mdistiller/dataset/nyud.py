@@ -30,8 +30,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from mdistiller.dataset import DATASETS
 from mdistiller.dataset.ade20k import DenseTransform
+from mdistiller.dataset.catalog import DATASETS
 from mdistiller.dataset.finegrained import check_split, load_grey, load_mat, load_rgb, require_root
 
 MAT_FILE = "nyu_depth_v2_labeled.mat"

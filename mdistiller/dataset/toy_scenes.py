@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mdistiller.dataset import DATASETS
+from mdistiller.dataset.catalog import DATASETS
 
 NUM_CLASSES = 8
 """Number of object categories (image-level classes)."""
