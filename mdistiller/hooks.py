@@ -7,13 +7,14 @@ A *link* is a function that one module reaches by a ``"package.module:function"`
 * ``check``: a config check of a layer above ``mdistiller.config``, run in declaration order by
   ``mdistiller.config.validate_config`` (:func:`config_checks`);
 * ``job``: a command the process pool runs in a child process (``mdistiller.jobs.Job(target=...)``), named by a
-  string because a job crosses a process boundary.
+  string because a job crosses a process boundary (``mdistiller.jobs`` resolves it in the worker).
 
 :func:`resolve`, the one loader of such strings, imports a target's module only when the link is first used and
 refuses a string that is not declared here, so no module reaches another by a name the architecture test cannot
-see. ``tests/test_architecture.py`` reads :data:`LINKS`: a link counts as an import of its ``caller`` (a job target
-must lie in a layer the caller may import; hooks and checks are the declared way up), every ``"module:function"``
-string in ``mdistiller/`` and ``tools/`` must be declared, and every declared target must exist. This module imports
+see. ``tests/test_architecture.py`` reads :data:`LINKS`: a link counts as an import of each of its ``callers`` (a
+job target must lie in a layer the caller may import; hooks and checks are the declared way up), every
+``"module:function"`` string in ``mdistiller/`` and ``tools/`` must be declared with the module holding it as a
+caller, and every declared target must exist. This module imports
 no other module of the package (no yacs, no torch), so ``import mdistiller`` stays instant.
 """
 
@@ -33,12 +34,14 @@ KINDS = ("hook", "check", "job")
 
 @dataclass(frozen=True)
 class Link:
-    """One declared link: its ``kind`` (:data:`KINDS`), its ``target`` ``"package.module:function"``, the ``caller``
-    module that loads and calls it, and for a hook the ``name`` the caller asks for."""
+    """One declared link: its ``kind`` (:data:`KINDS`), its ``target`` ``"package.module:function"``, the
+    ``callers`` (dotted modules, ``tools.*`` for the scripts) that reach it by name: the module asking for a hook,
+    ``mdistiller.config`` for the checks, the modules that name a job target in a ``Job``; and for a hook the
+    ``name`` its caller asks for."""
 
     kind: str
     target: str
-    caller: str
+    callers: tuple[str, ...]
     name: str = ""
 
     @property
@@ -49,15 +52,16 @@ class Link:
 
 LINKS: tuple[Link, ...] = (
     # the trainer's dashboard figures, drawn by the analysis package (imported on first use)
-    Link("hook", "mdistiller.analysis.commands.figures:run_figures", "mdistiller.engine.trainer", name="run_figures"),
+    Link("hook", "mdistiller.analysis.commands.figures:run_figures", ("mdistiller.engine.trainer",),
+         name="run_figures"),
     # config checks that need the layers above mdistiller.config (run in this order; imported only when they run)
-    Link("check", "mdistiller.distillers.build:check_config_against_models", "mdistiller.config"),
-    Link("check", "mdistiller.dataset:check_dataset_config", "mdistiller.config"),
-    Link("check", "mdistiller.dataset.device_decode:check_decode_config", "mdistiller.config"),
-    # the commands the demo's and the study's process pool runs
-    Link("job", "mdistiller.engine.launch:main", "mdistiller.jobs"),
-    Link("job", "mdistiller.eval.cli:main", "mdistiller.jobs"),
-    Link("job", "mdistiller.eval.probing:probe_job", "mdistiller.jobs"),
+    Link("check", "mdistiller.distillers.build:check_config_against_models", ("mdistiller.config",)),
+    Link("check", "mdistiller.dataset:check_dataset_config", ("mdistiller.config",)),
+    Link("check", "mdistiller.dataset.device_decode:check_decode_config", ("mdistiller.config",)),
+    # the commands the demo's and the study's process pool runs (mdistiller.jobs resolves them in its workers)
+    Link("job", "mdistiller.engine.launch:main", ("tools.demo", "tools.study", "mdistiller.study.jobs")),
+    Link("job", "mdistiller.eval.cli:main", ("tools.demo", "tools.study")),
+    Link("job", "mdistiller.eval.probing:probe_job", ("tools.demo", "mdistiller.study.jobs")),
 )
 
 
