@@ -7,13 +7,14 @@ Two calls (imported lazily, so ``import mdistiller`` stays cheap)::
 
     run = mdistiller.train("configs/demo/singer.yaml", overrides={"SOLVER.MAX_STEPS": 20}, run_dir="out/singer")
     res = mdistiller.evaluate(run["run_dir"], task="transfer", dataset="toy_scenes")
+
+The links one module makes to another by a ``"module:function"`` name (hooks, config checks, job targets) are
+declared in :mod:`mdistiller.hooks`; ``python -m mdistiller COMMAND`` runs the command lines (``__main__.py``).
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-from .hooks import register_check, register_hook  # hooks imports nothing: `import mdistiller` stays instant
 
 __version__ = "0.1.0"
 __all__ = ["train", "evaluate", "configs_dir", "__version__"]
@@ -39,10 +40,3 @@ def configs_dir():
 
     return _configs_dir()
 
-
-# Config checks that need the layers above mdistiller.config, imported only when a config is validated.
-register_check("mdistiller.distillers.build:check_config_against_models")
-register_check("mdistiller.dataset:check_dataset_config")
-register_check("mdistiller.dataset.device_decode:check_decode_config")
-# What the training engine calls into the analysis package for (imported on first use).
-register_hook("run_figures", "mdistiller.analysis.commands.figures:run_figures")

@@ -8,10 +8,10 @@ Where the released code differs from the paper, the paper is the default and the
 named option (see ``configs/imagenet/vit/singer_official.yaml`` and ``docs/released-code.md``).
 
 This module imports no other layer of the package: checks that need the classes a config names (distillers,
-models, datasets) are registered as ``"module:function"`` names with :func:`register_check` (kept in
-``mdistiller.hooks`` and re-exported here; the package root registers them) and run by :func:`validate_config`
-after the scalar checks. Every ``SiNGER.*`` check is ``SiNGER.check_config`` (run by the registered
-``check_config_against_models``), beside the parts the keys choose.
+models, datasets) are declared as ``"module:function"`` links of kind ``check`` in ``mdistiller/hooks.py`` and
+run by :func:`validate_config` after the scalar checks (``mdistiller.hooks.config_checks``). Every ``SiNGER.*``
+check is ``SiNGER.check_config`` (run by the declared ``check_config_against_models``), beside the parts the keys
+choose.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from typing import Any
 
 from yacs.config import CfgNode as CN
 
-from mdistiller.hooks import config_checks, register_check, resolve
+from mdistiller.hooks import config_checks, resolve
 
 __all__ = ["CN", "ConfigError", "RESUME_ALLOWABLE_KEYS", "RESUME_FREE_KEYS", "RESUME_SCHEDULE_KEYS", "apply_overrides",
-           "configs_dir", "flatten", "get_default_config", "load_config", "register_check", "resolve_config_path",
+           "configs_dir", "flatten", "get_default_config", "load_config", "resolve_config_path",
            "resume_free", "validate_config"]
 
 
@@ -552,7 +552,7 @@ def validate_config(cfg: CN) -> None:
         )
     if not 0.0 < cfg.DISTILLER.ARTIFACTS.SHARE < 1.0:
         raise ConfigError(f"DISTILLER.ARTIFACTS.SHARE is {cfg.DISTILLER.ARTIFACTS.SHARE} but must lie inside (0, 1).")
-    for path in config_checks():  # registered with register_check (mdistiller.hooks)
+    for path in config_checks():  # declared in mdistiller/hooks.py
         resolve(path)(cfg)
 
 
@@ -578,8 +578,3 @@ def _check_schedule(s: CN) -> None:
                           "learning rate would never reach SOLVER.LR; shorten the warm-up.")
     if str(s.TYPE).lower() == "sgd" and s.MOMENTUM >= 1.0:
         raise ConfigError(f"SOLVER.MOMENTUM is {s.MOMENTUM:g} but must be below 1 (SGD diverges otherwise), e.g. 0.9.")
-
-
-def parse_override_value(value: str) -> object:
-    """Parse a command-line override value the way yacs does (Python literal, else string)."""
-    return _coerce(value)

@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write", "new_file_mode", "apply_umask", "file_lock", "names_file"]
+__all__ = ["atomic_write", "fsync_dir", "new_file_mode", "apply_umask", "file_lock", "names_file"]
 
 
 def new_file_mode() -> int:
@@ -33,9 +33,26 @@ def apply_umask(path: str | os.PathLike) -> None:
     os.chmod(path, new_file_mode())
 
 
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """Persist a rename in ``directory`` on POSIX file systems (best effort: not every file system supports it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: str | os.PathLike, writer: Callable[[Path], object]) -> Path:
-    """Call ``writer(tmp_path)`` on a temporary file in the destination folder, fsync it, then ``os.replace`` it
-    onto ``path``. If the writer raises, the temporary file is removed and any previous ``path`` is untouched."""
+    """Call ``writer(tmp_path)`` on a temporary file in the destination folder, fsync it, ``os.replace`` it onto
+    ``path`` and fsync the folder, so the new file survives a power loss once this returns. If the writer raises (or
+    the process dies), the temporary file is removed (a hard kill may leave a hidden ``.<name>.*.tmp``) and any
+    previous ``path`` is untouched: ``path`` is never half-written. The one atomic writer of the package
+    (checkpoints, ``mdistiller.engine.checkpoint.atomic_save``, use it too)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -50,6 +67,7 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[Path], object]) -> P
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
     return path
 
 

@@ -7,7 +7,8 @@ throughput); a depth probe took 30.7 s with one thread against 23.8 s with two (
 A job's result depends only on its arguments: the pool changes the thread count, which changes floating-point
 summation order, not what is computed.
 
-A :class:`Job` names a function as ``"package.module:function"`` and its arguments; :func:`run_jobs` runs each job
+A :class:`Job` names a function as ``"package.module:function"`` (a job target declared in
+:mod:`mdistiller.hooks`), or holds a module-level function itself, and its arguments; :func:`run_jobs` runs each job
 once the job it waits for (``after``) has finished, with the job's stdout and stderr in its own log file, and
 reports every start and finish in one line.
 """
@@ -15,7 +16,6 @@ reports every start and finish in one line.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
+
+from mdistiller.hooks import require_declared, resolve
 
 __all__ = ["INTERRUPTED", "Job", "run_job", "run_jobs", "split_threads"]
 
@@ -32,16 +34,27 @@ INTERRUPTED = 130
 
 @dataclass(frozen=True)
 class Job:
-    """One command: ``target(*args)`` (``target`` is ``"package.module:function"``, returning an exit status),
-    output to ``log``, started only after the job named ``after`` (if it is part of the same batch) succeeded;
-    its report line is the last output line containing ``summary`` (default: the last line)."""
+    """One command: ``target(*args)``, returning an exit status, output to ``log``, started only after the job named
+    ``after`` (if it is part of the same batch) succeeded; its report line is the last output line containing
+    ``summary`` (default: the last line).
+
+    ``target`` is a job target declared in :mod:`mdistiller.hooks` (``"package.module:function"``; anything else
+    raises ``ValueError`` here, in one sentence) or a module-level function (what a spawned worker can import)."""
 
     name: str
-    target: str
+    target: str | Callable[..., int]
     args: tuple[Any, ...]
     log: str
     after: str | None = None
     summary: str = ""
+
+    def __post_init__(self) -> None:
+        """Refuse a target string that is not a declared job target."""
+        if isinstance(self.target, str):
+            require_declared(self.target, "job")
+        elif not callable(self.target):
+            raise ValueError(f"job '{self.name}' has target {self.target!r}; give a declared "
+                             "'package.module:function' string or a function.")
 
 
 def split_threads(jobs: int, threads: int) -> tuple[int, int]:
@@ -57,8 +70,7 @@ def run_job(job: Job, threads: int | None = None) -> tuple[int, str, float]:
 
     if threads:
         torch.set_num_threads(threads)
-    module, _, func = job.target.partition(":")
-    fn: Callable[..., Any] = getattr(importlib.import_module(module), func)
+    fn = resolve(job.target) if isinstance(job.target, str) else job.target
     log = Path(job.log)
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -115,7 +115,7 @@ def test_demo_controls_differ_from_their_base_config_in_their_own_keys_only():
 @pytest.mark.parametrize("name", CONTROLS)
 def test_control_config_trains_with_the_artifact_teacher(tmp_path, name):
     import mdistiller
-    from mdistiller.engine.logging import read_metrics
+    from mdistiller.engine.metrics_file import read_metrics
 
     tiny = {"DISTILLER.TEACHER": "vit_small", "DISTILLER.TEACHER_WEIGHTS": "random",
             **{f"DISTILLER.TEACHER_KWARGS.{k}": v for k, v in TINY_TEACHER.items()},

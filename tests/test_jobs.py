@@ -30,7 +30,7 @@ def _jobs(tmp: Path, fail: str | None = None) -> list[Job]:
 
     def job(name: str, after: str | None = None, seconds: float = 0.3) -> Job:
         status = 3 if name == fail else 0
-        return Job(name, "tests.test_jobs:record", (log, name, seconds, status), str(tmp / "logs" / f"{name}.log"),
+        return Job(name, record, (log, name, seconds, status), str(tmp / "logs" / f"{name}.log"),
                    after)
 
     return [job("train a", seconds=0.6), job("train b", seconds=0.2), job("probe a", "train a"),
@@ -61,16 +61,16 @@ def test_a_failed_job_stops_the_batch_with_one_sentence(tmp_path: Path) -> None:
     msg = str(err.value.code)
     assert "train b failed with exit status 3" in msg and "train b.log" in msg and "\n" not in msg
     assert "probe b" not in _events(tmp_path)  # its dependant never ran
-    crash = Job("x", "tests.test_jobs:record", (str(tmp_path / "e"), "x", 0.0, 99), str(tmp_path / "x.log"))
+    crash = Job("x", record, (str(tmp_path / "e"), "x", 0.0, 99), str(tmp_path / "x.log"))
     code, last, _ = run_job(crash)
     assert code == 1 and "RuntimeError: x broke" in last  # the traceback is in the job's log
-    picked = Job("y", "tests.test_jobs:record", (str(tmp_path / "e"), "y"), str(tmp_path / "y.log"), summary="working")
+    picked = Job("y", record, (str(tmp_path / "e"), "y"), str(tmp_path / "y.log"), summary="working")
     assert run_job(picked)[:2] == (0, "working on y")  # the last line holding the summary text, not the last line
 
 
 def test_bad_batches_are_one_sentence(tmp_path: Path) -> None:
-    a = Job("a", "tests.test_jobs:record", (str(tmp_path / "e"), "a"), str(tmp_path / "a.log"), after="b")
-    b = Job("b", "tests.test_jobs:record", (str(tmp_path / "e"), "b"), str(tmp_path / "b.log"), after="a")
+    a = Job("a", record, (str(tmp_path / "e"), "a"), str(tmp_path / "a.log"), after="b")
+    b = Job("b", record, (str(tmp_path / "e"), "b"), str(tmp_path / "b.log"), after="a")
     with pytest.raises(ValueError, match="wait for each other"):
         run_jobs([a, b], workers=2, report=lambda s: None)
     with pytest.raises(ValueError, match="share a name"):
@@ -79,11 +79,11 @@ def test_bad_batches_are_one_sentence(tmp_path: Path) -> None:
 
 def test_an_interrupted_job_says_rerun_and_a_rerun_appends_to_its_log(tmp_path: Path) -> None:
     events = str(tmp_path / "e")
-    stopped = Job("t", "tests.test_jobs:record", (events, "t", 0.0, 130), str(tmp_path / "t.log"))
+    stopped = Job("t", record, (events, "t", 0.0, 130), str(tmp_path / "t.log"))
     with pytest.raises(SystemExit) as err:
         run_jobs([stopped], workers=1, report=lambda s: None)
     assert "stopped by a signal" in str(err.value.code) and "rerun the same command" in str(err.value.code)
-    again = Job("t", "tests.test_jobs:record", (events, "t", 0.0, 0), str(tmp_path / "t.log"), summary="working")
+    again = Job("t", record, (events, "t", 0.0, 0), str(tmp_path / "t.log"), summary="working")
     assert run_job(again)[:2] == (0, "working on t")
     assert (tmp_path / "t.log").read_text().count("working on t") == 2  # both sessions kept
 
@@ -97,7 +97,7 @@ def die(path: str) -> int:
 
 
 def test_a_worker_that_dies_is_one_sentence(tmp_path: Path) -> None:
-    job = Job("oom", "tests.test_jobs:die", (str(tmp_path),), str(tmp_path / "oom.log"))
+    job = Job("oom", die, (str(tmp_path),), str(tmp_path / "oom.log"))
     with pytest.raises(SystemExit) as err:
         run_jobs([job], workers=2, report=lambda s: None)
     msg = str(err.value.code)
@@ -109,3 +109,18 @@ def test_split_threads_never_more_processes_than_threads() -> None:
 
     assert split_threads(2, 2) == (2, 1) and split_threads(2, 1) == (1, 1) and split_threads(2, 8) == (2, 4)
     assert split_threads(0, 4) == (1, 4)
+
+
+def test_a_target_string_must_be_a_declared_job_target(tmp_path: Path) -> None:
+    """A ``"module:function"`` target is a name-based link: only those declared in mdistiller/hooks.py run."""
+    from mdistiller.hooks import targets
+
+    with pytest.raises(ValueError) as err:
+        Job("x", "tests.test_jobs:record", (str(tmp_path / "e"), "x"), str(tmp_path / "x.log"))
+    msg = str(err.value)
+    assert "'tests.test_jobs:record' is not a declared job target" in msg and "mdistiller/hooks.py" in msg
+    assert "\n" not in msg and msg.count(". ") == 0
+    with pytest.raises(ValueError, match="not a declared job target"):  # a declared check is not a job target
+        Job("c", "mdistiller.dataset:check_dataset_config", (), str(tmp_path / "c.log"))
+    for target in targets("job"):
+        assert Job("ok", target, (), str(tmp_path / "ok.log")).target == target

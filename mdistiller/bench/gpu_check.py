@@ -1,19 +1,22 @@
-"""The one-command acceptance check of the GPU paths (``tools/gpu_check.py``, ``make gpu-check``).
+"""The one-command acceptance check of the GPU paths (``tools/gpu_check.py``, ``python -m mdistiller gpu-check``,
+``make gpu-check``): its parts and its command line (:func:`main`).
 
-Every part runs the user-facing command in a child process (``tools/bench.py``, ``torchrun tools/train.py``,
-``tools/lineval/imagenet.py``), so a crash, an out-of-memory error or a broken CUDA context in one part stays there:
-each part fails soft, its error goes into the report, and the next part runs. Parts:
+Every part runs the user-facing command of the package in a child process (``python -m mdistiller bench``,
+``torchrun -m mdistiller train``, ``python -m mdistiller lineval imagenet``: the command lines of ``tools/bench.py``,
+``tools/train.py`` and ``tools/lineval/imagenet.py``), so a crash, an out-of-memory error or a broken CUDA context
+in one part stays there: each part fails soft, its error goes into the report, and the next part runs. Parts:
 
 * ``a``: ViT-L → ViT-Ti at 224 px, bf16 autocast, teacher weights in fp32: FitNet / ViTKD / SiNGER step time,
   images/s, peak memory, achieved TFLOP/s (the project's FLOP bound, :mod:`mdistiller.bench.flops`) and fraction
   of the device's bf16 dense peak (:func:`peak_tflops`), eager and ``torch.compile``;
 * ``b``: the same with the teacher weights in bf16 (``DISTILLER.TEACHER_DTYPE bfloat16``);
-* ``c``: ``torchrun --nproc-per-node 1 tools/train.py`` (SiNGER) for a few dozen steps on a synthetic
+* ``c``: ``torchrun --nproc-per-node 1 -m mdistiller train`` (SiNGER) for a few dozen steps on a synthetic
   ImageNet-layout folder of random JPEGs written here, once with ``DATASET.DECODE cpu`` and once ``device``; the
   training images/s against the step rate of ``a``/``b`` says whether the run is loader-bound or compute-bound;
 * ``d``: a run interrupted by SIGTERM mid-way (it writes a checkpoint) and resumed with the same command ends with
   the same losses and student weights as the uninterrupted run;
-* ``e``: a cached linear probe (``tools/lineval/imagenet.py --protocol cached``) on the student trained in ``c``.
+* ``e``: a cached linear probe (``python -m mdistiller lineval imagenet --protocol cached``) on the student
+  trained in ``c``.
 
 The compile runs (FitNet and SiNGER; ``b`` first, the teacher dtype training uses on CUDA, then ``a``) go last and
 get the time left of the budget, since compiling is the slowest and least predictable part; an item whose
@@ -23,6 +26,7 @@ compilation does not finish in its share is timed eager and says so. ``tiny=True
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -32,12 +36,12 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PEAK_BF16_TFLOPS", "CheckSettings", "peak_tflops", "render_markdown", "run_check",
+__all__ = ["PEAK_BF16_TFLOPS", "CheckSettings", "main", "parse_args", "peak_tflops", "render_markdown", "run_check",
            "write_synthetic_imagenet"]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,7 +59,7 @@ TINY_MODELS = {"teacher": "vit_small", "student": "vit_tiny",
 PARTS = {
     "a": "step benchmark, bf16 autocast, teacher weights fp32",
     "b": "step benchmark, bf16 autocast, teacher weights bf16",
-    "c": "torchrun tools/train.py on a synthetic ImageNet folder, DECODE cpu and device",
+    "c": "torchrun -m mdistiller train on a synthetic ImageNet folder, DECODE cpu and device",
     "d": "resume from a mid-run checkpoint (SIGTERM) equals the uninterrupted run",
     "e": "cached linear probe on the trained student",
     "data": "synthetic ImageNet-layout folder of random JPEGs",
@@ -128,12 +132,19 @@ class Budget:
 def _env() -> dict[str, str]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE=os.environ.get("WANDB_MODE", "offline"),
                PYTHONUNBUFFERED="1")
+    # the child's `python -m mdistiller` imports this very package, whatever the installed one
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return env
 
 
 def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _command(s: CheckSettings, *command: str) -> list[str]:
+    """``python -m mdistiller COMMAND...``: a command line of the package (``mdistiller/__main__.py``) in a child."""
+    return [s.python, "-m", "mdistiller", *command]
 
 
 def _run(cmd: list[str], timeout: float, log: Path) -> subprocess.CompletedProcess:
@@ -198,7 +209,7 @@ def write_synthetic_imagenet(root: Path, classes: int, train_per_class: int, val
 def _bench(s: CheckSettings, teacher_dtype: str, compiling: bool, timeout: float, tag: str) -> dict[str, Any]:
     out = s.out / f"bench_{tag}.json"
     m = s.models
-    cmd = [s.python, "tools/bench.py", "--device", s.device, "--teacher", m["teacher"], "--student", m["student"],
+    cmd = [*_command(s, "bench"), "--device", s.device, "--teacher", m["teacher"], "--student", m["student"],
            "--teacher-kwargs", json.dumps(m["teacher_kwargs"]), "--student-kwargs", json.dumps(m["student_kwargs"]),
            "--size", str(s.size), "--batch", str(s.batch), "--steps", str(s.bench_steps),
            "--warmup", str(s.bench_warmup), "--amp", "bf16",
@@ -245,9 +256,9 @@ def _train_yaml(s: CheckSettings, data: Path, decode: str, steps: int, batch: in
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """:func:`mdistiller.engine.logging.read_metrics`, imported on use (this module stays free of torch until a part
-    runs)."""
-    from mdistiller.engine.logging import read_metrics as read
+    """:func:`mdistiller.engine.metrics_file.read_metrics`, imported on use (this module stays free of torch until
+    a part runs)."""
+    from mdistiller.engine.metrics_file import read_metrics as read
 
     return read(run_dir)
 
@@ -266,8 +277,8 @@ def part_train(s: CheckSettings, budget: Budget, data: Path, step_rate: float | 
         run_dir = s.out / f"train_{decode}"
         shutil.rmtree(run_dir, ignore_errors=True)
         cfg = _train_yaml(s, data, decode, s.train_steps, s.batch, max(1, s.train_steps // 10))
-        cmd = [s.python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", "tools/train.py",
-               "--cfg", str(cfg), "--run-dir", str(run_dir), "--resume", "none", "--device", s.device]
+        cmd = [s.python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", "-m", "mdistiller",
+               "train", "--cfg", str(cfg), "--run-dir", str(run_dir), "--resume", "none", "--device", s.device]
         t0 = time.perf_counter()
         try:
             _run(cmd, min(budget.left(), 240), s.out / f"train_{decode}.log")
@@ -301,7 +312,7 @@ def part_resume(s: CheckSettings, budget: Budget, data: Path) -> dict[str, Any]:
     full, part = s.out / "resume_full", s.out / "resume_part"
     for d in (full, part):
         shutil.rmtree(d, ignore_errors=True)
-    base = [s.python, "tools/train.py", "--cfg", str(cfg), "--device", s.device]
+    base = [*_command(s, "train"), "--cfg", str(cfg), "--device", s.device]
     _run(base + ["--run-dir", str(full), "--resume", "none"], min(budget.left(), 180), s.out / "resume_full.log")
     log = (s.out / "resume_part.log").open("w")
     proc = subprocess.Popen(base + ["--run-dir", str(part), "--resume", "none"], cwd=ROOT, env=_env(), stdout=log,
@@ -357,7 +368,7 @@ def part_probe(s: CheckSettings, budget: Budget, data: Path, run_dir: Path | Non
     if run_dir is None or not (run_dir / "student.safetensors").exists():
         raise PartError("no trained student: part c (and the resume run) produced none")
     out = s.out / "probe.json"
-    cmd = [s.python, "tools/lineval/imagenet.py", str(run_dir), "--data-root", str(data), "--protocol", "cached",
+    cmd = [*_command(s, "lineval", "imagenet"), str(run_dir), "--data-root", str(data), "--protocol", "cached",
            "--device", "cpu" if s.device == "cpu" else "cuda", "--input-size", str(s.size),
            "--epochs", str(s.probe_epochs), "--batch-size", str(min(256, s.classes * s.train_per_class // 2)),
            "--eval-batch-size", "64", "--workers", str(s.workers), "--lrs", "1e-3,1e-2,1e-1",
@@ -494,3 +505,53 @@ def render_markdown(report: dict[str, Any]) -> str:
         else:
             out += [f"- {k}: {v}" for k, v in r.items()] + [""]
     return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------------ command line
+def parse_args(argv: Sequence[str] | None = None, prog: str = "tools/gpu_check.py") -> argparse.Namespace:
+    """The check's options (see ``tools/gpu_check.py --help``)."""
+    p = argparse.ArgumentParser(prog=prog, description="One-command acceptance check of the GPU paths: ``python "
+                                "tools/gpu_check.py`` (or ``make gpu-check``).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--device", default="cuda", help="cuda | cuda:N | cpu")
+    p.add_argument("--tiny", action="store_true",
+                   help="tiny random ViTs (4/3 blocks, width 96/48), 32 px, batch 4, a few steps: the CPU smoke run")
+    p.add_argument("--out", default="output/gpu_check", help="report folder (report.md, report.json, logs, data)")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="seconds for the whole check; parts that do not fit are reported as skipped (default: 480; "
+                        "1800 with --tiny, whose CPU time depends on what else the machine runs)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="bf16 dense peak of the device (default: looked up from the device name)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time torch.compile for a and b (default: on for CUDA, off for the CPU)")
+    p.add_argument("--batch", type=int, default=None, help="images per step in a, b and c (default: 128; tiny 4)")
+    p.add_argument("--train-steps", type=int, default=None, help="steps of each run in c (default: 50; tiny 6)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="loader workers in c-e (default: CPU count − 2, at most 8; tiny 0)")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "tools/gpu_check.py") -> int:
+    """The command line of the check: 0 when parts a–e are ok, 1 otherwise, 2 for a bad option (one line on stderr,
+    ``gpu_check.py: error: ...``)."""
+    args = parse_args(argv, prog)
+    label = prog.rsplit("/", 1)[-1]
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            print(f"{label}: error: CUDA is not available here; run it on a GPU machine, or use "
+                  "--device cpu --tiny for the CPU smoke run.", file=sys.stderr)
+            return 2
+    if args.peak_tflops is not None and args.peak_tflops <= 0:
+        print(f"{label}: error: --peak-tflops must be positive, got {args.peak_tflops}.", file=sys.stderr)
+        return 2
+    settings = CheckSettings.for_device(
+        args.device, args.tiny, out=Path(args.out), peak=args.peak_tflops,
+        budget_s=args.budget_s if args.budget_s is not None else (1800.0 if args.tiny else 480.0),
+        compile=args.compile if args.compile is not None else args.device.startswith("cuda"),
+        batch=args.batch, train_steps=args.train_steps, workers=args.workers)
+    report = run_check(settings)
+    print(f"[gpu_check] {'all parts ok' if report['ok'] else 'some parts failed'} in {report['total_s']} s; "
+          f"report: {settings.out / 'report.md'}")
+    return 0 if report["ok"] else 1

@@ -90,7 +90,7 @@ from mdistiller.dataset import ade20k, finegrained, imagenet_variants, inat2019,
 
 
 def check_dataset_config(cfg) -> None:
-    """The config check of ``DATASET.TYPE`` (registered with :func:`mdistiller.config.register_check`): an unknown
+    """The config check of ``DATASET.TYPE`` (declared in ``mdistiller.hooks.LINKS``): an unknown
     name is one sentence with the closest valid one; then ``DATASET.FORMAT`` and its keys
     (:func:`mdistiller.dataset.formats.check_format_config`), and ``DATASET.TRAIN_SIZE`` (:func:`_check_train_size`)."""
     import difflib

@@ -84,7 +84,7 @@ def check_device_decode(dataset_type: str) -> None:
 
 
 def check_decode_config(cfg) -> None:
-    """The config check of ``DATASET.DECODE device`` (registered with :func:`mdistiller.config.register_check`):
+    """The config check of ``DATASET.DECODE device`` (declared in ``mdistiller.hooks.LINKS``):
     :func:`check_device_decode` as a ``ConfigError``; an unknown ``DATASET.TYPE`` is left to ``build_dataset``."""
     from mdistiller.config import ConfigError
 

@@ -14,7 +14,6 @@ time differs from the cached ones.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import re
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mdistiller.fileio import atomic_write
+from mdistiller.fileio import atomic_write, file_lock
 
 __all__ = ["IMAGE_EXTS", "LABEL_EXT", "ShardIndex", "load_index", "shard_paths", "wds_layout"]
 
@@ -214,22 +213,17 @@ def _write_cache(arrays: dict[str, np.ndarray], candidates: list[Path]) -> None:
 
 @contextlib.contextmanager
 def _build_lock(candidates: list[Path]) -> Iterator[None]:
-    """An exclusive ``flock`` next to the first writable cache location while the index is built, so the ranks of a
-    multi-GPU run that start together index the shards once (the others then read the cache); none if no location
-    is writable."""
-    for path in candidates:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
-        return
-    yield
+    """:func:`mdistiller.fileio.file_lock` on ``<cache>.lock`` beside the first writable cache location while the
+    index is built, so the ranks of a multi-GPU run that start together index the shards once (the others then read
+    the cache); none if no location is writable."""
+    with contextlib.ExitStack() as stack:
+        for path in candidates:
+            try:
+                stack.enter_context(file_lock(path.with_suffix(".lock")))
+            except OSError:
+                continue  # a read-only dataset folder: the next candidate is the user's cache
+            break
+        yield
 
 
 def load_index(root: str | os.PathLike[str], split: str) -> ShardIndex:

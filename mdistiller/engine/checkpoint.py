@@ -26,7 +26,6 @@ import pickle
 import random
 import re
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -36,7 +35,7 @@ import numpy as np
 import torch
 
 from mdistiller.config import flatten
-from mdistiller.fileio import apply_umask
+from mdistiller.fileio import atomic_write
 
 __all__ = [
     "CheckpointError",
@@ -81,39 +80,14 @@ class CheckpointWriteError(CheckpointError):
     """Writing a checkpoint failed (disk full, I/O error); the previous checkpoint is intact."""
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Persist a rename on POSIX file systems (best effort; not supported everywhere)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _atomic_write(path: str | os.PathLike[str], write: Any) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    """``write(f)`` into a binary file object with :func:`mdistiller.fileio.atomic_write`'s guarantees."""
+
+    def to_file(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        apply_umask(tmp)  # mkstemp makes 0600; checkpoints get the user's umask like any other file
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-    return path
+
+    return atomic_write(path, to_file)
 
 
 def _write_payload(obj: Any, f: Any) -> None:

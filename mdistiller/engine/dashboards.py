@@ -27,7 +27,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ID_FILE", "group_summaries", "init_run", "last_logged_step", "log_analysis", "log_to_run",
+__all__ = ["ID_FILE", "add_png_images", "group_summaries", "init_run", "last_logged_step", "log_analysis", "log_to_run",
            "offline_runs", "read_offline_run", "stored_run"]
 
 ID_FILE = "wandb_run.json"
@@ -158,15 +158,23 @@ def log_analysis(run_dir: str | os.PathLike[str] | None, command: str, report_js
 
 
 def _last_step(run_dir: str | os.PathLike[str]) -> int:
-    from mdistiller.engine.logging import read_metrics
+    from mdistiller.engine.metrics_file import read_metrics
 
     return max((r["step"] for r in read_metrics(run_dir) if isinstance(r.get("step"), int)), default=0)
 
 
+def add_png_images(writer: Any, paths: Mapping[str, Any], step: int | None) -> None:
+    """PNG files (``{tag: path}``) into a TensorBoard ``SummaryWriter`` as RGB images (its IMAGES tab)."""
+    import numpy as np
+    from PIL import Image
+
+    for tag, path in paths.items():
+        with Image.open(path) as im:
+            writer.add_image(tag, np.asarray(im.convert("RGB")), global_step=step, dataformats="HWC")
+
+
 def _tensorboard_images(log_dir: Path, images: Mapping[str, str | os.PathLike[str]], step: int) -> None:
     """PNG files into a TensorBoard event file of ``log_dir`` (the IMAGES tab); a failure only warns."""
-    from mdistiller.engine.logging import add_png_images
-
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:

@@ -32,7 +32,7 @@ import torch
 
 from mdistiller.engine.checkpoint import atomic_write_text
 
-__all__ = ["MetricsWriter", "add_png_images", "git_revision", "read_metrics", "truncate_metrics", "write_run_info"]
+__all__ = ["MetricsWriter", "git_revision", "write_run_info"]
 
 
 def _plain(v: Any) -> Any:
@@ -167,6 +167,8 @@ class MetricsWriter:
         if not self.is_main or not paths:
             return
         if self._tb is not None:
+            from mdistiller.engine.dashboards import add_png_images
+
             add_png_images(self._tb, paths, step)
             self._tb.flush()
         if self._wandb_step(step):
@@ -191,16 +193,6 @@ class MetricsWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def add_png_images(writer: Any, paths: Mapping[str, Any], step: int | None) -> None:
-    """PNG files (``{tag: path}``) into a TensorBoard ``SummaryWriter`` as RGB images (its IMAGES tab)."""
-    import numpy as np
-    from PIL import Image
-
-    for tag, path in paths.items():
-        with Image.open(path) as im:
-            writer.add_image(tag, np.asarray(im.convert("RGB")), global_step=step, dataformats="HWC")
 
 
 def git_revision(repo_dir: str | os.PathLike[str] | None = None) -> str | None:
@@ -262,42 +254,3 @@ def write_run_info(
     atomic_write_text(run_dir / "config.yaml", cfg_dump if cfg_dump.endswith("\n") else cfg_dump + "\n")
     atomic_write_text(run_dir / "run_info.json", json.dumps(info, indent=2, allow_nan=False) + "\n")
     return info
-
-
-def _complete_records(text: str) -> list[tuple[str, Any]]:
-    """``(line, value)`` of every complete JSON line of a ``metrics.jsonl`` text; an unterminated last line (a killed
-    write) or a line that is not JSON is skipped."""
-    out = []
-    for line in text.splitlines(keepends=True):
-        if not line.endswith("\n"):
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        out.append((line, rec))
-    return out
-
-
-def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The records of ``RUN_DIR/metrics.jsonl`` in order (none when absent), safe to call while the run is still
-    writing or after it was killed mid-line."""
-    path = Path(run_dir) / "metrics.jsonl"
-    text = path.read_text(encoding="utf-8") if path.is_file() else ""
-    return [rec for _, rec in _complete_records(text) if isinstance(rec, dict)]
-
-
-def truncate_metrics(path: str | os.PathLike[str], step: int) -> int:
-    """Drop the records of ``path`` (``metrics.jsonl``) logged after optimizer step ``step`` — a resumed run replays
-    those steps and logs them again — and an unterminated last line of a killed write; the file is rewritten
-    atomically. Returns the number of records dropped (0: the file is left untouched)."""
-    path = Path(path)
-    if not path.is_file():
-        return 0
-    text = path.read_text(encoding="utf-8")
-    keep = [line for line, rec in _complete_records(text)
-            if not isinstance(rec, dict) or int(rec.get("step", 0) or 0) <= step]
-    dropped = len(text.splitlines()) - len(keep)
-    if dropped:
-        atomic_write_text(path, "".join(keep))
-    return dropped

@@ -25,7 +25,8 @@ from .data import DeviceDecodedBatches, build_train_loader
 from .distributed import DistEnv, all_gather_object, barrier, broadcast_object, reduce_mean_dict
 from .fingerprint import weights_fingerprint
 from .load import checkpoint_meta
-from .logging import MetricsWriter, truncate_metrics, write_run_info
+from .logging import MetricsWriter, write_run_info
+from .metrics_file import truncate_metrics
 from .optim import IterationScheduler, build_optimizer, clip_grad
 from .preflight import check_batch_fits
 from .rundir import RunDirError, run_history

@@ -220,7 +220,7 @@ def refinement_rows(distiller, images: torch.Tensor, run_dir: str | Path) -> lis
 
 def refinement_curve(run_dir: str | Path) -> list[dict[str, Any]]:
     """The ``agree/refine/L<l>/<stat>`` records the trainer logged on its held-out batch, one row per step."""
-    from mdistiller.engine.logging import read_metrics
+    from mdistiller.engine.metrics_file import read_metrics
 
     rows = []
     for rec in read_metrics(run_dir):
