@@ -16,10 +16,10 @@ import contextlib
 import functools
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = ["train", "lineval", "analyze", "export", "sync", "LINEVAL_COMMANDS", "INTERRUPTED", "exit_on_interrupt",
-           "interruptible"]
+           "interruptible", "lineval_script"]
 
 LINEVAL_COMMANDS = ("imagenet", "ade20k", "nyud", "transfer", "table")
 
@@ -84,14 +84,26 @@ def lineval(argv: list[str] | None = None) -> int:
               "RUN_DIR --dataset toy_scenes; add --help after the command for its options)",
               file=sys.stderr if argv[:1] not in (["-h"], ["--help"]) else sys.stdout)
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
-    command, rest = argv[0], argv[1:]
+    return _lineval_main(argv[0], argv[1:], prog=f"mdistiller-lineval {argv[0]}")
+
+
+def lineval_script(command: str) -> NoReturn:
+    """The whole of ``tools/lineval/<command>.py``: the command line of ``command`` (one of
+    :data:`LINEVAL_COMMANDS`) on ``sys.argv[1:]``, under the script's own name; Ctrl-C while torch imports or the
+    probe runs is the one line :data:`INTERRUPTED` and exit status 130. Exits with the command's status."""
+    with exit_on_interrupt():
+        sys.exit(_lineval_main(command, None, prog=None))
+
+
+def _lineval_main(command: str, argv: list[str] | None, prog: str | None) -> int:
+    """Run lineval ``command`` on ``argv`` (``None``: ``sys.argv[1:]``); ``prog`` None names the ``tools/`` script."""
     if command == "table":
         from mdistiller.eval.table import main as table_main
 
-        return table_main(rest, prog="mdistiller-lineval table")
+        return table_main(argv, prog=prog)
     from mdistiller.eval.cli import main
 
-    return main(command, rest, prog=f"mdistiller-lineval {command}")
+    return main(command, argv, prog=prog)
 
 
 @interruptible

@@ -12,10 +12,21 @@ import pytest
 from mdistiller.jobs import Job, run_job, run_jobs
 
 
-def record(path: str, name: str, seconds: float = 0.0, status: int = 0) -> int:
-    """A fake command: prints, sleeps, appends ``[name, start, end]`` to ``path`` and returns ``status``."""
+def record(path: str, name: str, seconds: float = 0.0, status: int = 0, meet: str | None = None,
+           patience: float = 0.0) -> int:
+    """A fake command: prints, sleeps, appends ``[name, start, end]`` to ``path`` and returns ``status``.
+
+    With ``meet`` (another job's name) it first marks its own start (file ``<path>.<name>.started``) and waits up to
+    ``patience`` seconds for the start mark of ``meet``: two jobs that meet each other are running at the same time
+    by construction, however slowly their processes start; when the other job can only start after this one ends,
+    this one gives up after ``patience`` and the two do not overlap."""
     t0 = time.time()
     print(f"working on {name}")
+    if meet is not None:
+        Path(f"{path}.{name}.started").touch()
+        partner, deadline = Path(f"{path}.{meet}.started"), time.monotonic() + patience
+        while not partner.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
     time.sleep(seconds)
     if status == 99:
         raise RuntimeError(f"{name} broke")
@@ -25,16 +36,20 @@ def record(path: str, name: str, seconds: float = 0.0, status: int = 0) -> int:
     return status
 
 
-def _jobs(tmp: Path, fail: str | None = None) -> list[Job]:
+def _jobs(tmp: Path, fail: str | None = None, patience: float | None = None) -> list[Job]:
+    """Two trainings, a probe after each, and a probe whose training is not in the batch. With ``patience`` the two
+    trainings meet (:func:`record`): each waits up to that many seconds for the other to start."""
     log = str(tmp / "events.jsonl")
 
-    def job(name: str, after: str | None = None, seconds: float = 0.3) -> Job:
+    def job(name: str, after: str | None = None, seconds: float = 0.3, meet: str | None = None) -> Job:
         status = 3 if name == fail else 0
-        return Job(name, record, (log, name, seconds, status), str(tmp / "logs" / f"{name}.log"),
+        rendezvous = (meet, patience) if patience is not None else ()
+        return Job(name, record, (log, name, seconds, status, *rendezvous), str(tmp / "logs" / f"{name}.log"),
                    after)
 
-    return [job("train a", seconds=0.6), job("train b", seconds=0.2), job("probe a", "train a"),
-            job("probe b", "train b"), job("probe teacher", "train teacher")]  # "train teacher" is not in the batch
+    return [job("train a", seconds=0.6, meet="train b"), job("train b", seconds=0.2, meet="train a"),
+            job("probe a", "train a"), job("probe b", "train b"),
+            job("probe teacher", "train teacher")]  # "train teacher" is not in the batch
 
 
 def _events(tmp: Path) -> dict[str, tuple[float, float]]:
@@ -42,17 +57,33 @@ def _events(tmp: Path) -> dict[str, tuple[float, float]]:
     return {name: (t0, t1) for name, t0, t1 in rows}
 
 
+def _overlap(ev: dict[str, tuple[float, float]], a: str, b: str) -> bool:
+    """Whether jobs ``a`` and ``b`` ran at the same time: each started before the other ended."""
+    return ev[a][0] < ev[b][1] and ev[b][0] < ev[a][1]
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_jobs_run_after_their_dependencies_with_their_own_logs(tmp_path: Path, workers: int) -> None:
     lines: list[str] = []
-    secs = run_jobs(_jobs(tmp_path), workers=workers, threads=1, report=lines.append)
+    # with two workers the trainings meet, with a patience no loaded machine should exhaust (one worker: no meeting)
+    jobs = _jobs(tmp_path, patience=120.0 if workers == 2 else None)
+    secs = run_jobs(jobs, workers=workers, threads=1, report=lines.append)
     ev = _events(tmp_path)
     assert set(ev) == set(secs) == {"train a", "train b", "probe a", "probe b", "probe teacher"}
     assert ev["probe a"][0] >= ev["train a"][1] and ev["probe b"][0] >= ev["train b"][1]
     assert (tmp_path / "logs" / "probe a.log").read_text() == "working on probe a\nprobe a finished\n"
     assert sum(s.startswith("[") for s in lines) == 5 and any(s.endswith(": train b finished") for s in lines)
     if workers == 2:  # the two trainings overlap in time
-        assert ev["train b"][0] < ev["train a"][1]
+        assert _overlap(ev, "train a", "train b"), ev
+
+
+def test_the_overlap_check_fails_for_jobs_run_one_at_a_time(tmp_path: Path) -> None:
+    """The trainings of the test above meet, but with one worker the second starts only after the first gave up
+    waiting and ended: the same check then finds no overlap (it is not true by construction alone)."""
+    run_jobs(_jobs(tmp_path, patience=0.3), workers=1, threads=1, report=lambda s: None)
+    ev = _events(tmp_path)
+    assert not _overlap(ev, "train a", "train b"), ev
+    assert ev["train a"][1] - ev["train a"][0] >= 0.3 + 0.6  # train a waited its whole patience for train b
 
 
 def test_a_failed_job_stops_the_batch_with_one_sentence(tmp_path: Path) -> None:

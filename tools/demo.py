@@ -10,11 +10,13 @@
    every student;
 4. writes ``OUT/report.md`` (Table-1-style results, the teacher's artifact table, figures) and prints the table.
 
-Every step is an ordinary command of the project (``tools/train.py``, ``tools/lineval/*.py``); steps 2 and 3 run
-two at a time in a pool of processes (``--jobs``, :mod:`mdistiller.jobs`), each probe after its model's training,
-with each command's output in ``OUT/logs/<run>.log`` or next to the probe's result. Rerunning the demo skips
-finished runs and probes and resumes half-finished ones. Budget: about 10 minutes on 2 cores — the numbers are a
-smoke test of the pipeline on toy data, not ImageNet results.
+Steps 2 and 3 call the project's library in a pool of processes, two at a time (``--jobs``, :mod:`mdistiller.jobs`):
+a training is ``mdistiller.engine.launch:main``, the function behind ``tools/train.py``, on the same arguments; a
+probe is :func:`mdistiller.eval.probe`, the function behind ``tools/lineval/*.py``, through the job target
+``mdistiller.eval.probing:probe_job``; each probe runs after its model's training, and each job's output goes to
+``OUT/logs/<run>.log`` or next to the probe's result. Rerunning the demo skips finished runs and probes and resumes
+half-finished ones. Budget: about 10 minutes on 2 cores — the numbers are a smoke test of the pipeline on toy data,
+not ImageNet results.
 """
 
 from __future__ import annotations

@@ -110,10 +110,12 @@ class AnalysisModel:
 
     @property
     def emulated(self) -> bool:
+        """Whether artifacts were implanted into an artifact-free model (``implant`` is set)."""
         return self.implant is not None
 
     @property
     def depth(self) -> int:
+        """The number of transformer blocks of ``model``."""
         return len(self.model.blocks)
 
     def snap(self, size: int) -> int:

@@ -11,7 +11,7 @@ import torch
 from mdistiller.analysis.artifacts import patch_norms
 
 #: run directory → fingerprint of the student weights :func:`load_run_seeded` loaded from it
-#: (:mod:`mdistiller.engine.fingerprint`); :func:`mdistiller.analysis.commands.run_report` puts them in the report,
+#: (:mod:`mdistiller.engine.fingerprint`); :func:`mdistiller.analysis.commands.output.measured` puts them in the report,
 #: so every analysis result says which weights it measured
 MEASURED: dict[str, str] = {}
 

@@ -32,7 +32,10 @@ def method_flops(
     ``student_blocks`` are the numbers of blocks actually run (deepest used index + 1); ``teacher_layers`` are the
     distillation layers 𝒟 (their last entry is the final one; for ViTKD the ones before it are the mimicked
     layers). ``options`` go to the method's ``extra_flops`` (a built distiller gives them with
-    ``flops_options()``: ``kd_cls``; SiNGER's ``rank``, ``use_info``, ``info``, ``info_fraction``).
+    ``flops_options()``: ``kd_cls`` (a CLS token in L_KD; ViTKD ignores it); SiNGER adds ``rank`` and ``info``, its
+    built L_info part from :mod:`mdistiller.distillers.singer_parts`, or None without L_info). Without a built
+    distiller, SiNGER's ``info`` may be a ``SiNGER.INFO`` name, then read with ``use_info``, ``gram`` and
+    ``info_fraction``; options a method does not know are ignored.
     """
     from mdistiller.distillers import DISTILLERS
 

@@ -106,6 +106,8 @@ class CheckSettings:
 
     @classmethod
     def for_device(cls, device: str, tiny: bool, **overrides: Any) -> CheckSettings:
+        """The settings for ``device``: the tiny CPU preset (tiny random ViTs, 32 px, a few steps) when ``tiny``,
+        else the defaults with up to 8 loader workers (two cores left free); ``overrides`` that are not None win."""
         if tiny:
             base = dict(batch=4, size=32, bench_steps=2, bench_warmup=1, train_steps=6, resume_steps=30,
                         resume_batch=4, workers=0, classes=2, train_per_class=12, val_per_class=4,
@@ -122,10 +124,13 @@ class PartError(Exception):
 
 
 class Budget:
+    """The check's time budget: a deadline ``seconds`` from now on the monotonic clock."""
+
     def __init__(self, seconds: float) -> None:
         self.deadline = time.monotonic() + seconds
 
     def left(self) -> float:
+        """Seconds left before the deadline (negative once it has passed)."""
         return self.deadline - time.monotonic()
 
 
@@ -271,6 +276,10 @@ def _train_rate(run_dir: Path) -> float | None:
 
 
 def part_train(s: CheckSettings, budget: Budget, data: Path, step_rate: float | None) -> dict[str, Any]:
+    """Part ``c``: ``torchrun -m mdistiller train`` (SiNGER) on the synthetic folder ``data``, once per
+    ``DATASET.DECODE`` (cpu, device); per run its median images/s, wall time and final loss, and against
+    ``step_rate`` (the benchmark's img/s of the same step) the fraction reached and a compute-/loader-bound verdict.
+    Raises :class:`PartError` (with the runs that did finish) when either run fails."""
     out: dict[str, Any] = {"step_rate_images_per_s": step_rate, "runs": {}}
     errors = []
     for decode in ("cpu", "device"):
@@ -365,6 +374,9 @@ def part_resume(s: CheckSettings, budget: Budget, data: Path) -> dict[str, Any]:
 
 
 def part_probe(s: CheckSettings, budget: Budget, data: Path, run_dir: Path | None) -> dict[str, Any]:
+    """Part ``e``: a cached linear probe (``python -m mdistiller lineval imagenet --protocol cached``) of the student
+    exported by ``run_dir`` on ``data``: its top-1, chosen learning rate, times and cached items. Raises
+    :class:`PartError` when there is no trained student."""
     if run_dir is None or not (run_dir / "student.safetensors").exists():
         raise PartError("no trained student: part c (and the resume run) produced none")
     out = s.out / "probe.json"
@@ -475,6 +487,8 @@ def _bench_table(result: dict[str, Any]) -> list[str]:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
+    """The check's report as Markdown: a header with the settings and the overall verdict, then one section per
+    part (its status, seconds, error and result table)."""
     s = report["settings"]
     peak = report.get("peak_tflops")
     m = s["models"]

@@ -88,13 +88,14 @@ def resolve_device(text: str):
 
 
 def build_config(args: argparse.Namespace, method: str, m_layers: list[int], rank: int):
-    """The yacs config of ``method`` for this benchmark (random student, given teacher weights, user overrides)."""
+    """The yacs config of ``method`` for this benchmark (random student, given teacher weights, user overrides);
+    ``m_layers`` (``--m-layers``) are both SiNGER's ``SiNGER.M_LAYERS`` and FitNet's ``FITNET.LAYERS``."""
     from mdistiller.config import ConfigError, load_config, validate_config
 
     opts: list[Any] = [
         "DISTILLER.TYPE", method, "DISTILLER.TEACHER", args.teacher, "DISTILLER.STUDENT", args.student,
         "DISTILLER.TEACHER_WEIGHTS", args.teacher_weights, "DISTILLER.STUDENT_WEIGHTS", "random",
-        "DATASET.INPUT_SIZE", args.size, "SiNGER.M_LAYERS", m_layers, "SiNGER.RANK", rank,
+        "DATASET.INPUT_SIZE", args.size, "SiNGER.M_LAYERS", m_layers, "FITNET.LAYERS", m_layers, "SiNGER.RANK", rank,
         "EXPERIMENT.SEED", args.seed,
     ]
     try:

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from mdistiller.dataset.catalog import DATASETS
-from mdistiller.dataset.finegrained import ImageListDataset, Transform, check_split, require_root
+from mdistiller.dataset.finegrained import ImageListDataset, Transform, locate_dataset
 
 SPLIT_MODES = ("paper", "official")
 SPLITS = ("train", "val", "test")
@@ -100,14 +100,11 @@ class INaturalist2019(ImageListDataset):
         seed: int = PAPER_SEED,
         train_fraction: float = PAPER_TRAIN_FRACTION,
     ) -> None:
-        check_split(self.name, split, SPLITS)
         if split_mode not in SPLIT_MODES:
             raise ValueError(f"unknown iNat2019 split_mode '{split_mode}': use one of {', '.join(SPLIT_MODES)}.")
         if not 0.0 < train_fraction < 1.0:
             raise ValueError(f"iNat2019 train_fraction is {train_fraction}: it must lie strictly between 0 and 1.")
-        r = require_root(root, self.name, LAYOUT)
-        if not r.is_dir():
-            raise FileNotFoundError(f"{self.name} folder '{r}' not found: expected {LAYOUT} (see data/README.md).")
+        r = locate_dataset(self.name, root, split, SPLITS, LAYOUT)
         train, names = read_inat_json(r / "train2019.json")
         val, val_names = read_inat_json(r / "val2019.json")
         names.update(val_names)

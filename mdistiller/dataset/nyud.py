@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 
 from mdistiller.dataset.ade20k import DenseTransform
 from mdistiller.dataset.catalog import DATASETS
-from mdistiller.dataset.finegrained import check_split, load_grey, load_mat, load_rgb, require_root
+from mdistiller.dataset.finegrained import load_grey, load_mat, load_rgb, locate_dataset
 
 MAT_FILE = "nyu_depth_v2_labeled.mat"
 SPLITS_FILE = "splits.mat"
@@ -100,12 +100,9 @@ class NYUDepthV2(Dataset):
         mat_file: str = MAT_FILE,
         splits_file: str = SPLITS_FILE,
     ) -> None:
-        check_split(self.name, split, SPLITS)
         if source not in SOURCES:
             raise ValueError(f"unknown NYUd-v2 source '{source}': use one of {', '.join(SOURCES)}.")
-        r = require_root(root, self.name, LAYOUT)
-        if not r.is_dir():
-            raise FileNotFoundError(f"{self.name} folder '{r}' not found: expected {LAYOUT} (see data/README.md).")
+        r = locate_dataset(self.name, root, split, SPLITS, LAYOUT)
         if source == "auto":
             if (r / mat_file).is_file():
                 source = "mat"

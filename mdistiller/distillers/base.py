@@ -235,6 +235,7 @@ class Distiller(nn.Module):
         return self
 
     def train(self, mode: bool = True) -> Distiller:
+        """Set the training mode of the module tree; the teacher (outside it) stays in eval mode whatever ``mode``."""
         super().train(mode)
         if self.teacher is not None:
             self.teacher.train(False)
@@ -281,6 +282,7 @@ class Distiller(nn.Module):
         return total / len(terms) if self.layer_reduction == "mean" else total
 
     def student_grid(self, images: torch.Tensor) -> tuple[int, int]:
+        """The student's patch grid ``(h, w)`` for ``images [B, C, H, W]``."""
         return self.student.grid(tuple(images.shape[-2:]))
 
     def kd_tokens(self, student_tokens: TokenSplit, teacher_patches: torch.Tensor, teacher_cls: torch.Tensor | None,
@@ -299,6 +301,8 @@ class Distiller(nn.Module):
 
     # ------------------------------------------------------------------------------------------ API
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        """One training step's losses: ``loss`` (the total to back-propagate) and detached ``loss_<term>`` entries
+        to log; each method implements it."""
         raise NotImplementedError
 
     @property

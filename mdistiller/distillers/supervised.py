@@ -29,12 +29,16 @@ class Supervised(Distiller):
 
     @classmethod
     def from_config(cls, cfg, student, teacher=None, plan=None) -> Supervised:
+        """The baseline with :func:`dataset_num_classes` classes; ``teacher`` and ``plan`` are ignored."""
         return cls(student, num_classes=dataset_num_classes(cfg))
 
     def teacher_request(self) -> list[int]:
+        """No teacher block: the baseline reads no teacher."""
         return []  # no teacher
 
     def forward(self, images: torch.Tensor, targets) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        """Cross-entropy of the classifier on the student's final-norm CLS token against the labels
+        (``targets["label"]`` or ``targets`` itself): ``loss`` and ``loss_ce``."""
         labels = targets["label"] if isinstance(targets, dict) else targets
         last = self.plan.student[-1]
         tokens = self.student.model.norm(self.student(images, [last])[last])
@@ -44,6 +48,7 @@ class Supervised(Distiller):
         return {"loss": loss, "loss_ce": loss.detach()}
 
     def agreement(self, images: torch.Tensor) -> dict[str, float]:
+        """Nothing: there is no teacher to agree with."""
         return {}  # no teacher to agree with
 
 

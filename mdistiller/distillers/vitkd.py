@@ -45,6 +45,7 @@ class ViTKD(Distiller):
 
     @classmethod
     def from_config(cls, cfg, student, teacher, plan) -> ViTKD:
+        """ViTKD with ``VITKD.MASK_RATIO`` (λ), ``VITKD.ALPHA`` (α) and ``VITKD.BETA`` (β)."""
         v = cfg.VITKD
         return cls(student, teacher, plan, mask_ratio=v.MASK_RATIO, alpha=v.ALPHA, beta=v.BETA,
                    **cls.common_kwargs(cfg))
@@ -59,6 +60,7 @@ class ViTKD(Distiller):
 
     @property
     def mimic_pairs(self) -> list[tuple[int, int]]:
+        """``(teacher block, student block)`` of the mimicking layers: every pair of the plan but the last."""
         return self.plan.pairs()[:-1]
 
     def random_mask(self, b: int, p: int, device: torch.device) -> torch.Tensor:
@@ -70,6 +72,7 @@ class ViTKD(Distiller):
         return mask
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Mimicking plus generation (see the class): ``loss``, ``loss_mimic`` and ``loss_gen``."""
         sgrid = self.student_grid(images)
         s_feats = self.student(images, self.plan.student)
         t_last, s_last = self.plan.pairs()[-1]

@@ -150,6 +150,8 @@ class CachedBatches:
         return len(_batches_of(n, self.per_rank, self.shuffle))
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
+        """This rank's ``(features, target)`` batches of ``epoch`` read from the cache (training: shuffled, seeded by
+        ``seed`` and ``epoch``; each batch's rows read in sorted order)."""
         mine = _rank_rows(self.rows, self.shuffle, self.seed, epoch)
         for s, e in _batches_of(len(mine), self.per_rank, self.shuffle):
             rows = np.sort(mine[s:e])  # sorted rows read the memory map sequentially
@@ -178,6 +180,8 @@ class OnlineBatches:
         return len(_batches_of(n, self.per_rank, self.shuffle))
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
+        """This rank's ``(features, target)`` batches of ``epoch``: images loaded, augmented when ``augment`` is on,
+        and passed through the backbone."""
         mine = _rank_rows(self.rows, self.shuffle, self.seed, epoch)
         n_keep = _batches_of(len(mine), self.per_rank, self.shuffle)
         mine = mine[: n_keep[-1][1]] if n_keep else mine[:0]

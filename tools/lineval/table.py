@@ -9,18 +9,12 @@ Columns: IN-val top-1, ADE-20K mIoU, NYUd-v2 RMSE, iNat2019 top-1, DS top-1 (mea
 --out writes Markdown (.md) or CSV (.csv) files. Also installed as ``mdistiller-lineval table``.
 """
 
-from __future__ import annotations
-
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from mdistiller.cli import exit_on_interrupt  # noqa: E402
-
-with exit_on_interrupt():  # Ctrl-C while the package or torch imports: one line, exit 130
-    from mdistiller.eval.table import main
+from mdistiller.cli import lineval_script  # noqa: E402
 
 if __name__ == "__main__":
-    with exit_on_interrupt():
-        sys.exit(main())
+    lineval_script("table")

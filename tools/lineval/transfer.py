@@ -7,18 +7,12 @@
 Writes RUN_DIR/lineval/transfer_<dataset>.json (toy scenes: toy_scenes_cls.json); see docs/lineval.md.
 """
 
-from __future__ import annotations
-
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from mdistiller.cli import exit_on_interrupt  # noqa: E402
-
-with exit_on_interrupt():  # Ctrl-C while the package or torch imports: one line, exit 130
-    from mdistiller.eval.cli import main
+from mdistiller.cli import lineval_script  # noqa: E402
 
 if __name__ == "__main__":
-    with exit_on_interrupt():
-        sys.exit(main("transfer"))
+    lineval_script("transfer")
