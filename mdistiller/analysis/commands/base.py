@@ -68,7 +68,9 @@ class OutputOptions(TypedDict, total=False):
 
 
 class ModelCommandOptions(ModelOptions, OutputOptions, total=False):
-    """The keywords every model-level command's ``run`` shares: :class:`ModelOptions` and :class:`OutputOptions`."""
+    """The keywords every model-level command's ``run`` shares: :class:`ModelOptions` (``weights``, ``model_kwargs``,
+    ``images``, ``size``, ``num_images``, ``emulate*``) and :class:`OutputOptions` (``out``, ``figures``,
+    ``wandb``)."""
 
 
 def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
