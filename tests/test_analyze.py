@@ -272,20 +272,39 @@ def test_typed_function_refuses_a_bad_value_before_writing(tmp_path):
 
 
 def test_every_option_is_a_keyword_of_the_typed_function():
-    """The command line's options and each command's ``run(...)`` keywords match one to one (the options the
-    command line keeps for itself and the common ``--batch-size`` of ``figures`` aside), so no option is dropped
-    on the way to the library."""
+    """The command line's options and each command's ``run(...)`` keywords (its named parameters and the keys of
+    its ``**options``) match one to one (the options the command line keeps for itself and the common
+    ``--batch-size`` of ``figures`` aside), and every shared keyword is a parameter of the function that uses it
+    (:func:`load_model_inputs` for the model and images, :func:`finish` for the output), so no option is dropped on
+    the way to the library."""
     import inspect
 
     from mdistiller.analysis.cli import call_arguments, parse_args
-    from mdistiller.analysis.commands import COMMANDS
+    from mdistiller.analysis.commands import COMMANDS, ModelOptions, OutputOptions
+    from mdistiller.analysis.commands.base import load_model_inputs
+    from mdistiller.analysis.commands.output import finish
 
     positional = {"adapter": ["RUN"], "similarity": ["RUN"], "figures": ["RUN"]}
     for name, command in COMMANDS.items():
         args = parse_args([name, *positional.get(name, ["--model", "M"])])
-        params = set(inspect.signature(command.function).parameters)
-        assert set(call_arguments(args)) == params, name
-    assert "batch_size" not in inspect.signature(COMMANDS["figures"].function).parameters
+        assert set(call_arguments(args)) == command.keywords, name
+    assert "batch_size" not in COMMANDS["figures"].keywords
+    loader = inspect.signature(load_model_inputs).parameters.values()
+    loaded = {p.name for p in loader if p.kind is p.KEYWORD_ONLY} - {"rank", "layers"}  # rank, layers: checks only
+    assert set(ModelOptions.__annotations__) == loaded
+    assert set(OutputOptions.__annotations__) == set(inspect.signature(finish).parameters) - {"compute", "source"}
+
+
+def test_a_typed_function_refuses_an_unknown_keyword_before_writing(tmp_path):
+    """A misspelt keyword of a model-level or run-level ``run`` is a ``TypeError`` naming it, raised before any
+    compute; nothing is written."""
+    from mdistiller.analysis.commands import artifacts, similarity
+
+    with pytest.raises(TypeError, match="'num_image'"):
+        artifacts.run("vit_small", weights="random", num_image=1, out=tmp_path / "a")
+    with pytest.raises(TypeError, match="'figure'"):
+        similarity.run(tmp_path / "missing", figure=False, out=tmp_path / "s")
+    assert not list(tmp_path.iterdir())
 
 
 def _tools_references(path: Path) -> list[str]:

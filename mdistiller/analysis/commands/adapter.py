@@ -1,10 +1,7 @@
 """``adapter``: How the trained SiNGER adapters act: alignment (eq. 13, Table 5a), cosines (Table 3), norms (Figure 6),
 Gram distances (Table 5b).
 
-Typed entry point (:func:`run`: keyword arguments named like the options, returns an
-:class:`~.output.AnalysisResult`), computation (:func:`adapter_report`), text (:func:`format_text`) and figures
-(:func:`plot`) of the analysis command ``adapter`` (``mdistiller-analyze adapter``); its options are in
-:mod:`.options`, its entry in :data:`mdistiller.analysis.commands.COMMANDS`.
+The command module (layout: :mod:`mdistiller.analysis.commands`) of ``mdistiller-analyze adapter``.
 """
 
 from __future__ import annotations
@@ -12,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import matplotlib.colors
 import matplotlib.pyplot as plt
@@ -29,7 +26,7 @@ from mdistiller.analysis.similarity import gram_distance, patch_cosine, summary
 from mdistiller.analysis.subspace import adapter_alignment
 from mdistiller.analysis.viz import figure_title, finish_figure, save_figure
 
-from .base import check_positive
+from .base import OutputOptions, check_positive
 from .output import AnalysisResult, finish
 
 
@@ -263,24 +260,11 @@ def format_text(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(
-    run_dir: str | Path,
-    *,
-    num_images: int = 64,
-    batch_size: int = 8,
-    out: str | Path | None = None,
-    figures: bool = True,
-    wandb: bool = False,
-) -> AnalysisResult:
+def run(run_dir: str | Path, *, num_images: int = 64, batch_size: int = 8,
+        **output: Unpack[OutputOptions]) -> AnalysisResult:
     """How the trained adapters of the SiNGER run ``run_dir`` act on ``num_images`` held-out toy scenes (eq. 13,
     Table 3, 5a, 5b, Figure 6), and the refinement per saved checkpoint: the ``adapter`` command
-    (:func:`adapter_report`).
-
-    Writes ``adapter.json``, ``adapter.txt`` and (unless ``figures`` is false) the PNG figures into ``out`` (default
-    ``RUN_DIR/analysis``; ``wandb``: also logged beside the training run, see :func:`.output.finish`). Raises
-    :class:`.base.UsageError` for a value that cannot work (before any compute), ``FileNotFoundError`` /
-    ``ValueError`` with one sentence for a missing or unusable input (e.g. not a run directory).
-    """
+    (:func:`adapter_report`), written as ``output`` says (:class:`.base.OutputOptions`)."""
     check_positive(dict(num_images=num_images, batch_size=batch_size))
     return finish(lambda: adapter_report(run_dir, num_images=num_images, batch_size=batch_size), source=run_dir,
-                  out=out, figures=figures, wandb=wandb)
+                  **output)

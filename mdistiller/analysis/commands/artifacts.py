@@ -1,16 +1,13 @@
 """``artifacts``: Per-layer patch-norm artifacts and the distillation-layer rule (§3.1.1, §4.5, Table 7, App. C).
 
-Typed entry point (:func:`run`: keyword arguments named like the options, returns an
-:class:`~.output.AnalysisResult`), computation (:func:`artifacts_report`), text (:func:`format_text`) and figures
-(:func:`plot`) of the analysis command ``artifacts`` (``mdistiller-analyze artifacts``); its options are in
-:mod:`.options`, its entry in :data:`mdistiller.analysis.commands.COMMANDS`.
+The command module (layout: :mod:`mdistiller.analysis.commands`) of ``mdistiller-analyze artifacts``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import matplotlib.colors
 import matplotlib.pyplot as plt
@@ -23,8 +20,9 @@ from mdistiller.analysis.inputs import EMULATED_LABEL, AnalysisModel, block_toke
 from mdistiller.analysis.render import format_table, header
 from mdistiller.analysis.viz import finish_figure, show_image, show_map
 
-from .base import EmulateDirection, ImageSet, check_positive, load_model_inputs
-from .output import AnalysisResult, finish
+from .base import ModelCommandOptions, ModelInputs
+from .model_level import run_on_model
+from .output import AnalysisResult
 
 
 def artifacts_report(
@@ -222,46 +220,20 @@ def format_text(report: Mapping[str, Any]) -> str:
 def run(
     model: str | Path,
     *,
-    weights: str = "pretrained",
-    model_kwargs: Mapping[str, Any] | None = None,
-    images: ImageSet = "skimage",
-    size: int = 224,
-    num_images: int | None = None,
-    emulate: int | None = None,
-    emulate_share: float = 0.03,
-    emulate_scale: float = 10.0,
-    emulate_direction: EmulateDirection = "principal",
     k: Sequence[float] = (2, 4, 10),
     ratio_threshold: float = 4.0,
     share_threshold: float = 0.01,
     share_k: float = 4.0,
     batch_size: int = 8,
-    out: str | Path | None = None,
-    figures: bool = True,
-    wandb: bool = False,
+    **options: Unpack[ModelCommandOptions],
 ) -> AnalysisResult:
     """Patch-norm artifacts of every block and the distillation-layer recommendation (§3.1.1, §4.5, Table 7,
-    App. C): the ``artifacts`` command (:func:`artifacts_report` with ``k``, ``ratio_threshold``,
-    ``share_threshold``, ``share_k``).
+    App. C): the ``artifacts`` command, :func:`artifacts_report` with ``k``, ``ratio_threshold``,
+    ``share_threshold``, ``share_k`` on ``model`` and the images of ``options`` (the model-level keywords,
+    :class:`.base.ModelCommandOptions`; run by :func:`.model_level.run_on_model`)."""
 
-    ``model`` is a short/timm name (with ``weights``: ``pretrained`` | ``random`` | a weights file, and
-    ``model_kwargs`` for :func:`mdistiller.models.build_model`) or a run directory (its teacher, as trained);
-    ``images`` (``skimage`` photos or held-out ``toy`` scenes, ``num_images`` of them at ``size`` px snapped to the
-    patch size) and ``emulate`` (implant emulated artifacts after that block, see
-    :func:`mdistiller.models.emulated.implant_artifacts`) as in :func:`.base.load_model_inputs`. Writes
-    ``artifacts.json``, ``artifacts.txt`` and (unless ``figures`` is false) the PNG figures into ``out`` (default
-    ``RUN_DIR/analysis`` or ``output/analysis/<model>``; ``wandb``: also logged beside the run, see
-    :func:`.output.finish`). Raises :class:`.base.UsageError` for a value that cannot work (before any compute),
-    ``FileNotFoundError`` / ``ValueError`` with one sentence for a missing or unusable input.
-    """
-    check_positive(dict(size=size, batch_size=batch_size, num_images=num_images))
-
-    def compute() -> dict[str, Any]:
-        am, batch, names = load_model_inputs(
-            model, weights=weights, model_kwargs=model_kwargs, images=images, size=size, num_images=num_images,
-            emulate=emulate, emulate_share=emulate_share, emulate_scale=emulate_scale,
-            emulate_direction=emulate_direction)
-        return artifacts_report(am, batch, names, images, k=k, ratio_threshold=ratio_threshold,
+    def report(x: ModelInputs) -> dict[str, Any]:
+        return artifacts_report(x.model, x.images, x.names, x.image_set, k=k, ratio_threshold=ratio_threshold,
                                 share_threshold=share_threshold, share_k=share_k, batch_size=batch_size)
 
-    return finish(compute, source=model, out=out, figures=figures, wandb=wandb)
+    return run_on_model(model, options, report, batch_size=batch_size)

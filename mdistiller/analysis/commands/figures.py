@@ -1,17 +1,15 @@
 """``figures``: Per-image feature maps of one or more runs: norm, PCA and similarity to a marked patch (Figure 2, 9,
 11, 12).
 
-Typed entry point (:func:`run`: keyword arguments named like the options, returns an
-:class:`~.output.AnalysisResult`), computation (:func:`figures_report`), text (:func:`format_text`) and figures
-(:func:`plot`) of the analysis command ``figures`` (``mdistiller-analyze figures``); its options are in
-:mod:`.options`, its entry in :data:`mdistiller.analysis.commands.COMMANDS`.
+The command module (layout: :mod:`mdistiller.analysis.commands`) of ``mdistiller-analyze figures``, also the
+trainer's ``run_figures`` hook.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -22,6 +20,7 @@ from mdistiller.analysis.inputs import load_toy_images, stamp
 from mdistiller.analysis.render import header
 from mdistiller.analysis.runs import checkpoint_step, load_run_seeded, run_features, run_name, teacher_emulation
 
+from .base import OutputOptions
 from .output import AnalysisResult, finish, write_figures
 
 
@@ -198,25 +197,12 @@ def format_text(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(
-    run_dirs: str | Path | Sequence[str | Path],
-    *,
-    image_indices: Sequence[int] = (0,),
-    patch: tuple[int, int] | None = None,
-    out: str | Path | None = None,
-    figures: bool = True,
-    wandb: bool = False,
-) -> AnalysisResult:
+def run(run_dirs: str | Path | Sequence[str | Path], *, image_indices: Sequence[int] = (0,),
+        patch: tuple[int, int] | None = None, **output: Unpack[OutputOptions]) -> AnalysisResult:
     """Norm, PCA and similarity maps of one run directory or several on the held-out toy scenes
     ``image_indices``, similarity to the patch ``(row, col)`` (default: the object centre) (Figure 2, 9, 11,
-    12): the ``figures`` command (:func:`figures_report`).
-
-    Writes ``figures.json``, ``figures.txt`` and (unless ``figures`` is false) the PNG figures into ``out``
-    (default ``<first run directory>/analysis``; ``wandb``: also logged beside the training run, see
-    :func:`.output.finish`). Raises :class:`.base.UsageError` for a value that cannot work (before any compute),
-    ``FileNotFoundError`` / ``ValueError`` with one sentence for a missing or unusable input (e.g. not a run
-    directory).
-    """
+    12): the ``figures`` command (:func:`figures_report`), written as ``output`` says
+    (:class:`.base.OutputOptions`)."""
     run_dirs = [run_dirs] if isinstance(run_dirs, str | Path) else list(run_dirs)
     return finish(lambda: figures_report(run_dirs, image_indices, patch), source=run_dirs[0] if run_dirs else "",
-                  out=out, figures=figures, wandb=wandb)
+                  **output)

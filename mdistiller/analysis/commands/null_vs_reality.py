@@ -1,17 +1,14 @@
 """``null-vs-reality``: Null directions against the real next block: the approximation gap of §5 (Table 8), with a
 random control.
 
-Typed entry point (:func:`run`: keyword arguments named like the options, returns an
-:class:`~.output.AnalysisResult`), computation (:func:`null_vs_reality_report`), text (:func:`format_text`) and
-figures (:func:`plot`) of the analysis command ``null-vs-reality`` (``mdistiller-analyze null-vs-reality``); its
-options are in :mod:`.options`, its entry in :data:`mdistiller.analysis.commands.COMMANDS`.
+The command module (layout: :mod:`mdistiller.analysis.commands`) of ``mdistiller-analyze null-vs-reality``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 
 import matplotlib.colors
 import matplotlib.pyplot as plt
@@ -27,8 +24,9 @@ from mdistiller.analysis.viz import BASIS_STYLE, finish_figure, minor_log_label
 from mdistiller.models.indices import normalize_layers
 from mdistiller.singer.nullspace import jacobian_null_basis, linearize_ffn, null_basis, principal_basis, random_basis
 
-from .base import EmulateDirection, ImageSet, check_positive, load_model_inputs
-from .output import AnalysisResult, finish
+from .base import ModelCommandOptions, ModelInputs
+from .model_level import run_on_model
+from .output import AnalysisResult
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -280,15 +278,6 @@ def format_text(report: Mapping[str, Any]) -> str:
 def run(
     model: str | Path,
     *,
-    weights: str = "pretrained",
-    model_kwargs: Mapping[str, Any] | None = None,
-    images: ImageSet = "skimage",
-    size: int = 224,
-    num_images: int | None = 8,
-    emulate: int | None = None,
-    emulate_share: float = 0.03,
-    emulate_scale: float = 10.0,
-    emulate_direction: EmulateDirection = "principal",
     layer: int | None = None,
     rank: int = 16,
     scales: Sequence[float] = (0.05, 0.1, 0.2),
@@ -297,35 +286,20 @@ def run(
     principal: bool = True,
     seed: int = 0,
     batch_size: int = 8,
-    out: str | Path | None = None,
-    figures: bool = True,
-    wandb: bool = False,
+    **options: Unpack[ModelCommandOptions],
 ) -> AnalysisResult:
     """SiNGER, Jacobian and random bases perturbing ``F_l`` against the real next block (§5, Table 8,
-    extended): the ``null-vs-reality`` command (:func:`null_vs_reality_report` with ``layer``, ``rank``,
-    ``scales``, ``mode``, ``jacobian_samples``, ``seed``; ``principal=False`` leaves out the principal-basis
-    reference row).
+    extended): the ``null-vs-reality`` command, :func:`null_vs_reality_report` with ``layer``, ``rank``,
+    ``scales``, ``mode``, ``jacobian_samples``, ``seed`` (``principal=False`` leaves out the principal-basis
+    reference row) on ``model`` and the images of ``options`` (the model-level keywords,
+    :class:`.base.ModelCommandOptions`, here ``num_images`` 8 by default; run by
+    :func:`.model_level.run_on_model`)."""
 
-    ``model`` is a short/timm name (with ``weights``: ``pretrained`` | ``random`` | a weights file, and
-    ``model_kwargs`` for :func:`mdistiller.models.build_model`) or a run directory (its teacher, as trained);
-    ``images`` (``skimage`` photos or held-out ``toy`` scenes, ``num_images`` of them at ``size`` px snapped to the
-    patch size) and ``emulate`` (implant emulated artifacts after that block, see
-    :func:`mdistiller.models.emulated.implant_artifacts`) as in :func:`.base.load_model_inputs`. Writes
-    ``null_vs_reality.json``, ``null_vs_reality.txt`` and (unless ``figures`` is false) the PNG figures into
-    ``out`` (default ``RUN_DIR/analysis`` or ``output/analysis/<model>``; ``wandb``: also logged beside the run,
-    see :func:`.output.finish`). Raises :class:`.base.UsageError` for a value that cannot work (before any compute),
-    ``FileNotFoundError`` / ``ValueError`` with one sentence for a missing or unusable input.
-    """
-    check_positive(dict(size=size, batch_size=batch_size, num_images=num_images, rank=rank,
-                        jacobian_samples=jacobian_samples))
-
-    def compute() -> dict[str, Any]:
-        am, batch, _ = load_model_inputs(
-            model, weights=weights, model_kwargs=model_kwargs, images=images, size=size, num_images=num_images,
-            emulate=emulate, emulate_share=emulate_share, emulate_scale=emulate_scale,
-            emulate_direction=emulate_direction, rank=rank, layers=() if layer is None else (layer,))
-        return null_vs_reality_report(am, batch, layer=layer, rank=rank, scales=scales, mode=mode,
+    def report(x: ModelInputs) -> dict[str, Any]:
+        return null_vs_reality_report(x.model, x.images, layer=layer, rank=rank, scales=scales, mode=mode,
                                       jacobian_samples=jacobian_samples, seed=seed, include_principal=principal,
                                       batch_size=batch_size)
 
-    return finish(compute, source=model, out=out, figures=figures, wandb=wandb)
+    return run_on_model(model, {"num_images": 8, **options}, report, rank=rank,
+                        layers=() if layer is None else (layer,), batch_size=batch_size,
+                        jacobian_samples=jacobian_samples)

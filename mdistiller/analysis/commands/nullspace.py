@@ -1,17 +1,14 @@
 """``nullspace``: Singular spectra of the linearised FFN W̃_l (App. A.2, eq. 18-19, Figure 8) and sub-layer changes
 (App. A.1, Figure 7).
 
-Typed entry point (:func:`run`: keyword arguments named like the options, returns an
-:class:`~.output.AnalysisResult`), computation (:func:`nullspace_report`), text (:func:`format_text`) and figures
-(:func:`plot`) of the analysis command ``nullspace`` (``mdistiller-analyze nullspace``); its options are in
-:mod:`.options`, its entry in :data:`mdistiller.analysis.commands.COMMANDS`.
+The command module (layout: :mod:`mdistiller.analysis.commands`) of ``mdistiller-analyze nullspace``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -24,8 +21,9 @@ from mdistiller.analysis.sublayer import sublayer_profile
 from mdistiller.analysis.viz import finish_figure
 from mdistiller.singer.nullspace import k_energy, k_eps, linearize_ffn, singular_spectrum
 
-from .base import EmulateDirection, ImageSet, check_positive, load_model_inputs
-from .output import AnalysisResult, finish
+from .base import ModelCommandOptions, ModelInputs
+from .model_level import run_on_model
+from .output import AnalysisResult
 
 
 def nullspace_report(
@@ -196,47 +194,21 @@ def format_text(report: Mapping[str, Any]) -> str:
 def run(
     model: str | Path,
     *,
-    weights: str = "pretrained",
-    model_kwargs: Mapping[str, Any] | None = None,
-    images: ImageSet = "skimage",
-    size: int = 224,
-    num_images: int | None = None,
-    emulate: int | None = None,
-    emulate_share: float = 0.03,
-    emulate_scale: float = 10.0,
-    emulate_direction: EmulateDirection = "principal",
     eps: float = 0.05,
     rho: float = 0.999,
     rank: int = 16,
     include_norm: bool = False,
     include_layerscale: bool = False,
     batch_size: int = 8,
-    out: str | Path | None = None,
-    figures: bool = True,
-    wandb: bool = False,
+    **options: Unpack[ModelCommandOptions],
 ) -> AnalysisResult:
     """Singular spectra of every block's ``W̃_l`` and the sub-layer changes (App. A, Figure 7-8, eq. 18-19):
-    the ``nullspace`` command (:func:`nullspace_report` with ``eps``, ``rho``, ``rank``, ``include_norm``,
-    ``include_layerscale``).
+    the ``nullspace`` command, :func:`nullspace_report` with ``eps``, ``rho``, ``rank``, ``include_norm``,
+    ``include_layerscale`` on ``model`` and the images of ``options`` (the model-level keywords,
+    :class:`.base.ModelCommandOptions`; run by :func:`.model_level.run_on_model`)."""
 
-    ``model`` is a short/timm name (with ``weights``: ``pretrained`` | ``random`` | a weights file, and
-    ``model_kwargs`` for :func:`mdistiller.models.build_model`) or a run directory (its teacher, as trained);
-    ``images`` (``skimage`` photos or held-out ``toy`` scenes, ``num_images`` of them at ``size`` px snapped to the
-    patch size) and ``emulate`` (implant emulated artifacts after that block, see
-    :func:`mdistiller.models.emulated.implant_artifacts`) as in :func:`.base.load_model_inputs`. Writes
-    ``nullspace.json``, ``nullspace.txt`` and (unless ``figures`` is false) the PNG figures into ``out`` (default
-    ``RUN_DIR/analysis`` or ``output/analysis/<model>``; ``wandb``: also logged beside the run, see
-    :func:`.output.finish`). Raises :class:`.base.UsageError` for a value that cannot work (before any compute),
-    ``FileNotFoundError`` / ``ValueError`` with one sentence for a missing or unusable input.
-    """
-    check_positive(dict(size=size, batch_size=batch_size, num_images=num_images, rank=rank))
-
-    def compute() -> dict[str, Any]:
-        am, batch, _ = load_model_inputs(
-            model, weights=weights, model_kwargs=model_kwargs, images=images, size=size, num_images=num_images,
-            emulate=emulate, emulate_share=emulate_share, emulate_scale=emulate_scale,
-            emulate_direction=emulate_direction, rank=rank)
-        return nullspace_report(am, batch, eps=eps, rho=rho, rank=rank, include_norm=include_norm,
+    def report(x: ModelInputs) -> dict[str, Any]:
+        return nullspace_report(x.model, x.images, eps=eps, rho=rho, rank=rank, include_norm=include_norm,
                                 include_layerscale=include_layerscale, batch_size=batch_size)
 
-    return finish(compute, source=model, out=out, figures=figures, wandb=wandb)
+    return run_on_model(model, options, report, rank=rank, batch_size=batch_size)

@@ -1,16 +1,13 @@
 """``similarity``: Teacher-student Gram distance and CKA of several runs (§4.3, Table 2).
 
-Typed entry point (:func:`run`: keyword arguments named like the options, returns an
-:class:`~.output.AnalysisResult`), computation (:func:`similarity_report`), text (:func:`format_text`) and figures
-(:func:`plot`) of the analysis command ``similarity`` (``mdistiller-analyze similarity``); its options are in
-:mod:`.options`, its entry in :data:`mdistiller.analysis.commands.COMMANDS`.
+The command module (layout: :mod:`mdistiller.analysis.commands`) of ``mdistiller-analyze similarity``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -23,7 +20,7 @@ from mdistiller.analysis.render import format_table, header
 from mdistiller.analysis.similarity import gram_distance, linear_cka, patch_cosine, summary
 from mdistiller.analysis.viz import finish_figure, show_image, show_map
 
-from .base import check_positive
+from .base import OutputOptions, check_positive
 from .output import AnalysisResult, finish
 
 
@@ -147,25 +144,12 @@ def format_text(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(
-    run_dirs: str | Path | Sequence[str | Path],
-    *,
-    num_images: int = 64,
-    batch_size: int = 8,
-    out: str | Path | None = None,
-    figures: bool = True,
-    wandb: bool = False,
-) -> AnalysisResult:
+def run(run_dirs: str | Path | Sequence[str | Path], *, num_images: int = 64, batch_size: int = 8,
+        **output: Unpack[OutputOptions]) -> AnalysisResult:
     """Teacher–student Gram distance and linear CKA of one run directory or several side by side, on
-    ``num_images`` held-out toy scenes (§4.3, Table 2): the ``similarity`` command (:func:`similarity_report`).
-
-    Writes ``similarity.json``, ``similarity.txt`` and (unless ``figures`` is false) the PNG figures into ``out``
-    (default ``<first run directory>/analysis``; ``wandb``: also logged beside the training run, see
-    :func:`.output.finish`). Raises :class:`.base.UsageError` for a value that cannot work (before any compute),
-    ``FileNotFoundError`` / ``ValueError`` with one sentence for a missing or unusable input (e.g. not a run
-    directory).
-    """
+    ``num_images`` held-out toy scenes (§4.3, Table 2): the ``similarity`` command (:func:`similarity_report`),
+    written as ``output`` says (:class:`.base.OutputOptions`)."""
     check_positive(dict(num_images=num_images, batch_size=batch_size))
     run_dirs = [run_dirs] if isinstance(run_dirs, str | Path) else list(run_dirs)
     return finish(lambda: similarity_report(run_dirs, num_images=num_images, batch_size=batch_size),
-                  source=run_dirs[0] if run_dirs else "", out=out, figures=figures, wandb=wandb)
+                  source=run_dirs[0] if run_dirs else "", **output)

@@ -1,16 +1,13 @@
 """``subspace``: Subspace energy of patch tokens against their norm (App. I, Figure 13).
 
-Typed entry point (:func:`run`: keyword arguments named like the options, returns an
-:class:`~.output.AnalysisResult`), computation (:func:`subspace_report`), text (:func:`format_text`) and figures
-(:func:`plot`) of the analysis command ``subspace`` (``mdistiller-analyze subspace``); its options are in
-:mod:`.options`, its entry in :data:`mdistiller.analysis.commands.COMMANDS`.
+The command module (layout: :mod:`mdistiller.analysis.commands`) of ``mdistiller-analyze subspace``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 
 import matplotlib.colors
 import matplotlib.pyplot as plt
@@ -25,8 +22,9 @@ from mdistiller.analysis.viz import finish_figure
 from mdistiller.models.indices import normalize_layers
 from mdistiller.singer.nullspace import linearize_ffn, singular_spectrum
 
-from .base import EmulateDirection, ImageSet, check_positive, load_model_inputs
-from .output import AnalysisResult, finish
+from .base import ModelCommandOptions, ModelInputs
+from .model_level import run_on_model
+from .output import AnalysisResult
 
 
 def subspace_report(
@@ -165,46 +163,20 @@ def format_text(report: Mapping[str, Any]) -> str:
 def run(
     model: str | Path,
     *,
-    weights: str = "pretrained",
-    model_kwargs: Mapping[str, Any] | None = None,
-    images: ImageSet = "skimage",
-    size: int = 224,
-    num_images: int | None = None,
-    emulate: int | None = None,
-    emulate_share: float = 0.03,
-    emulate_scale: float = 10.0,
-    emulate_direction: EmulateDirection = "principal",
     layers: Sequence[int] | None = None,
     ranks: Sequence[int] = (4, 8, 16, 32, 64),
     basis_block: Literal["next", "same"] = "next",
     outlier_k: float = 4.0,
     batch_size: int = 8,
-    out: str | Path | None = None,
-    figures: bool = True,
-    wandb: bool = False,
+    **options: Unpack[ModelCommandOptions],
 ) -> AnalysisResult:
     """Subspace energy of patch tokens in ``W̃``'s principal and null bases against their norm (App. I,
-    Figure 13): the ``subspace`` command (:func:`subspace_report` with ``layers``, ``ranks``, ``basis_block``,
-    ``outlier_k``).
+    Figure 13): the ``subspace`` command, :func:`subspace_report` with ``layers``, ``ranks``, ``basis_block``,
+    ``outlier_k`` on ``model`` and the images of ``options`` (the model-level keywords,
+    :class:`.base.ModelCommandOptions`; run by :func:`.model_level.run_on_model`)."""
 
-    ``model`` is a short/timm name (with ``weights``: ``pretrained`` | ``random`` | a weights file, and
-    ``model_kwargs`` for :func:`mdistiller.models.build_model`) or a run directory (its teacher, as trained);
-    ``images`` (``skimage`` photos or held-out ``toy`` scenes, ``num_images`` of them at ``size`` px snapped to the
-    patch size) and ``emulate`` (implant emulated artifacts after that block, see
-    :func:`mdistiller.models.emulated.implant_artifacts`) as in :func:`.base.load_model_inputs`. Writes
-    ``subspace.json``, ``subspace.txt`` and (unless ``figures`` is false) the PNG figures into ``out`` (default
-    ``RUN_DIR/analysis`` or ``output/analysis/<model>``; ``wandb``: also logged beside the run, see
-    :func:`.output.finish`). Raises :class:`.base.UsageError` for a value that cannot work (before any compute),
-    ``FileNotFoundError`` / ``ValueError`` with one sentence for a missing or unusable input.
-    """
-    check_positive(dict(size=size, batch_size=batch_size, num_images=num_images, ranks=ranks))
-
-    def compute() -> dict[str, Any]:
-        am, batch, _ = load_model_inputs(
-            model, weights=weights, model_kwargs=model_kwargs, images=images, size=size, num_images=num_images,
-            emulate=emulate, emulate_share=emulate_share, emulate_scale=emulate_scale,
-            emulate_direction=emulate_direction, layers=layers or ())
-        return subspace_report(am, batch, layers=layers, ranks=ranks, basis_block=basis_block,
+    def report(x: ModelInputs) -> dict[str, Any]:
+        return subspace_report(x.model, x.images, layers=layers, ranks=ranks, basis_block=basis_block,
                                outlier_k=outlier_k, batch_size=batch_size)
 
-    return finish(compute, source=model, out=out, figures=figures, wandb=wandb)
+    return run_on_model(model, options, report, layers=layers or (), batch_size=batch_size, ranks=ranks)
