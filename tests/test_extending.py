@@ -112,3 +112,61 @@ def test_the_files_and_names_the_recipes_point_at_exist() -> None:
                  "adapter_inits", "common_kwargs", "kd_tokens", "reduce_layers", "keep", "student_grid"):
         assert hasattr(Distiller, name), name
     assert {"COMMANDS", "SPLITS", "DEFAULT_ROOTS", "result_name"} <= set(dir(probe_data))
+
+
+def _norms_module(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    """The page's ``norms`` command installed as the page says: its module in the commands package, its options in
+    ``options.py`` (the page's function, verbatim) and its entry in the registry."""
+    import argparse
+    import sys
+
+    from mdistiller.analysis.commands import base, options, registry
+
+    section = _section("Add an analysis command")
+    module = types.ModuleType("mdistiller.analysis.commands.norms")
+    exec(compile(re.search(r"```python\n(.*?)```", section, re.S).group(1), "docs/extending.md", "exec"),  # noqa: S102
+         module.__dict__)
+    opts = re.search(r"\n(    def norms_options.*?)\n\n", section, re.S).group(1)
+    namespace = {"argparse": argparse, "add_model_arguments": options.add_model_arguments}
+    exec(compile("\n".join(line[4:] for line in opts.splitlines()), "docs/extending.md", "exec"), namespace)  # noqa: S102
+    monkeypatch.setitem(sys.modules, "mdistiller.analysis.commands.norms", module)
+    monkeypatch.setitem(registry.COMMANDS, "norms", base.Command("norms", "norms", namespace["norms_options"],
+                                                                  "norms"))
+    return module
+
+
+def test_the_example_analysis_runs_from_the_command_line_and_from_python(monkeypatch, tmp_path, capsys) -> None:
+    from mdistiller.analysis.cli import main
+    from mdistiller.analysis.commands.base import load_model_inputs
+
+    norms = _norms_module(monkeypatch)
+    tiny = ["--model-kwargs", "depth=3", "embed_dim=48", "num_heads=2"]
+    code = main(["norms", "--model", "vit_small", "--weights", "random", "--images", "toy", "--num-images", "3",
+                 "--size", "32", "--layers", "1", "2", "--q", "0.9", "--out", str(tmp_path / "cli"), *tiny])
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "Patch norms (q = 0.9)" in printed and "max / q" in printed
+    assert {p.name for p in (tmp_path / "cli").iterdir()} >= {"norms.json", "norms.txt", "norms.png"}
+
+    # the typed call: the same report, and the numbers are the hand computation on the same model and images
+    torch.manual_seed(0)
+    result = norms.run("vit_small", weights="random", model_kwargs={"depth": 3, "embed_dim": 48, "num_heads": 2},
+                       images="toy", num_images=3, size=32, layers=[2], q=0.9, out=tmp_path / "py")
+    (row,) = result.report["table"]
+    assert result.json.is_file() and result.figures and row["layer"] == 2
+    assert row["max_over_quantile"] >= 1.0 and row["max"] >= row["quantile"] >= row["median"] > 0
+    torch.manual_seed(0)  # the same random model and scenes, the norms by hand
+    x = load_model_inputs("vit_small", weights="random", model_kwargs={"depth": 3, "embed_dim": 48, "num_heads": 2},
+                          images="toy", num_images=3, size=32)
+    with torch.no_grad():
+        tokens = x.model.net(x.images, [2])[2]
+    norms = x.model.net.split(tokens, x.model.net.grid((32, 32))).patches.float().norm(dim=-1).flatten()
+    assert row["max"] == pytest.approx(norms.max().item(), rel=1e-4)
+    assert row["quantile"] == pytest.approx(torch.quantile(norms, 0.9).item(), rel=1e-4)
+    assert row["max_over_quantile"] == pytest.approx(row["max"] / row["quantile"])
+
+    # a value that cannot work is one sentence before any compute, nothing written
+    code = main(["norms", "--model", "vit_small", "--weights", "random", "--size", "0", "--out",
+                 str(tmp_path / "bad"), *tiny])
+    assert code == 2 and not (tmp_path / "bad").exists()
+    assert capsys.readouterr().err.count("\n") == 1
