@@ -211,6 +211,7 @@ def test_report_renders_the_settings_and_marks_a_partial_study(tmp_path):
     assert md.startswith("# T\n") and "every run 3 steps of batch 32 at 112 px\n(bf16), seeds [0, 1]" in md
     assert "teachers: emulated artifacts and clean." in md and "`python tools/study.py --matrix ladder --steps 3`" in md
     assert "**Partial: 3 of 8 trainings and 10 of 40 probes" in md and "0.2 min (cpu)" in md
+    assert study.partial_note((8, 8), (40, 40)) == ""  # a finished study is not called partial
     assert "![study](figures/ladder.png)" in md and md.endswith("ACC\n")
     section = study.doc_section(md)
     assert section.startswith("## T\n") and "\n### Does the adapter refine the teacher?" in section
@@ -221,3 +222,34 @@ def test_report_renders_the_settings_and_marks_a_partial_study(tmp_path):
     study.write_doc_section(doc, "ladder", md, fig)
     assert (doc.parent / "figures" / "ladder.png").read_bytes() == b"png"
     assert doc.read_text().startswith("<!-- study:ladder -->\n## T\n")
+
+
+def test_a_report_only_page_says_it_trained_nothing_instead_of_a_wall_time():
+    md = study.render_report(_settings(), title="T", teachers=(True,), command_flags="", minutes=None, status="",
+                             tables="", figure_name="long.png", acceptance="")
+    assert "Written by `--report-only`" in md and "Wall time of this invocation" not in md
+
+
+def test_the_figure_draws_only_the_teachers_trained_and_the_reference_lines(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    summary = {"cells": {("fitnet", True): {"p": (30.0, 2.0, 3)}, ("clamp", True): {"p": (90.0, 1.0, 3)},
+                         ("teacher", False): {"p": (95.0, 0.0, 1)}, ("random_init", False): {"p": (41.0, 0.0, 1)}}}
+    shown = {}
+    from mdistiller.analysis import viz
+
+    def keep(fig, path):
+        ax = fig.axes[0]
+        shown["bars"] = [(round(p.get_x() + p.get_width() / 2, 6), p.get_height()) for p in ax.patches]
+        shown["lines"] = sorted(round(line.get_ydata()[0], 6) for line in ax.lines if len(set(line.get_ydata())) == 1)
+        shown["legend"] = [t.get_text() for t in fig.legends[0].get_texts()]
+        plt.close(fig)
+        return path
+
+    monkeypatch.setattr(viz, "save_figure", keep)
+    study.figure(summary, [("p", True)], ["fitnet", "clamp"], tmp_path / "f.png", "title")
+    assert shown["bars"] == [(0.0, 30.0), (1.0, 90.0)]  # one teacher: bars centred on their ticks
+    assert shown["lines"] == [41.0, 95.0] and "students of the clean teacher" not in shown["legend"]
+    assert sorted(shown["legend"]) == ["ViT-Ti at initialisation", "students of emulated artifacts",
+                                       "the teacher itself"]

@@ -66,32 +66,42 @@ def render_tables(summary: dict[str, Any], probes: Sequence[tuple[str, bool]], m
 
 def figure(summary: dict[str, Any], probes: Sequence[tuple[str, bool]], methods: Sequence[str], path: Path,
            title: str) -> Path:
-    """One panel per probe: mean ± std over seeds per method, clean vs emulated-artifact teacher (the analysis
-    figures' type sizes and resolution, :mod:`mdistiller.analysis.viz`)."""
+    """One panel per probe: mean ± std over seeds per method, one bar per teacher the methods were trained with
+    (clean / emulated artifacts; a single teacher's bars are centred), and the reference rows ``teacher`` and
+    ``random_init`` of ``summary`` as horizontal lines (the analysis figures' type sizes and resolution,
+    :mod:`mdistiller.analysis.viz`)."""
     import matplotlib.pyplot as plt
 
     from mdistiller.analysis.viz import save_figure, style
 
+    teachers = [(art, color, label) for art, color, label in ((False, "#4c72b0", "students of the clean teacher"),
+                                                              (True, "#dd8452", "students of emulated artifacts"))
+                if any((m, art) in summary["cells"] for m in methods)]
+    references = (("teacher", ":", "the teacher itself"), ("random_init", "--", "ViT-Ti at initialisation"))
     with style():
-        fig, axes = plt.subplots(1, len(probes), figsize=(3.3 * len(probes), 3.4), squeeze=False)
-        width = 0.38
+        fig, axes = plt.subplots(1, len(probes), figsize=(3.3 * len(probes), 3.8), squeeze=False)
+        width = 0.76 / max(1, len(teachers))
         for ax, (p, higher) in zip(axes[0], probes):
-            for k, (art, color) in enumerate(((False, "#4c72b0"), (True, "#dd8452"))):
+            for k, (art, color, label) in enumerate(teachers):
                 xs, ms, ss = [], [], []
                 for i, m in enumerate(methods):
                     cell = summary["cells"].get((m, art), {}).get(p)
                     if cell:
-                        xs.append(i + (k - 0.5) * width)
+                        xs.append(i + (k - (len(teachers) - 1) / 2) * width)
                         ms.append(cell[0])
                         ss.append(cell[1])
-                ax.bar(xs, ms, width, yerr=ss, color=color, capsize=2,
-                       label="emulated artifacts" if art else "clean teacher")
+                ax.bar(xs, ms, width, yerr=ss, color=color, capsize=2, label=label)
+            for name, line, label in references:
+                cell = summary["cells"].get((name, False), {}).get(p)
+                if cell:
+                    ax.axhline(cell[0], color="0.35", linestyle=line, linewidth=1, label=label)
             ax.set_xticks(range(len(methods)))
             ax.set_xticklabels([m.replace("singer_", "S-") for m in methods], rotation=35, ha="right")
             ax.set_title(f"{p} {'↑' if higher else '↓'}")
-        axes[0][0].legend()
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
         fig.suptitle(title)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.08, 1, 1))
         return save_figure(fig, path)
 
 
@@ -128,17 +138,23 @@ def acceptance_table(refine: Mapping[str, dict[int, dict[str, float]]], names: S
 
 def partial_note(trainings: tuple[int, int], probes: tuple[int, int]) -> str:
     """The report's line for ``--report-only``: how many of the trainings and probes (``(finished, total)`` each)
-    had finished."""
+    had finished; empty when all of them had."""
+    if trainings[0] == trainings[1] and probes[0] == probes[1]:
+        return ""
     return (f"\n**Partial: {trainings[0]} of {trainings[1]} trainings and "
             f"{probes[0]} of {probes[1]} probes had finished when this report "
             "was written (`--report-only`); rerunning the command resumes the rest.**\n")
 
 
-def render_report(args: StudySettings, *, title: str, teachers: Sequence[bool], command_flags: str, minutes: float,
-                  status: str, tables: str, figure_name: str, acceptance: str) -> str:
+def render_report(args: StudySettings, *, title: str, teachers: Sequence[bool], command_flags: str,
+                  minutes: float | None, status: str, tables: str, figure_name: str, acceptance: str) -> str:
     """The study's page (``OUT/study.md``): the setting and the command that reproduces it (``command_flags``: the
     flags after ``--matrix NAME``), ``status`` (:func:`partial_note` or empty), the tables (:func:`render_tables`),
-    the figure and the refinement acceptance table (:func:`acceptance_table`)."""
+    the figure and the refinement acceptance table (:func:`acceptance_table`); ``minutes`` is the invocation's wall
+    time (None: a ``--report-only`` invocation, which trains nothing and says so)."""
+    when = (f"Wall time of this invocation: {minutes:.1f} min ({args.device})." if minutes is not None else
+            "Written by `--report-only` from the finished runs and probes (it trains nothing; the runs' own wall "
+            "times are in their `train.log`).")
     amp, seeds = args.amp, list(args.seeds)
     names = " and ".join("emulated artifacts" if a else "clean" for a in teachers)
     return f"""# {title}
@@ -149,7 +165,7 @@ Command: `python tools/study.py --matrix {args.matrix}{command_flags}`. Teacher 
 `emulated artifacts` use `configs/demo/artifacts.yaml`. Probes: cached linear heads on the frozen last block
 ({args.probe_train}/{args.probe_test} toy scenes; Fashion-MNIST {args.fmnist_train}/{args.fmnist_test} images),
 learning rate chosen on a validation split. `teacher` and `random_init` are references (clean teacher, ViT-Ti at
-initialisation; first seed only). Wall time of this invocation: {minutes:.1f} min ({args.device}).
+initialisation; first seed only). {when}
 {status}
 {tables}
 

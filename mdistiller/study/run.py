@@ -56,7 +56,7 @@ def run_study(args: StudySettings, out: str | Path, *, jobs: int | None = None, 
                  f"{len(seeds)} seeds × {args.steps} steps (batch {args.batch}, {args.size} px); toy budget")
     report = render_report(
         args, title=matrix.title, teachers=matrix.teachers, command_flags=command_flags,
-        minutes=(time.perf_counter() - t0) / 60, status=status,
+        minutes=None if report_only else (time.perf_counter() - t0) / 60, status=status,
         tables=render_tables(summary, probes, methods + ["teacher", "random_init"], paired_title=matrix.paired_title),
         figure_name=fig.name, acceptance=acceptance_table(refine, [run.name for run in all_runs if run.artifacts]))
     (out / "study.md").write_text(report)
