@@ -15,15 +15,10 @@ from .singer_parts import (
     AttachedTarget,
     DetachedTarget,
     PaperInfo,
-    ReleasedInfo,
     SmallestBasis,
     make_basis,
     make_info,
 )
-
-#: the choices of ``SiNGER.GRAM`` and ``SiNGER.INFO_PATCHES`` (kept for importers)
-GRAMS = CHOICES["SiNGER.GRAM"]
-INFO_PATCHES = CHOICES["SiNGER.INFO_PATCHES"]
 
 
 class SiNGER(Distiller):
@@ -139,11 +134,6 @@ class SiNGER(Distiller):
             raise ValueError("SiNGER.INFO 'official' compares the final layer with an intermediate one; "
                              "add an intermediate layer to SiNGER.M_LAYERS or use INFO 'paper'.")
 
-    @classmethod
-    def deepest_teacher_block(cls, cfg, plan: LayerPlan) -> int:
-        """Block l+1 of every intermediate layer initialises its adapter and runs L_info (eq. 8, 11)."""
-        return max(plan.source_block(t) for t in plan.teacher)
-
     def init_weight(self, t: int) -> torch.Tensor:
         """``W̃`` (CPU) of the source block of layer ``t`` (eq. 14), the adapter's initialisation (eq. 8, 16)."""
         block = self.teacher.blocks[self.plan.source_block(t)]
@@ -195,11 +185,8 @@ class SiNGER(Distiller):
 
     def refine(self, t_feats: dict[int, torch.Tensor], tgrid: tuple[int, int]) -> dict[int, tuple]:
         """Per layer ``(split teacher tokens, F̂ patches)`` on the teacher's grid (eq. 6)."""
-        out = {}
-        for t in self.plan.teacher:
-            split = self.teacher.net.split(t_feats[t], tgrid)
-            out[t] = (split, self.adapters[str(t)](split.patches))
-        return out
+        return {t: (split, self.adapters[str(t)](patches))
+                for t, (split, patches) in super().refine(t_feats, tgrid).items()}
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Eq. 12 over 𝒟: ``λ_kd L_KD`` (eq. 9) ``+ λ_out L_outlier`` (eq. 10) ``+ λ_info L_info`` (eq. 11)."""
@@ -252,4 +239,4 @@ class SiNGER(Distiller):
         return out
 
 
-__all__ = ["GRAMS", "INFO_PATCHES", "ReleasedInfo", "SiNGER"]
+__all__ = ["SiNGER"]
