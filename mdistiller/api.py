@@ -75,8 +75,9 @@ def train(cfg_or_paths: Any, overrides: Mapping[str, Any] | Sequence[Any] | None
     else:
         paths = [cfg_or_paths] if isinstance(cfg_or_paths, str | os.PathLike) else list(cfg_or_paths)
         cfg = load_config(paths, opts)
-        base = load_config(paths, [], validate=False)
-    if run_dir is None:
+        base = None
+    if run_dir is None:  # the run name comes from the overrides against the files alone
+        base = base if base is not None else load_config(paths, [], validate=False)
         cfg = named_config(cfg, base, [str(k) for k in opts[0::2]])
     if overwrite and resume not in ("none", ""):
         raise ValueError("overwrite=True only applies to a fresh start; pass resume='none' too.")

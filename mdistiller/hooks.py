@@ -59,8 +59,7 @@ LINKS: tuple[Link, ...] = (
     Link("check", "mdistiller.dataset:check_dataset_config", ("mdistiller.config",)),
     Link("check", "mdistiller.dataset.device_decode:check_decode_config", ("mdistiller.config",)),
     # the commands the demo's and the study's process pool runs (mdistiller.jobs resolves them in its workers)
-    Link("job", "mdistiller.engine.launch:main", ("tools.demo", "tools.study", "mdistiller.study.jobs")),
-    Link("job", "mdistiller.eval.cli:main", ("tools.demo", "tools.study")),
+    Link("job", "mdistiller.engine.launch:main", ("tools.demo", "mdistiller.study.jobs")),
     Link("job", "mdistiller.eval.probing:probe_job", ("tools.demo", "mdistiller.study.jobs")),
 )
 

@@ -168,7 +168,7 @@ def test_the_cycle_finder_sees_function_level_relative_and_long_circles(tmp_path
 # these tests treat a link as an import of its callers. Self-contained: only LAYERS and PACKAGE above are shared.
 import re  # noqa: E402
 
-from mdistiller.hooks import LINKS, Link  # noqa: E402
+from mdistiller.hooks import KINDS, LINKS, Link  # noqa: E402
 
 REPO = PACKAGE.parent
 #: the layer of the command-line scripts in tools/ (docs/architecture.md)
@@ -216,7 +216,7 @@ def link_violations(links: tuple[Link, ...] | list[Link]) -> list[str]:
 
 
 def test_links_are_declared_once_with_a_known_kind() -> None:
-    assert LINKS and all(link.kind in ("hook", "check", "job") and link.callers for link in LINKS)
+    assert KINDS == ("hook", "check", "job") and LINKS and all(link.kind in KINDS and link.callers for link in LINKS)
     keys = [(link.kind, link.target) for link in LINKS]
     assert len(keys) == len(set(keys)), "a link is declared twice"
     names = [link.name for link in LINKS if link.kind == "hook"]

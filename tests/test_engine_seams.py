@@ -132,3 +132,17 @@ def test_load_run_has_its_own_module() -> None:
 
     assert callable(load.load_run) and not hasattr(trainer, "load_run")
     assert "def load_run" not in (ENGINE / "trainer.py").read_text(encoding="utf-8")
+
+
+def test_the_process_group_accepts_the_device_in_any_case_as_the_preflight_does() -> None:
+    """``--device CPU`` passes the config and the preflight check, so the process group must accept it too (it used
+    to raise a traceback after the preflight had said yes)."""
+    import torch
+
+    from mdistiller.engine.distributed import _resolve_device
+    from mdistiller.engine.preflight import check_device
+
+    check_device("CPU")
+    assert _resolve_device("CPU") == torch.device("cpu")
+    with pytest.raises(ValueError, match="is not one of"):
+        _resolve_device("tpu")

@@ -99,12 +99,13 @@ def probe_jobs(args: argparse.Namespace, out: Path, targets: dict[str, str]) -> 
     from mdistiller.jobs import Job
     from mdistiller.study import DEMO_DENSE_LRS, probe_input_size, probe_options
 
+    fingerprints: dict = {}  # run directory → its student's fingerprint, read once for all its probes
     folders, jobs = {}, []
     for label, target in targets.items():
         folder = folders[label] = out / "probes" / "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
         for command, kind in PROBES:
             result = folder / f"toy_scenes_{kind}.json"
-            if current_result(result):  # done before, on the run's current student
+            if current_result(result, fingerprints):  # done before, on the run's current student
                 print(f"{label} {kind}: done before, skipped")
                 continue
             options = {"dataset": "toy_scenes", "out": str(result), **probe_options(

@@ -97,6 +97,7 @@ def _first_slurm_host(nodelist: str) -> str:
 
 
 def _resolve_device(device: str) -> torch.device:
+    device = device.lower()  # as the config and the preflight check accept it (EXPERIMENT.DEVICE CPU)
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device={device!r} is not one of 'auto', 'cpu', 'cuda'; pass one of those.")
     if device == "cuda" and not torch.cuda.is_available():

@@ -81,14 +81,15 @@ class Row:
     stale: dict[str, str] = field(default_factory=dict)
 
 
-def current_result(path: str | Path) -> bool:
+def current_result(path: str | Path, fingerprints: dict[str, str | None] | None = None) -> bool:
     """Whether the probe result file ``path`` exists and still describes its run's student (:func:`stale_reason`):
-    what a batch of probes (``tools/demo.py``, ``tools/study.py``) may skip on a rerun."""
+    what a batch of probes (``tools/demo.py``, ``tools/study.py``) may skip on a rerun. A batch passes one
+    ``fingerprints`` dict to every call, so each run's student is read and hashed once."""
     path = Path(path)
     if not path.is_file():
         return False
     try:
-        return stale_reason(json.loads(path.read_text())) is None
+        return stale_reason(json.loads(path.read_text()), fingerprints=fingerprints) is None
     except ValueError:  # a torn or foreign file: probe again
         return False
 

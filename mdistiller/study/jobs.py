@@ -100,6 +100,7 @@ def probe_jobs(args: StudySettings, runs: Sequence[StudyRun], out: Path) -> tupl
     targets = [(r.name, str(out / "runs" / r.name), (r.method, r.artifacts, r.seed), r.seed) for r in runs]
     targets += [(f"reference_{n}", t, (n, False, seeds[0]), seeds[0])  # context rows: the first seed only
                 for n, t in (("teacher", "dinov2_small_imgfocus"), ("random_init", "random:vit_tiny"))]
+    fingerprints: dict = {}  # run directory → its student's fingerprint, read once for all its probes
     results = {}  # (target key, probe label) -> (result file, metric)
     for name, target, key, seed in [] if args.no_probes else targets:
         for label, command, dataset, metric, _ in PROBES:
@@ -111,7 +112,7 @@ def probe_jobs(args: StudySettings, runs: Sequence[StudyRun], out: Path) -> tupl
             folder = out / "probes" / name
             result = folder / f"{dataset}_{command}.json"
             results[key, label] = result, metric
-            if not current_result(result):  # not yet, or measured on a student the run no longer has
+            if not current_result(result, fingerprints):  # not yet, or measured on a student the run no longer has
                 options = {"dataset": dataset, "out": str(result),
                            **probe_options(command, size, n_tr, n_te, folder / f"cache_{dataset}", seed=seed)}
                 jobs.append(Job(f"probe {name} {label}", "mdistiller.eval.probing:probe_job",
